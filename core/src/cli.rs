@@ -1,0 +1,1 @@
+//! Command-line parsing and config resolution, shared by both shells (pure: no file reading).
