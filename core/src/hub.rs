@@ -414,7 +414,7 @@ impl Hub {
     fn read_frames(&mut self, now: Instant, id: ConnId, data: &[u8]) {
         let limits = Limits {
             max_frame: self.config.limits.max_frame_bytes.0,
-            max_message: self.config.limits.max_message_bytes.0 as usize,
+            max_message: self.config.limits.max_message_bytes.as_usize(),
         };
         let mut decoded = std::mem::take(&mut self.decoded);
         let Some(conn) = self.conn_mut(id) else { return };
