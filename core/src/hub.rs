@@ -523,7 +523,7 @@ impl Hub {
         conn.head = Vec::new();
         conn.close_when_flushed = true;
         if response.status >= 400 {
-            self.metrics.handshake_rejections += 1;
+            self.metrics.count_rejection(response.status);
         }
         self.enqueue(id, response.to_bytes());
     }
