@@ -1,1 +1,200 @@
-fn main() {}
+//! `switchboard-mio`: the Switchboard hub on mio, one event loop and one `Hub` per worker thread.
+//!
+//! The main thread only reads the command line and the config file, starts the workers and
+//! waits for signals; the workers do everything else (see `worker.rs`).
+
+mod listener;
+mod worker;
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Sender};
+use std::thread::{self, JoinHandle};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use log::{error, info, warn};
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use switchboard_core::cli::{self, Command};
+use switchboard_core::{Config, Hub};
+
+use worker::{Control, Worker};
+
+const PROGRAM: &str = "switchboard-mio";
+const SIGNAL: Token = Token(0);
+/// A worker thread has ended.
+const WORKER_DONE: Token = Token(1);
+
+fn main() -> ExitCode {
+    let args = match cli::parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("{PROGRAM}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match args.command {
+        Command::Help => {
+            print!("{}", cli::help(PROGRAM));
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("{PROGRAM} {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Command::Serve | Command::CheckConfig | Command::PrintConfig => {}
+    }
+    let text = match &args.config {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(text),
+            Err(e) => {
+                eprintln!("{PROGRAM}: {path}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let config = match cli::resolve(&args, text.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{PROGRAM}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match args.command {
+        Command::CheckConfig => {
+            println!("{}: ok", args.config.as_deref().unwrap_or("built-in defaults"));
+            ExitCode::SUCCESS
+        }
+        Command::PrintConfig => {
+            print!("{}", config.to_toml());
+            ExitCode::SUCCESS
+        }
+        _ => {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+            match serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// A running worker thread and the way to reach it.
+struct WorkerHandle {
+    control: Sender<Control>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl WorkerHandle {
+    fn send(&self, message: Control) {
+        // A worker that has already ended needs no message.
+        if self.control.send(message).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+fn serve(config: Config) -> io::Result<()> {
+    let addr: SocketAddr = config
+        .server
+        .listen
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("server.listen: {e}")))?;
+    let count = match config.server.workers {
+        0 => thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let listeners = listener::bind(addr, count)?;
+    let local = listeners.first().map(mio::net::TcpListener::local_addr).transpose()?.unwrap_or(addr);
+
+    let mut poll = Poll::new()?;
+    // Installed before the address is announced, so a signal sent right after it is a drain.
+    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    poll.registry().register(&mut signals, SIGNAL, Interest::READABLE)?;
+    let done = Arc::new(Waker::new(poll.registry(), WORKER_DONE)?);
+
+    let node_id = if config.broker.node_id.is_empty() { random_node_id() } else { config.broker.node_id.clone() };
+    let mut workers = Vec::with_capacity(count);
+    for (index, listener) in listeners.into_iter().enumerate() {
+        workers.push(spawn_worker(index, listener, Hub::new(config.clone(), node_id.clone()), Arc::clone(&done))?);
+    }
+
+    let mut out = io::stdout().lock();
+    writeln!(out, "listening on {local}")?;
+    out.flush()?;
+    drop(out);
+    info!("{PROGRAM} {}: {count} worker(s) on {local}, node {node_id}", env!("CARGO_PKG_VERSION"));
+
+    let mut events = Events::with_capacity(8);
+    let mut draining = false;
+    let mut failed = false;
+    while workers.iter().any(|w| w.thread.is_some()) {
+        if let Err(e) = poll.poll(&mut events, None) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let mut drain = false;
+        for event in &events {
+            if event.token() == SIGNAL {
+                for signal in signals.pending() {
+                    if draining {
+                        warn!("second signal {signal}: exiting now");
+                        std::process::exit(128 + signal);
+                    }
+                    info!("signal {signal}: draining for up to {:?}", config.drain.timeout);
+                    drain = true;
+                }
+            }
+        }
+        for worker in &mut workers {
+            if worker.thread.as_ref().is_some_and(JoinHandle::is_finished)
+                && let Some(thread) = worker.thread.take()
+            {
+                let result = thread.join().unwrap_or_else(|_| Err(io::Error::other("worker panicked")));
+                if let Err(e) = result {
+                    error!("worker stopped: {e}");
+                    failed = true;
+                    // One worker down means the port serves only part of its clients: stop all.
+                    drain = true;
+                }
+            }
+        }
+        if drain && !draining {
+            draining = true;
+            let deadline = Instant::now() + config.drain.timeout;
+            for worker in &workers {
+                worker.send(Control::Shutdown { deadline });
+            }
+        }
+    }
+    if failed { Err(io::Error::other("a worker failed")) } else { Ok(()) }
+}
+
+fn spawn_worker(index: usize, listener: mio::net::TcpListener, hub: Hub, done: Arc<Waker>) -> io::Result<WorkerHandle> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), worker::WAKER)?);
+    let (control, inbox) = mpsc::channel();
+    let worker = Worker::new(poll, listener, inbox, hub)?;
+    let thread = thread::Builder::new().name(format!("worker-{index}")).spawn(move || {
+        let result = worker.run();
+        let _ = done.wake();
+        result
+    })?;
+    Ok(WorkerHandle { control, waker, thread: Some(thread) })
+}
+
+/// Distinct across restarts and across processes on one host, which is all a node id needs.
+fn random_node_id() -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{:x}-{nanos:x}", std::process::id())
+}

@@ -1,0 +1,320 @@
+//! One worker: a mio `Poll`, a listener and a `Hub`. It moves bytes and time; the hub decides.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use switchboard_core::{ConnId, Event, Hub};
+
+/// Connections use their hub index as token; these two sit where no slab index reaches.
+const LISTENER: Token = Token(usize::MAX);
+/// The token of the worker's `mio::Waker`: a message waits in the control channel.
+pub(crate) const WAKER: Token = Token(usize::MAX - 1);
+
+/// One buffer serves every read of the worker: the hub copies what it keeps.
+const READ_BUFFER: usize = 64 * 1024;
+/// Frames offered to one `write_vectored`; Linux takes at most 1024 (`IOV_MAX`).
+const MAX_SLICES: usize = 64;
+/// How long accepting stops when the process is out of file descriptors.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(80);
+/// Reads spent discarding a closed connection's unread input, so the kernel sends FIN, not RST.
+const LINGER_READS: usize = 4;
+
+/// Messages to a worker from outside its thread; each send is followed by a wake.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Drain: close every connection with 1001 and stop once none is left or at `deadline`.
+    Shutdown { deadline: Instant },
+    // The in-process broker bus of issue 3 adds its variant here: events published by the
+    // other workers' hubs, handed to this hub as they arrive.
+}
+
+/// A socket the hub knows as `id`.
+#[derive(Debug)]
+struct Conn {
+    id: ConnId,
+    stream: TcpStream,
+    /// WRITABLE is part of the registered interest.
+    writable: bool,
+    /// Already in `Worker::flush`.
+    scheduled: bool,
+}
+
+/// The worker's whole state; `run` is its thread's body.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    poll: Poll,
+    listener: TcpListener,
+    control: Receiver<Control>,
+    hub: Hub,
+    /// Indexed by `ConnId::index`, which the hub keeps dense.
+    conns: Vec<Option<Conn>>,
+    buf: Vec<u8>,
+    /// Connections to write to in this turn.
+    flush: Vec<ConnId>,
+    accept_paused_until: Option<Instant>,
+    accept_pauses: u64,
+    drain_deadline: Option<Instant>,
+}
+
+impl Worker {
+    pub(crate) fn new(poll: Poll, mut listener: TcpListener, control: Receiver<Control>, hub: Hub) -> io::Result<Self> {
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(Self {
+            poll,
+            listener,
+            control,
+            hub,
+            conns: Vec::new(),
+            buf: vec![0; READ_BUFFER],
+            flush: Vec::new(),
+            accept_paused_until: None,
+            accept_pauses: 0,
+            drain_deadline: None,
+        })
+    }
+
+    /// Serves until a drain has finished; returns early only if the poller itself fails.
+    pub(crate) fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let now = Instant::now();
+            for event in &events {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    WAKER => self.read_control(now),
+                    Token(index) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read(now, index);
+                        }
+                        if event.is_writable() {
+                            self.schedule_by_index(index);
+                        }
+                    }
+                }
+            }
+            if self.accept_paused_until.is_some_and(|t| t <= now) {
+                self.accept_paused_until = None;
+                // Edge-triggered: connections that queued up meanwhile raise no new event.
+                self.accept(now);
+            }
+            if self.hub.poll_timeout().is_some_and(|t| t <= now) {
+                self.hub.handle_timeout(now);
+            }
+            self.drain_events();
+            self.write(now);
+            if let Some(deadline) = self.drain_deadline
+                && (self.hub.connection_count() == 0 || now >= deadline)
+            {
+                debug!("drained; {} connection(s) left", self.hub.connection_count());
+                return Ok(());
+            }
+        }
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.flush.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        [self.hub.poll_timeout(), self.accept_paused_until, self.drain_deadline]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|at| at.saturating_duration_since(now))
+    }
+
+    fn accept(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let (mut stream, peer) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if is_out_of_descriptors(&e) => {
+                    // The pending connection stays in the backlog; retrying now would spin.
+                    self.accept_pauses += 1;
+                    self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+                    warn!("accept: {e}; pausing accepts (pause #{})", self.accept_pauses);
+                    return;
+                }
+                Err(e) if is_transient_accept_error(&e) => continue,
+                Err(e) => {
+                    warn!("accept: {e}");
+                    return;
+                }
+            };
+            // Messages are small and latency matters more than packet count.
+            let _ = stream.set_nodelay(true);
+            let id = self.hub.handle_accept(now, peer);
+            let token = Token(id.index());
+            if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE) {
+                warn!("register {peer}: {e}");
+                self.hub.handle_eof(now, id);
+                continue;
+            }
+            if self.conns.len() <= id.index() {
+                self.conns.resize_with(id.index() + 1, || None);
+            }
+            // A stale socket in the slot belongs to a connection the hub already forgot.
+            self.conns[id.index()] = Some(Conn { id, stream, writable: false, scheduled: false });
+            debug!("accepted {peer} as {id:?}");
+        }
+    }
+
+    fn read_control(&mut self, now: Instant) {
+        loop {
+            match self.control.try_recv() {
+                Ok(Control::Shutdown { deadline }) => {
+                    self.drain_deadline = Some(deadline);
+                    self.hub.shutdown(now, deadline);
+                }
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    // Nobody can ask for a drain any more: drain now rather than run forever.
+                    if self.drain_deadline.is_none() {
+                        self.drain_deadline = Some(now);
+                        self.hub.shutdown(now, now);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads until `WouldBlock` (the poller is edge-triggered) or until the hub lets go.
+    fn read(&mut self, now: Instant, index: usize) {
+        loop {
+            let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
+            let id = conn.id;
+            match conn.stream.read(&mut self.buf) {
+                Ok(0) => self.hub.handle_eof(now, id),
+                Ok(n) => self.hub.handle_bytes(now, id, &self.buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => self.hub.handle_eof(now, id),
+            }
+            // A close the hub decided on removes the socket here, which ends the loop.
+            self.drain_events();
+        }
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(event) = self.hub.poll_event() {
+            match event {
+                Event::Transmit(id) => self.schedule(id),
+                Event::Close(id) => self.close(id),
+            }
+        }
+    }
+
+    fn schedule(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn_mut(id)
+            && !conn.scheduled
+        {
+            conn.scheduled = true;
+            self.flush.push(id);
+        }
+    }
+
+    fn schedule_by_index(&mut self, index: usize) {
+        if let Some(Some(conn)) = self.conns.get(index) {
+            self.schedule(conn.id);
+        }
+    }
+
+    /// One `write_vectored` per scheduled connection. WRITABLE interest is kept only while a
+    /// backlog exists; a write that did not hit `WouldBlock` is retried next turn, since an
+    /// edge-triggered poller will not report a socket that never stopped being writable.
+    fn write(&mut self, now: Instant) {
+        for id in std::mem::take(&mut self.flush) {
+            let Some(conn) = self.conns.get_mut(id.index()).and_then(Option::as_mut).filter(|c| c.id == id) else {
+                continue;
+            };
+            conn.scheduled = false;
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let filled = self.hub.transmit(id, &mut slices);
+            let result = if filled == 0 { Ok(0) } else { conn.stream.write_vectored(&slices[..filled]) };
+            let blocked = match result {
+                Ok(n) => {
+                    self.hub.consume(id, n);
+                    false
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
+                Err(_) => {
+                    self.hub.handle_eof(now, id);
+                    continue;
+                }
+            };
+            let backlog = self.hub.wants_write(id);
+            self.set_writable(now, id, backlog);
+            if backlog && !blocked {
+                self.schedule(id);
+            }
+        }
+        // `consume` finishes connections whose last bytes (an HTTP error, a close reply) went out.
+        self.drain_events();
+    }
+
+    fn set_writable(&mut self, now: Instant, id: ConnId, writable: bool) {
+        let registry = self.poll.registry();
+        let Some(conn) = self.conns.get_mut(id.index()).and_then(Option::as_mut).filter(|c| c.id == id) else {
+            return;
+        };
+        if conn.writable == writable {
+            return;
+        }
+        let interest = if writable { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        match registry.reregister(&mut conn.stream, Token(id.index()), interest) {
+            Ok(()) => conn.writable = writable,
+            Err(e) => {
+                warn!("reregister {id:?}: {e}");
+                self.hub.handle_eof(now, id);
+            }
+        }
+    }
+
+    /// Closes the socket of a connection the hub has forgotten.
+    fn close(&mut self, id: ConnId) {
+        let Some(slot) = self.conns.get_mut(id.index()) else { return };
+        if slot.as_ref().is_none_or(|c| c.id != id) {
+            return;
+        }
+        let Some(mut conn) = slot.take() else { return };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        // Unread input makes close() send RST, which can destroy the response still in flight
+        // (an HTTP error, our close frame) before the peer reads it.
+        for _ in 0..LINGER_READS {
+            match conn.stream.read(&mut self.buf) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+        debug!("closed {id:?}");
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(id.index()).and_then(Option::as_mut).filter(|c| c.id == id)
+    }
+}
+
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or the system is out of a resource that
+    // closing connections gives back.
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    // The peer gave up between SYN and accept; the next connection in the backlog is fine.
+    matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted)
+}
