@@ -81,10 +81,13 @@ fn main() -> std::io::Result<()> {
                     sockets.remove(&id);
                 }
                 Event::Transmit(_) => busy = true,
+                // One hub, no other node: nothing to forward.
+                Event::Broker(_) => {}
             }
         }
         if !busy {
-            let until_timer = hub.poll_timeout().map_or(Duration::from_millis(5), |at| at.saturating_duration_since(now));
+            let until_timer =
+                hub.poll_timeout().map_or(Duration::from_millis(5), |at| at.saturating_duration_since(now));
             std::thread::sleep(until_timer.min(Duration::from_millis(5)));
         }
     }

@@ -166,12 +166,7 @@ pub struct RateLimitConfig {
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        Self {
-            messages_per_second: 100.0,
-            burst: 200,
-            bytes_per_second: Size::MIB,
-            on_exceed: RateLimitAction::Error,
-        }
+        Self { messages_per_second: 100.0, burst: 200, bytes_per_second: Size::MIB, on_exceed: RateLimitAction::Error }
     }
 }
 
@@ -191,12 +186,7 @@ pub struct CompressionConfig {
 
 impl Default for CompressionConfig {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            min_bytes: Size(256),
-            level: 1,
-            server_no_context_takeover: true,
-        }
+        Self { enabled: true, min_bytes: Size(256), level: 1, server_no_context_takeover: true }
     }
 }
 
@@ -214,11 +204,7 @@ pub struct PubSubConfig {
 
 impl Default for PubSubConfig {
     fn default() -> Self {
-        Self {
-            max_subscriptions: 64,
-            max_protocol_errors: 3,
-            max_channel_bytes: 128,
-        }
+        Self { max_subscriptions: 64, max_protocol_errors: 3, max_channel_bytes: 128 }
     }
 }
 
@@ -288,11 +274,7 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self {
-            api_key: String::new(),
-            metrics: true,
-            max_body_bytes: Size(64 * 1024),
-        }
+        Self { api_key: String::new(), metrics: true, max_body_bytes: Size(64 * 1024) }
     }
 }
 
@@ -358,11 +340,7 @@ pub struct BackoffConfig {
 
 impl Default for BackoffConfig {
     fn default() -> Self {
-        Self {
-            min: Duration::from_millis(100),
-            max: Duration::from_secs(5),
-            jitter: 0.2,
-        }
+        Self { min: Duration::from_millis(100), max: Duration::from_secs(5), jitter: 0.2 }
     }
 }
 
@@ -379,10 +357,7 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        Self {
-            failure_threshold: 5,
-            open_for: Duration::from_secs(10),
-        }
+        Self { failure_threshold: 5, open_for: Duration::from_secs(10) }
     }
 }
 
@@ -402,11 +377,7 @@ pub struct DrainConfig {
 
 impl Default for DrainConfig {
     fn default() -> Self {
-        Self {
-            timeout: Duration::from_secs(30),
-            batch: 100,
-            interval: Duration::from_millis(100),
-        }
+        Self { timeout: Duration::from_secs(30), batch: 100, interval: Duration::from_millis(100) }
     }
 }
 
@@ -436,8 +407,7 @@ impl Config {
     pub fn from_toml(src: &str) -> Result<Self, ConfigError> {
         // Parse with spans first: syntax errors surface here, and the span tree
         // is needed to name and locate later errors.
-        let doc =
-            DeTable::parse(src).map_err(|e| ConfigError::at(src, e.span(), "", e.message()))?;
+        let doc = DeTable::parse(src).map_err(|e| ConfigError::at(src, e.span(), "", e.message()))?;
         let nodes = SpanIndex::new(doc.get_ref());
         let config: Self = toml::from_str(src).map_err(|e| {
             let (key, message) = nodes.describe_de_error(e.span(), e.message());
@@ -472,21 +442,11 @@ impl Config {
 
     fn validate(&self) -> Result<(), Invalid> {
         let s = &self.server;
-        check(
-            s.listen.parse::<SocketAddr>().is_ok(),
-            "server.listen",
-            || {
-                format!(
-                    "{:?} is not a socket address (use e.g. \"127.0.0.1:8080\")",
-                    s.listen
-                )
-            },
-        )?;
+        check(s.listen.parse::<SocketAddr>().is_ok(), "server.listen", || {
+            format!("{:?} is not a socket address (use e.g. \"127.0.0.1:8080\")", s.listen)
+        })?;
         check(s.workers <= 1024, "server.workers", || {
-            format!(
-                "{} workers is too many (at most 1024; 0 = one per core)",
-                s.workers
-            )
+            format!("{} workers is too many (at most 1024; 0 = one per core)", s.workers)
         })?;
         positive(s.handshake_timeout, "server.handshake_timeout")?;
         check(s.max_header_bytes >= 256, "server.max_header_bytes", || {
@@ -494,15 +454,11 @@ impl Config {
         })?;
 
         let l = &self.limits;
-        check(l.max_connections >= 1, "limits.max_connections", || {
-            "must be at least 1".to_owned()
-        })?;
+        check(l.max_connections >= 1, "limits.max_connections", || "must be at least 1".to_owned())?;
         rate(l.connect_rate_per_ip, "limits.connect_rate_per_ip")?;
-        check(
-            l.connect_rate_per_ip == 0.0 || l.connect_burst_per_ip >= 1,
-            "limits.connect_burst_per_ip",
-            || "must be at least 1 while connect_rate_per_ip is set".to_owned(),
-        )?;
+        check(l.connect_rate_per_ip == 0.0 || l.connect_burst_per_ip >= 1, "limits.connect_burst_per_ip", || {
+            "must be at least 1 while connect_rate_per_ip is set".to_owned()
+        })?;
         nonzero_size(l.max_message_bytes, "limits.max_message_bytes")?;
         nonzero_size(l.max_frame_bytes, "limits.max_frame_bytes")?;
         nonzero_size(l.send_queue_bytes, "limits.send_queue_bytes")?;
@@ -523,42 +479,27 @@ impl Config {
 
         let r = &self.rate_limit;
         rate(r.messages_per_second, "rate_limit.messages_per_second")?;
-        check(
-            r.messages_per_second == 0.0 || r.burst >= 1,
-            "rate_limit.burst",
-            || "must be at least 1 while messages_per_second is set".to_owned(),
-        )?;
+        check(r.messages_per_second == 0.0 || r.burst >= 1, "rate_limit.burst", || {
+            "must be at least 1 while messages_per_second is set".to_owned()
+        })?;
 
         let c = &self.compression;
-        check(c.level <= 9, "compression.level", || {
-            format!("deflate level must be 0..=9, got {}", c.level)
-        })?;
+        check(c.level <= 9, "compression.level", || format!("deflate level must be 0..=9, got {}", c.level))?;
 
         let p = &self.pubsub;
-        check(p.max_subscriptions >= 1, "pubsub.max_subscriptions", || {
-            "must be at least 1".to_owned()
-        })?;
-        check(p.max_channel_bytes >= 1, "pubsub.max_channel_bytes", || {
-            "must be at least 1".to_owned()
-        })?;
+        check(p.max_subscriptions >= 1, "pubsub.max_subscriptions", || "must be at least 1".to_owned())?;
+        check(p.max_channel_bytes >= 1, "pubsub.max_channel_bytes", || "must be at least 1".to_owned())?;
 
         nonzero_size(self.http.max_body_bytes, "http.max_body_bytes")?;
 
         let b = &self.broker;
         if b.kind == BrokerKind::Redis {
-            let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
-                .iter()
-                .any(|p| b.url.starts_with(p));
+            let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"].iter().any(|p| b.url.starts_with(p));
             check(scheme_ok, "broker.url", || {
-                format!(
-                    "{:?} is not a redis URL (use e.g. \"redis://127.0.0.1:6379\")",
-                    b.url
-                )
+                format!("{:?} is not a redis URL (use e.g. \"redis://127.0.0.1:6379\")", b.url)
             })?;
         }
-        check(!b.prefix.is_empty(), "broker.prefix", || {
-            "must not be empty".to_owned()
-        })?;
+        check(!b.prefix.is_empty(), "broker.prefix", || "must not be empty".to_owned())?;
         positive(b.lease_ttl, "broker.lease_ttl")?;
         positive(b.backoff.max, "broker.backoff.max")?;
         if b.backoff.min > b.backoff.max {
@@ -572,69 +513,44 @@ impl Config {
                 also: Some("broker.backoff.max"),
             });
         }
-        check(
-            (0.0..=1.0).contains(&b.backoff.jitter),
-            "broker.backoff.jitter",
-            || format!("must be between 0 and 1, got {}", b.backoff.jitter),
-        )?;
-        check(
-            b.breaker.failure_threshold >= 1,
-            "broker.breaker.failure_threshold",
-            || "must be at least 1".to_owned(),
-        )?;
-        positive(b.breaker.open_for, "broker.breaker.open_for")?;
-
-        check(self.drain.batch >= 1, "drain.batch", || {
+        check((0.0..=1.0).contains(&b.backoff.jitter), "broker.backoff.jitter", || {
+            format!("must be between 0 and 1, got {}", b.backoff.jitter)
+        })?;
+        check(b.breaker.failure_threshold >= 1, "broker.breaker.failure_threshold", || {
             "must be at least 1".to_owned()
         })?;
+        positive(b.breaker.open_for, "broker.breaker.open_for")?;
+
+        check(self.drain.batch >= 1, "drain.batch", || "must be at least 1".to_owned())?;
 
         self.validate_routes()
     }
 
     fn validate_routes(&self) -> Result<(), Invalid> {
-        check(!self.route.is_empty(), "route", || {
-            "at least one [[route]] is required".to_owned()
-        })?;
+        check(!self.route.is_empty(), "route", || "at least one [[route]] is required".to_owned())?;
         for (i, r) in self.route.iter().enumerate() {
-            let path_ok = r.path.starts_with('/')
-                && !r
-                    .path
-                    .contains(|c: char| c.is_whitespace() || c == '?' || c == '#');
+            let path_ok =
+                r.path.starts_with('/') && !r.path.contains(|c: char| c.is_whitespace() || c == '?' || c == '#');
             check(path_ok, &format!("route[{i}].path"), || {
-                format!(
-                    "{:?} must start with '/' and contain no whitespace, '?' or '#'",
-                    r.path
-                )
+                format!("{:?} must start with '/' and contain no whitespace, '?' or '#'", r.path)
             })?;
             if let Some(first) = self.route[..i].iter().position(|o| o.path == r.path) {
                 return Err(Invalid::new(
                     &format!("route[{i}].path"),
-                    format!(
-                        "duplicate route path {:?} (already used by route[{first}])",
-                        r.path
-                    ),
+                    format!("duplicate route path {:?} (already used by route[{first}])", r.path),
                 ));
             }
             for (j, o) in r.allowed_origins.iter().enumerate() {
-                check(
-                    !o.trim().is_empty(),
-                    &format!("route[{i}].allowed_origins[{j}]"),
-                    || {
-                        "origin must not be empty (an empty list already allows any origin)"
-                            .to_owned()
-                    },
-                )?;
+                check(!o.trim().is_empty(), &format!("route[{i}].allowed_origins[{j}]"), || {
+                    "origin must not be empty (an empty list already allows any origin)".to_owned()
+                })?;
             }
             for (j, sp) in r.subprotocols.iter().enumerate() {
                 let key = format!("route[{i}].subprotocols[{j}]");
-                check(
-                    !sp.is_empty() && sp.chars().all(is_token_char),
-                    &key,
-                    || format!("{sp:?} is not a valid subprotocol token"),
-                )?;
-                check(!r.subprotocols[..j].contains(sp), &key, || {
-                    format!("duplicate subprotocol {sp:?}")
+                check(!sp.is_empty() && sp.chars().all(is_token_char), &key, || {
+                    format!("{sp:?} is not a valid subprotocol token")
                 })?;
+                check(!r.subprotocols[..j].contains(sp), &key, || format!("duplicate subprotocol {sp:?}"))?;
             }
         }
         Ok(())
@@ -657,20 +573,12 @@ struct Invalid {
 
 impl Invalid {
     fn new(key: &str, message: String) -> Self {
-        Self {
-            key: key.to_owned(),
-            message,
-            also: None,
-        }
+        Self { key: key.to_owned(), message, also: None }
     }
 }
 
 fn check(ok: bool, key: &str, message: impl FnOnce() -> String) -> Result<(), Invalid> {
-    if ok {
-        Ok(())
-    } else {
-        Err(Invalid::new(key, message()))
-    }
+    if ok { Ok(()) } else { Err(Invalid::new(key, message())) }
 }
 
 fn positive(d: Duration, key: &str) -> Result<(), Invalid> {
@@ -682,9 +590,7 @@ fn nonzero_size(s: Size, key: &str) -> Result<(), Invalid> {
 }
 
 fn rate(v: f64, key: &str) -> Result<(), Invalid> {
-    check(v.is_finite() && v >= 0.0, key, || {
-        format!("must be a finite number >= 0 (0 = unlimited), got {v}")
-    })
+    check(v.is_finite() && v >= 0.0, key, || format!("must be a finite number >= 0 (0 = unlimited), got {v}"))
 }
 
 /// A configuration problem with its location in the source text.
@@ -703,22 +609,13 @@ pub struct ConfigError {
 impl ConfigError {
     fn at(src: &str, span: Option<Range<usize>>, key: &str, message: &str) -> Self {
         let (line, column) = line_column(src, span.map_or(0, |s| s.start));
-        Self {
-            key: key.to_owned(),
-            line,
-            column,
-            message: message.to_owned(),
-        }
+        Self { key: key.to_owned(), line, column, message: message.to_owned() }
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "config error at line {}, column {}: ",
-            self.line, self.column
-        )?;
+        write!(f, "config error at line {}, column {}: ", self.line, self.column)?;
         if !self.key.is_empty() {
             write!(f, "{}: ", self.key)?;
         }
@@ -762,17 +659,8 @@ impl SpanIndex {
     fn collect_table(table: &DeTable<'_>, prefix: &str, depth: usize, out: &mut Vec<SpanNode>) {
         for (k, v) in table.iter() {
             let name: &str = k.get_ref();
-            let path = if prefix.is_empty() {
-                name.to_owned()
-            } else {
-                format!("{prefix}.{name}")
-            };
-            out.push(SpanNode {
-                path: path.clone(),
-                depth: depth + 1,
-                key: Some(k.span()),
-                value: v.span(),
-            });
+            let path = if prefix.is_empty() { name.to_owned() } else { format!("{prefix}.{name}") };
+            out.push(SpanNode { path: path.clone(), depth: depth + 1, key: Some(k.span()), value: v.span() });
             Self::collect_value(v.get_ref(), &path, depth + 1, out);
         }
     }
@@ -783,12 +671,7 @@ impl SpanIndex {
             DeValue::Array(a) => {
                 for (i, v) in a.iter().enumerate() {
                     let path = format!("{path}[{i}]");
-                    out.push(SpanNode {
-                        path: path.clone(),
-                        depth: depth + 1,
-                        key: None,
-                        value: v.span(),
-                    });
+                    out.push(SpanNode { path: path.clone(), depth: depth + 1, key: None, value: v.span() });
                     Self::collect_value(v.get_ref(), &path, depth + 1, out);
                 }
             }
@@ -812,11 +695,7 @@ impl SpanIndex {
         if let Some(rest) = message.strip_prefix("missing field ") {
             // The span points at the table lacking the key, so the key is appended.
             let field = rest.trim_matches('`');
-            let key = if path.is_empty() {
-                field.to_owned()
-            } else {
-                format!("{path}.{field}")
-            };
+            let key = if path.is_empty() { field.to_owned() } else { format!("{path}.{field}") };
             return (key, format!("missing required key `{field}`"));
         }
         let message = match message.strip_prefix("unknown field ") {
@@ -828,12 +707,7 @@ impl SpanIndex {
 
     /// Span of `key`'s value, else of `also`, else of the nearest written ancestor.
     fn locate(&self, key: &str, also: Option<&str>) -> Range<usize> {
-        let find = |p: &str| {
-            self.nodes
-                .iter()
-                .find(|n| n.path == p)
-                .map(|n| n.value.clone())
-        };
+        let find = |p: &str| self.nodes.iter().find(|n| n.path == p).map(|n| n.value.clone());
         if let Some(span) = find(key).or_else(|| also.and_then(find)) {
             return span;
         }
@@ -871,9 +745,7 @@ impl Size {
             "tib" => 1 << 40,
             _ => return None,
         };
-        scale(number, mult)
-            .and_then(|n| u64::try_from(n).ok())
-            .map(Self)
+        scale(number, mult).and_then(|n| u64::try_from(n).ok()).map(Self)
     }
 
     /// The size as `usize`, saturating on narrow targets.
@@ -901,18 +773,14 @@ impl<'de> Deserialize<'de> for Size {
                 f.write_str("a byte count like 65536 or \"64KiB\"")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
-                u64::try_from(v)
-                    .map(Size)
-                    .map_err(|_| E::custom(format!("invalid size {v}: must not be negative")))
+                u64::try_from(v).map(Size).map_err(|_| E::custom(format!("invalid size {v}: must not be negative")))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
                 Ok(Size(v))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
                 Size::parse(v).ok_or_else(|| {
-                    E::custom(format!(
-                        "invalid size {v:?} (use e.g. 65536, \"512B\", \"64KiB\", \"1MiB\", \"2KB\")"
-                    ))
+                    E::custom(format!("invalid size {v:?} (use e.g. 65536, \"512B\", \"64KiB\", \"1MiB\", \"2KB\")"))
                 })
             }
         }
@@ -946,13 +814,8 @@ pub fn format_duration(d: Duration) -> String {
     if nanos == 0 {
         return "0s".to_owned();
     }
-    let units: [(u128, &str); 5] = [
-        (3_600_000_000_000, "h"),
-        (60_000_000_000, "m"),
-        (1_000_000_000, "s"),
-        (1_000_000, "ms"),
-        (1_000, "us"),
-    ];
+    let units: [(u128, &str); 5] =
+        [(3_600_000_000_000, "h"), (60_000_000_000, "m"), (1_000_000_000, "s"), (1_000_000, "ms"), (1_000, "us")];
     for (size, name) in units {
         if nanos.is_multiple_of(size) {
             return format!("{}{name}", nanos / size);
@@ -963,9 +826,7 @@ pub fn format_duration(d: Duration) -> String {
 
 /// Splits `"1.5MiB"` into `("1.5", "MiB")`, allowing spaces between.
 fn split_number(s: &str) -> Option<(&str, &str)> {
-    let end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (number, unit) = s.split_at(end);
     let has_digit = number.bytes().any(|b| b.is_ascii_digit());
     (has_digit && number.matches('.').count() <= 1).then_some((number, unit.trim_start()))
@@ -974,11 +835,7 @@ fn split_number(s: &str) -> Option<(&str, &str)> {
 /// `number * unit`, exactly for integers and truncating sub-unit fractions.
 fn scale(number: &str, unit: u128) -> Option<u128> {
     let (int, frac) = number.split_once('.').unwrap_or((number, ""));
-    let mut total = if int.is_empty() {
-        0
-    } else {
-        int.parse::<u128>().ok()?.checked_mul(unit)?
-    };
+    let mut total = if int.is_empty() { 0 } else { int.parse::<u128>().ok()?.checked_mul(unit)? };
     // Beyond 18 digits the fraction is below a nanosecond even for hours; ignore the rest.
     let frac = &frac[..frac.len().min(18)];
     if !frac.is_empty() {
@@ -1000,9 +857,7 @@ mod duration_serde {
         serializer.serialize_str(&format_duration(*d))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Duration, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         struct DurationVisitor;
         impl Visitor<'_> for DurationVisitor {
             type Value = Duration;
@@ -1010,11 +865,8 @@ mod duration_serde {
                 f.write_str("a duration string like \"25s\" or \"100ms\"")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-                parse_duration(v).ok_or_else(|| {
-                    E::custom(format!(
-                        "invalid duration {v:?} (use e.g. \"25s\", \"100ms\")"
-                    ))
-                })
+                parse_duration(v)
+                    .ok_or_else(|| E::custom(format!("invalid duration {v:?} (use e.g. \"25s\", \"100ms\")")))
             }
         }
         deserializer.deserialize_str(DurationVisitor)
@@ -1039,11 +891,7 @@ mod tests {
     #[track_caller]
     fn assert_err(src: &str, key: &str, line: usize, column: usize) -> ConfigError {
         let e = err(src);
-        assert_eq!(
-            (e.key.as_str(), e.line, e.column),
-            (key, line, column),
-            "{e}"
-        );
+        assert_eq!((e.key.as_str(), e.line, e.column), (key, line, column), "{e}");
         e
     }
 
@@ -1116,14 +964,10 @@ mod tests {
 
     #[test]
     fn routes_replace_defaults_and_are_found() {
-        let c = Config::from_toml(
-            "[[route]]\npath = \"/x\"\nmode = \"echo\"\nslow_consumer = \"drop\"\n",
-        );
+        let c = Config::from_toml("[[route]]\npath = \"/x\"\nmode = \"echo\"\nslow_consumer = \"drop\"\n");
         let Ok(c) = c else { panic!("{c:?}") };
         assert_eq!(c.route.len(), 1);
-        let Some((0, r)) = c.route("/x") else {
-            panic!("route /x missing")
-        };
+        let Some((0, r)) = c.route("/x") else { panic!("route /x missing") };
         assert_eq!(c.slow_consumer_for(r), SlowConsumerPolicy::Drop);
         assert!(c.route("/echo").is_none());
         assert_eq!(Config::default().route("/ws").map(|(i, _)| i), Some(2));
@@ -1134,13 +978,9 @@ mod tests {
         assert_err("bogus = 1\n", "bogus", 1, 1);
         let e = assert_err("[server]\nworkers = 2\n  bogus = 1\n", "server.bogus", 3, 3);
         assert!(e.message.starts_with("unknown key `bogus`"), "{e}");
-        assert_err(
-            "[broker.backoff]\nmin = \"1s\"\nmaxx = \"2s\"\n",
-            "broker.backoff.maxx",
-            3,
-            1,
-        );
-        let src = "[[route]]\npath = \"/a\"\nmode = \"echo\"\n[[route]]\npath = \"/b\"\nmode = \"echo\"\norigins = []\n";
+        assert_err("[broker.backoff]\nmin = \"1s\"\nmaxx = \"2s\"\n", "broker.backoff.maxx", 3, 1);
+        let src =
+            "[[route]]\npath = \"/a\"\nmode = \"echo\"\n[[route]]\npath = \"/b\"\nmode = \"echo\"\norigins = []\n";
         assert_err(src, "route[1].origins", 7, 1);
     }
 
@@ -1149,22 +989,13 @@ mod tests {
         let e = assert_err("[server]\nworkers = \"four\"\n", "server.workers", 2, 11);
         assert!(e.message.contains("invalid type"), "{e}");
         assert_err("[compression]\nenabled = 1\n", "compression.enabled", 2, 11);
-        assert_err(
-            "[heartbeat]\nping_interval = 25\n",
-            "heartbeat.ping_interval",
-            2,
-            17,
-        );
+        assert_err("[heartbeat]\nping_interval = 25\n", "heartbeat.ping_interval", 2, 17);
     }
 
     #[test]
     fn bad_duration_matches_documented_display() {
-        let e = assert_err(
-            "# comment\n[heartbeat]\nping_interval = \"25 parsecs\"\n",
-            "heartbeat.ping_interval",
-            3,
-            17,
-        );
+        let e =
+            assert_err("# comment\n[heartbeat]\nping_interval = \"25 parsecs\"\n", "heartbeat.ping_interval", 3, 17);
         assert_eq!(
             e.to_string(),
             "config error at line 3, column 17: heartbeat.ping_interval: \
@@ -1174,36 +1005,16 @@ mod tests {
 
     #[test]
     fn bad_size() {
-        let e = assert_err(
-            "[limits]\nsend_queue_bytes = \"1 parsec\"\n",
-            "limits.send_queue_bytes",
-            2,
-            20,
-        );
+        let e = assert_err("[limits]\nsend_queue_bytes = \"1 parsec\"\n", "limits.send_queue_bytes", 2, 20);
         assert!(e.message.starts_with("invalid size"), "{e}");
-        assert_err(
-            "[http]\nmax_body_bytes = -5\n",
-            "http.max_body_bytes",
-            2,
-            18,
-        );
+        assert_err("[http]\nmax_body_bytes = -5\n", "http.max_body_bytes", 2, 18);
     }
 
     #[test]
     fn bad_enum_value() {
-        let e = assert_err(
-            "[limits]\nslow_consumer = \"panic\"\n",
-            "limits.slow_consumer",
-            2,
-            17,
-        );
+        let e = assert_err("[limits]\nslow_consumer = \"panic\"\n", "limits.slow_consumer", 2, 17);
         assert!(e.message.contains("unknown variant `panic`"), "{e}");
-        assert_err(
-            "[[route]]\npath = \"/a\"\nmode = \"relay\"\n",
-            "route[0].mode",
-            3,
-            8,
-        );
+        assert_err("[[route]]\npath = \"/a\"\nmode = \"relay\"\n", "route[0].mode", 3, 8);
     }
 
     #[test]
@@ -1211,12 +1022,7 @@ mod tests {
         let dup = "[[route]]\npath = \"/a\"\nmode = \"echo\"\n\n[[route]]\npath = \"/a\"\nmode = \"pubsub\"\n";
         let e = assert_err(dup, "route[1].path", 6, 8);
         assert!(e.message.contains("duplicate"), "{e}");
-        assert_err(
-            "[[route]]\nmode = \"echo\"\npath = \"a\"\n",
-            "route[0].path",
-            3,
-            8,
-        );
+        assert_err("[[route]]\nmode = \"echo\"\npath = \"a\"\n", "route[0].path", 3, 8);
         let missing = "[[route]]\npath = \"/a\"\nmode = \"echo\"\n\n[[route]]\npath = \"/b\"\n";
         let e = assert_err(missing, "route[1].mode", 5, 1);
         assert!(e.message.contains("missing required key `mode`"), "{e}");
@@ -1227,60 +1033,23 @@ mod tests {
 
     #[test]
     fn validation_errors() {
-        assert_err(
-            "[heartbeat]\npong_timeout = \"0s\"\n",
-            "heartbeat.pong_timeout",
-            2,
-            16,
-        );
+        assert_err("[heartbeat]\npong_timeout = \"0s\"\n", "heartbeat.pong_timeout", 2, 16);
         assert_err("[compression]\nlevel = 12\n", "compression.level", 2, 9);
-        assert_err(
-            "[broker.backoff]\njitter = 2.0\n",
-            "broker.backoff.jitter",
-            2,
-            10,
-        );
+        assert_err("[broker.backoff]\njitter = 2.0\n", "broker.backoff.jitter", 2, 10);
         assert_err("[server]\nlisten = \"localhost\"\n", "server.listen", 2, 10);
-        assert_err(
-            "[server]\nmax_header_bytes = 255\n",
-            "server.max_header_bytes",
-            2,
-            20,
-        );
+        assert_err("[server]\nmax_header_bytes = 255\n", "server.max_header_bytes", 2, 20);
         assert_err("[server]\nworkers = 1025\n", "server.workers", 2, 11);
         // Only the other side of a cross-field rule is written: point at it.
-        assert_err(
-            "[limits]\nmax_message_bytes = \"64KiB\"\n",
-            "limits.max_frame_bytes",
-            2,
-            21,
-        );
-        assert_err(
-            "[broker.backoff]\nmin = \"10s\"\n",
-            "broker.backoff.min",
-            2,
-            7,
-        );
-        assert_err(
-            "[broker]\nkind = \"redis\"\nurl = \"http://x\"\n",
-            "broker.url",
-            3,
-            7,
-        );
-        assert_err(
-            "[broker.breaker]\nfailure_threshold = 0\n",
-            "broker.breaker.failure_threshold",
-            2,
-            21,
-        );
+        assert_err("[limits]\nmax_message_bytes = \"64KiB\"\n", "limits.max_frame_bytes", 2, 21);
+        assert_err("[broker.backoff]\nmin = \"10s\"\n", "broker.backoff.min", 2, 7);
+        assert_err("[broker]\nkind = \"redis\"\nurl = \"http://x\"\n", "broker.url", 3, 7);
+        assert_err("[broker.breaker]\nfailure_threshold = 0\n", "broker.breaker.failure_threshold", 2, 21);
     }
 
     #[test]
     fn unwritten_keys_fall_back_to_their_table() {
         let src = "[limits]\nslow_consumer = \"drop\"\n";
-        let Ok(doc) = DeTable::parse(src) else {
-            panic!("valid toml")
-        };
+        let Ok(doc) = DeTable::parse(src) else { panic!("valid toml") };
         let nodes = SpanIndex::new(doc.get_ref());
         assert_eq!(nodes.locate("limits.max_frame_bytes", None), 0..8);
         assert_eq!(nodes.locate("drain.batch", None), 0..0);
@@ -1289,11 +1058,7 @@ mod tests {
     #[test]
     fn syntax_error_has_position() {
         let e = assert_err("[server]\nworkers = 1\n[limits\n", "", 3, 8);
-        assert!(
-            e.to_string()
-                .starts_with("config error at line 3, column 8: "),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("config error at line 3, column 8: "), "{e}");
         assert_err("a = \"é\" b\n", "", 1, 9);
     }
 

@@ -82,10 +82,7 @@ struct Offer {
 
 /// Returns `None` when the offer is not permessage-deflate or breaks a rule of
 /// RFC 7692 §7.1, which means declining it.
-fn accept_offer(
-    offer: &str,
-    force_server_no_context_takeover: bool,
-) -> Option<(DeflateParams, String)> {
+fn accept_offer(offer: &str, force_server_no_context_takeover: bool) -> Option<(DeflateParams, String)> {
     let mut parts = split_outside_quotes(offer, b';').into_iter();
     let name = trim_ows(parts.next()?);
     if !name.eq_ignore_ascii_case(EXTENSION) {
@@ -128,8 +125,7 @@ fn accept_offer(
     }
 
     let params = DeflateParams {
-        server_no_context_takeover: seen.server_no_context_takeover
-            || force_server_no_context_takeover,
+        server_no_context_takeover: seen.server_no_context_takeover || force_server_no_context_takeover,
         client_no_context_takeover: seen.client_no_context_takeover,
         server_max_window_bits: seen.server_max_window_bits.unwrap_or(15),
         client_max_window_bits: seen.client_max_window_bits.flatten().unwrap_or(15),
@@ -207,10 +203,7 @@ fn parse_window_bits(value: &str) -> Option<u8> {
     if value.is_empty() || value.starts_with('0') || !value.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    value
-        .parse::<u8>()
-        .ok()
-        .filter(|bits| (8..=15).contains(bits))
+    value.parse::<u8>().ok().filter(|bits| (8..=15).contains(bits))
 }
 
 /// Why inflating a message failed.
@@ -249,9 +242,7 @@ impl Inflater {
     /// Creates an inflater for the client side of the agreed parameters.
     pub fn new(params: &DeflateParams) -> Self {
         Self {
-            window_bits: params
-                .client_max_window_bits
-                .clamp(ZLIB_MIN_WINDOW_BITS, 15),
+            window_bits: params.client_max_window_bits.clamp(ZLIB_MIN_WINDOW_BITS, 15),
             reset_each_message: params.client_no_context_takeover,
             state: None,
             stream_ended: false,
@@ -262,12 +253,7 @@ impl Inflater {
     ///
     /// After an error the message is abandoned and the state dropped; the
     /// connection is expected to close.
-    pub fn push(
-        &mut self,
-        input: &[u8],
-        out: &mut Vec<u8>,
-        limit: usize,
-    ) -> Result<(), InflateError> {
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), InflateError> {
         if input.is_empty() {
             return Ok(());
         }
@@ -282,11 +268,7 @@ impl Inflater {
     pub fn finish(&mut self, out: &mut Vec<u8>, limit: usize) -> Result<(), InflateError> {
         // Without state nothing was pushed, and the tail alone is an empty
         // stored block: no output and no window change, so skip allocating.
-        let result = if self.state.is_some() {
-            self.inflate(&TAIL, out, limit)
-        } else {
-            Ok(())
-        };
+        let result = if self.state.is_some() { self.inflate(&TAIL, out, limit) } else { Ok(()) };
         if result.is_err() || self.reset_each_message || self.stream_ended {
             self.drop_state();
         }
@@ -298,19 +280,12 @@ impl Inflater {
         self.stream_ended = false;
     }
 
-    fn inflate(
-        &mut self,
-        mut input: &[u8],
-        out: &mut Vec<u8>,
-        limit: usize,
-    ) -> Result<(), InflateError> {
+    fn inflate(&mut self, mut input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), InflateError> {
         if self.stream_ended {
             return Ok(());
         }
         let window_bits = self.window_bits;
-        let state = self
-            .state
-            .get_or_insert_with(|| Decompress::new_with_window_bits(false, window_bits));
+        let state = self.state.get_or_insert_with(|| Decompress::new_with_window_bits(false, window_bits));
         // One byte past the limit is enough room to tell "exactly at the
         // limit" from "more to come" without allocating for a zip bomb.
         let max_capacity = limit.saturating_add(1);
@@ -324,9 +299,7 @@ impl Inflater {
             }
             let in_before = state.total_in();
             let out_before = state.total_out();
-            let status = state
-                .decompress_vec(input, out, FlushDecompress::None)
-                .map_err(|_| InflateError::Corrupt)?;
+            let status = state.decompress_vec(input, out, FlushDecompress::None).map_err(|_| InflateError::Corrupt)?;
             let consumed = usize::try_from(state.total_in() - in_before).unwrap_or(usize::MAX);
             input = input.get(consumed..).unwrap_or_default();
             let progressed = consumed > 0 || state.total_out() != out_before;
@@ -367,9 +340,7 @@ impl Deflater {
         } else {
             (window_bits, level.min(9))
         };
-        Self {
-            compress: Compress::new_with_window_bits(Compression::new(level), false, window_bits),
-        }
+        Self { compress: Compress::new_with_window_bits(Compression::new(level), false, window_bits) }
     }
 
     /// Appends one whole message compressed without context takeover to `out`, tail stripped (RFC 7692 §7.2.1).
@@ -390,8 +361,7 @@ impl Deflater {
                 .compress
                 .compress_vec(input, out, FlushCompress::Sync)
                 .expect("sync flush after reset cannot fail");
-            let consumed =
-                usize::try_from(self.compress.total_in() - in_before).unwrap_or(usize::MAX);
+            let consumed = usize::try_from(self.compress.total_in() - in_before).unwrap_or(usize::MAX);
             input = input.get(consumed..).unwrap_or_default();
             // zlib signals a finished flush by leaving output space unused.
             if input.is_empty() && out.len() < out.capacity() {
@@ -415,18 +385,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn params(client_bits: u8, client_no_context_takeover: bool) -> DeflateParams {
-        DeflateParams {
-            client_max_window_bits: client_bits,
-            client_no_context_takeover,
-            ..DeflateParams::default()
-        }
+        DeflateParams { client_max_window_bits: client_bits, client_no_context_takeover, ..DeflateParams::default() }
     }
 
-    fn inflate_message(
-        inflater: &mut Inflater,
-        payload: &[u8],
-        limit: usize,
-    ) -> Result<Vec<u8>, InflateError> {
+    fn inflate_message(inflater: &mut Inflater, payload: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
         let mut out = Vec::new();
         inflater.push(payload, &mut out, limit)?;
         inflater.finish(&mut out, limit)?;
@@ -436,19 +398,10 @@ mod tests {
     /// Deterministic data mixing repetition (for matches) with noise.
     fn sample(len: usize, seed: u64) -> Vec<u8> {
         let mut x = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        let words: [&[u8]; 6] = [
-            b"switchboard ",
-            b"hub ",
-            b"message ",
-            b"{\"id\":",
-            b"42,",
-            b"\n",
-        ];
+        let words: [&[u8]; 6] = [b"switchboard ", b"hub ", b"message ", b"{\"id\":", b"42,", b"\n"];
         let mut data = Vec::with_capacity(len);
         while data.len() < len {
-            x = x
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             let r = (x >> 33) as usize;
             if r.is_multiple_of(4) {
                 data.push((r >> 8) as u8);
@@ -480,10 +433,8 @@ mod tests {
 
     #[test]
     fn all_params() {
-        let (p, resp) = neg(&[
-            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
-             server_max_window_bits=10; client_max_window_bits=12",
-        ])
+        let (p, resp) = neg(&["permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
+             server_max_window_bits=10; client_max_window_bits=12"])
         .unwrap();
         assert_eq!(
             p,
@@ -503,8 +454,9 @@ mod tests {
 
     #[test]
     fn first_invalid_offer_is_skipped() {
-        let (p, resp) = neg(&["permessage-deflate; server_max_window_bits=16, permessage-deflate; client_max_window_bits=9"])
-            .unwrap();
+        let (p, resp) =
+            neg(&["permessage-deflate; server_max_window_bits=16, permessage-deflate; client_max_window_bits=9"])
+                .unwrap();
         assert_eq!(p.client_max_window_bits, 9);
         assert_eq!(p.server_max_window_bits, 15);
         assert_eq!(resp, "permessage-deflate; client_max_window_bits=9");
@@ -512,11 +464,7 @@ mod tests {
 
     #[test]
     fn offers_span_header_values() {
-        let (p, _) = neg(&[
-            "x-webkit-deflate-frame",
-            "foo, permessage-deflate; server_max_window_bits=11",
-        ])
-        .unwrap();
+        let (p, _) = neg(&["x-webkit-deflate-frame", "foo, permessage-deflate; server_max_window_bits=11"]).unwrap();
         assert_eq!(p.server_max_window_bits, 11);
     }
 
@@ -556,48 +504,28 @@ mod tests {
             assert!(p.client_no_context_takeover, "{offer}");
             let combined = format!("{offer}, {next}");
             let found = neg(&[combined.as_str()]).is_some();
-            assert_eq!(
-                found,
-                offer.matches('"').count().is_multiple_of(2),
-                "{offer}"
-            );
+            assert_eq!(found, offer.matches('"').count().is_multiple_of(2), "{offer}");
         }
     }
 
     #[test]
     fn quoted_values() {
-        let (p, resp) = neg(&[
-            "permessage-deflate; client_max_window_bits=\"10\"; server_max_window_bits = \"1\\2\"",
-        ])
-        .unwrap();
+        let (p, resp) =
+            neg(&["permessage-deflate; client_max_window_bits=\"10\"; server_max_window_bits = \"1\\2\""]).unwrap();
         assert_eq!(p.client_max_window_bits, 10);
         assert_eq!(p.server_max_window_bits, 12);
-        assert_eq!(
-            resp,
-            "permessage-deflate; server_max_window_bits=12; client_max_window_bits=10"
-        );
+        assert_eq!(resp, "permessage-deflate; server_max_window_bits=12; client_max_window_bits=10");
         // A quoted separator must not split the offer.
-        assert_eq!(
-            neg(&["permessage-deflate; client_max_window_bits=\"1,0\""]),
-            None
-        );
-        assert_eq!(
-            neg(&["permessage-deflate; client_max_window_bits=\"1;0\""]),
-            None
-        );
+        assert_eq!(neg(&["permessage-deflate; client_max_window_bits=\"1,0\""]), None);
+        assert_eq!(neg(&["permessage-deflate; client_max_window_bits=\"1;0\""]), None);
     }
 
     #[test]
     fn window_bits_bounds() {
         for bits in 8..=15u8 {
-            let offer = format!(
-                "permessage-deflate; server_max_window_bits={bits}; client_max_window_bits={bits}"
-            );
+            let offer = format!("permessage-deflate; server_max_window_bits={bits}; client_max_window_bits={bits}");
             let (p, resp) = neg(&[offer.as_str()]).unwrap();
-            assert_eq!(
-                (p.server_max_window_bits, p.client_max_window_bits),
-                (bits, bits)
-            );
+            assert_eq!((p.server_max_window_bits, p.client_max_window_bits), (bits, bits));
             assert_eq!(resp, offer);
         }
     }
@@ -607,8 +535,7 @@ mod tests {
         let (p, resp) = negotiate(["permessage-deflate; client_max_window_bits"], true).unwrap();
         assert!(p.server_no_context_takeover);
         assert_eq!(resp, "permessage-deflate; server_no_context_takeover");
-        let (_, resp) =
-            negotiate(["permessage-deflate; server_no_context_takeover"], true).unwrap();
+        let (_, resp) = negotiate(["permessage-deflate; server_no_context_takeover"], true).unwrap();
         assert_eq!(resp, "permessage-deflate; server_no_context_takeover");
     }
 
@@ -621,27 +548,16 @@ mod tests {
 
     #[test]
     fn case_and_whitespace_are_tolerated() {
-        let (p, resp) = neg(&[
-            "  PerMessage-Deflate ;\tClient_No_Context_Takeover ; SERVER_MAX_WINDOW_BITS=9 ",
-        ])
-        .unwrap();
+        let (p, resp) =
+            neg(&["  PerMessage-Deflate ;\tClient_No_Context_Takeover ; SERVER_MAX_WINDOW_BITS=9 "]).unwrap();
         assert!(p.client_no_context_takeover);
         assert_eq!(p.server_max_window_bits, 9);
-        assert_eq!(
-            resp,
-            "permessage-deflate; client_no_context_takeover; server_max_window_bits=9"
-        );
+        assert_eq!(resp, "permessage-deflate; client_no_context_takeover; server_max_window_bits=9");
     }
 
     #[test]
     fn round_trip_every_window_and_level() {
-        let messages = [
-            sample(0, 1),
-            sample(1, 2),
-            sample(300, 3),
-            sample(5000, 4),
-            sample(70_000, 5),
-        ];
+        let messages = [sample(0, 1), sample(1, 2), sample(300, 3), sample(5000, 4), sample(70_000, 5)];
         for bits in 8..=15u8 {
             for level in [0, 1, 6, 9] {
                 let mut deflater = Deflater::new(bits, level);
@@ -665,8 +581,7 @@ mod tests {
         let mut payload = Vec::new();
         Deflater::new(15, 6).compress_message(b"", &mut payload);
         assert_eq!(payload, [0x00]);
-        let out =
-            inflate_message(&mut Inflater::new(&DeflateParams::default()), &payload, 0).unwrap();
+        let out = inflate_message(&mut Inflater::new(&DeflateParams::default()), &payload, 0).unwrap();
         assert!(out.is_empty());
     }
 
@@ -676,12 +591,7 @@ mod tests {
         let mut deflater = Deflater::new(15, 6);
         deflater.compress_message(b"hello hello hello", &mut out);
         assert!(out.starts_with(b"head"));
-        let msg = inflate_message(
-            &mut Inflater::new(&DeflateParams::default()),
-            &out[4..],
-            100,
-        )
-        .unwrap();
+        let msg = inflate_message(&mut Inflater::new(&DeflateParams::default()), &out[4..], 100).unwrap();
         assert_eq!(msg, b"hello hello hello");
     }
 
@@ -701,12 +611,7 @@ mod tests {
     #[test]
     fn eight_bit_window_uses_stored_blocks_only() {
         let mut deflater = Deflater::new(8, 9);
-        for msg in [
-            sample(0, 9),
-            sample(10, 9),
-            sample(1000, 9),
-            sample(200_000, 9),
-        ] {
+        for msg in [sample(0, 9), sample(10, 9), sample(1000, 9), sample(200_000, 9)] {
             let mut payload = Vec::new();
             deflater.compress_message(&msg, &mut payload);
             payload.extend_from_slice(&TAIL);
@@ -718,43 +623,24 @@ mod tests {
     fn rfc_7692_examples() {
         let mut inflater = Inflater::new(&DeflateParams::default());
         // Compressed "Hello", then the same sent again leaning on the window.
-        assert_eq!(
-            inflate_message(
-                &mut inflater,
-                &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00],
-                5
-            )
-            .unwrap(),
-            b"Hello"
-        );
-        assert_eq!(
-            inflate_message(&mut inflater, &[0xf2, 0x00, 0x11, 0x00, 0x00], 5).unwrap(),
-            b"Hello"
-        );
+        assert_eq!(inflate_message(&mut inflater, &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00], 5).unwrap(), b"Hello");
+        assert_eq!(inflate_message(&mut inflater, &[0xf2, 0x00, 0x11, 0x00, 0x00], 5).unwrap(), b"Hello");
         // A stored block, a BFINAL block, and two blocks in one message.
         let mut fresh = Inflater::new(&DeflateParams::default());
-        let stored = [
-            0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00,
-        ];
+        let stored = [0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00];
         assert_eq!(inflate_message(&mut fresh, &stored, 5).unwrap(), b"Hello");
         let bfinal = [0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00];
         assert_eq!(inflate_message(&mut fresh, &bfinal, 5).unwrap(), b"Hello");
         assert!(fresh.state.is_none(), "an ended stream restarts");
-        let two = [
-            0xf2, 0x48, 0x05, 0x00, 0x00, 0x00, 0xff, 0xff, 0xca, 0xc9, 0xc9, 0x07, 0x00,
-        ];
+        let two = [0xf2, 0x48, 0x05, 0x00, 0x00, 0x00, 0xff, 0xff, 0xca, 0xc9, 0xc9, 0x07, 0x00];
         assert_eq!(inflate_message(&mut fresh, &two, 5).unwrap(), b"Hello");
-        assert_eq!(
-            inflate_message(&mut fresh, &two, 4),
-            Err(InflateError::TooBig)
-        );
+        assert_eq!(inflate_message(&mut fresh, &two, 4), Err(InflateError::TooBig));
     }
 
     /// A peer compressing with flate2 directly: raw, window 15, sync flush.
     fn peer_message(peer: &mut Compress, msg: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(msg.len() + 1024);
-        peer.compress_vec(msg, &mut out, FlushCompress::Sync)
-            .unwrap();
+        peer.compress_vec(msg, &mut out, FlushCompress::Sync).unwrap();
         assert!(out.ends_with(&TAIL));
         out.truncate(out.len() - 4);
         out
@@ -768,28 +654,16 @@ mod tests {
         let mut peer = Compress::new_with_window_bits(Compression::new(6), false, 15);
         let p1 = peer_message(&mut peer, &first);
         let p2 = peer_message(&mut peer, &second);
-        assert!(
-            p2.len() < 100,
-            "second message must lean on the first's window"
-        );
+        assert!(p2.len() < 100, "second message must lean on the first's window");
 
         let mut keeps = Inflater::new(&params(15, false));
         assert_eq!(inflate_message(&mut keeps, &p1, usize::MAX).unwrap(), first);
-        assert_eq!(
-            inflate_message(&mut keeps, &p2, usize::MAX).unwrap(),
-            second
-        );
+        assert_eq!(inflate_message(&mut keeps, &p2, usize::MAX).unwrap(), second);
 
         // Dropping the window must break the second message.
         let mut forgets = Inflater::new(&params(15, true));
-        assert_eq!(
-            inflate_message(&mut forgets, &p1, usize::MAX).unwrap(),
-            first
-        );
-        assert_ne!(
-            inflate_message(&mut forgets, &p2, usize::MAX).ok(),
-            Some(second)
-        );
+        assert_eq!(inflate_message(&mut forgets, &p1, usize::MAX).unwrap(), first);
+        assert_ne!(inflate_message(&mut forgets, &p2, usize::MAX).ok(), Some(second));
     }
 
     #[test]
@@ -802,15 +676,9 @@ mod tests {
         let p2 = peer_message(&mut peer, &second);
         assert_eq!(p1, p2);
         let mut inflater = Inflater::new(&params(15, true));
-        assert_eq!(
-            inflate_message(&mut inflater, &p1, usize::MAX).unwrap(),
-            first
-        );
+        assert_eq!(inflate_message(&mut inflater, &p1, usize::MAX).unwrap(), first);
         assert!(inflater.state.is_none());
-        assert_eq!(
-            inflate_message(&mut inflater, &p2, usize::MAX).unwrap(),
-            second
-        );
+        assert_eq!(inflate_message(&mut inflater, &p2, usize::MAX).unwrap(), second);
     }
 
     #[test]
@@ -855,14 +723,8 @@ mod tests {
         let mut payload = Vec::new();
         Deflater::new(15, 6).compress_message(&msg, &mut payload);
         let mut inflater = Inflater::new(&params(15, true));
-        assert_eq!(
-            inflate_message(&mut inflater, &payload, msg.len()).unwrap(),
-            msg
-        );
-        assert_eq!(
-            inflate_message(&mut inflater, &payload, msg.len() - 1),
-            Err(InflateError::TooBig)
-        );
+        assert_eq!(inflate_message(&mut inflater, &payload, msg.len()).unwrap(), msg);
+        assert_eq!(inflate_message(&mut inflater, &payload, msg.len() - 1), Err(InflateError::TooBig));
     }
 
     #[test]
@@ -871,40 +733,20 @@ mod tests {
         Deflater::new(15, 6).compress_message(b"abcdef", &mut payload);
         let mut inflater = Inflater::new(&params(15, true));
         let mut out = b"12345".to_vec();
-        assert_eq!(
-            inflater.push(&payload, &mut out, 10),
-            Err(InflateError::TooBig)
-        );
+        assert_eq!(inflater.push(&payload, &mut out, 10), Err(InflateError::TooBig));
     }
 
     #[test]
     fn corrupt_input() {
         let mut inflater = Inflater::new(&DeflateParams::default());
         // BTYPE 11 is reserved.
-        assert_eq!(
-            inflate_message(&mut inflater, &[0xff, 0xff, 0xff], 100),
-            Err(InflateError::Corrupt)
-        );
+        assert_eq!(inflate_message(&mut inflater, &[0xff, 0xff, 0xff], 100), Err(InflateError::Corrupt));
         // Stored block whose NLEN doesn't complement LEN.
-        assert_eq!(
-            inflate_message(&mut inflater, &[0x00, 0x05, 0x00, 0x00, 0x00], 100),
-            Err(InflateError::Corrupt)
-        );
+        assert_eq!(inflate_message(&mut inflater, &[0x00, 0x05, 0x00, 0x00, 0x00], 100), Err(InflateError::Corrupt));
         // Back-reference before the start of a fresh stream.
-        assert_eq!(
-            inflate_message(&mut inflater, &[0xf2, 0x00, 0x11, 0x00, 0x00], 100),
-            Err(InflateError::Corrupt)
-        );
+        assert_eq!(inflate_message(&mut inflater, &[0xf2, 0x00, 0x11, 0x00, 0x00], 100), Err(InflateError::Corrupt));
         // Usable again afterwards.
-        assert_eq!(
-            inflate_message(
-                &mut inflater,
-                &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00],
-                5
-            )
-            .unwrap(),
-            b"Hello"
-        );
+        assert_eq!(inflate_message(&mut inflater, &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00], 5).unwrap(), b"Hello");
     }
 
     #[test]
@@ -973,29 +815,6 @@ mod tests {
                 prop_assert!((8..=15).contains(&p.client_max_window_bits));
                 // The response must itself be acceptable as an offer.
                 prop_assert!(negotiate([resp.as_str()], false).is_some());
-            }
-        }
-    }
-
-    #[test]
-    #[ignore = "timing only; run with --ignored --nocapture in release"]
-    fn perf_note() {
-        for level in [1, 6] {
-            let mut deflater = Deflater::new(15, level);
-            for size in [64, 16 << 10] {
-                let msg = sample(size, 15);
-                let mut out = Vec::new();
-                let rounds = 2000u32;
-                let start = std::time::Instant::now();
-                for _ in 0..rounds {
-                    out.clear();
-                    deflater.compress_message(&msg, &mut out);
-                }
-                let per = start.elapsed() / rounds;
-                println!(
-                    "level {level}: {size} bytes -> {} bytes, {per:?} per message",
-                    out.len()
-                );
             }
         }
     }

@@ -63,6 +63,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod broker;
+pub mod channel;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
@@ -70,8 +73,11 @@ pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
+pub mod pubsub;
 
+pub use broker::{BrokerCommand, Envelope, Origin};
 pub use config::Config;
-pub use hub::{ConnId, Event, Hub};
+pub use hub::{ConnId, Event, Hub, PublishError};
 pub use metrics::Metrics;
