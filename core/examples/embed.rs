@@ -81,10 +81,10 @@ fn main() -> std::io::Result<()> {
                     sockets.remove(&id);
                 }
                 Event::Transmit(_) => busy = true,
-                // One hub, no other node: nothing to forward.
-                Event::Broker(_) => {}
             }
         }
+        // One hub and no other node: broker commands have nowhere to go.
+        while hub.poll_broker().is_some() {}
         if !busy {
             let until_timer =
                 hub.poll_timeout().map_or(Duration::from_millis(5), |at| at.saturating_duration_since(now));

@@ -1,5 +1,5 @@
 //! The broker interface: how a hub reaches the other hubs of its node (an in-process bus) and
-//! other nodes (Redis). Commands go out as `Event::Broker`; messages come in through
+//! other nodes (Redis). Commands go out through `Hub::poll_broker`; messages come in through
 //! `Hub::handle_broker`.
 
 use bytes::Bytes;

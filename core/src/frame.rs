@@ -94,7 +94,8 @@ pub struct Decoder {
     current: Option<Current>,
     assembly: Assembly,
     control: Vec<u8>,
-    inflater: Option<Inflater>,
+    /// Boxed: most connections never negotiate compression, and the state is large.
+    inflater: Option<Box<Inflater>>,
     /// After a close was sent or received, data frames are skipped unread.
     closing: bool,
 }
@@ -102,7 +103,7 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder; `inflater` is present when permessage-deflate was negotiated.
     pub fn new(inflater: Option<Inflater>) -> Self {
-        Self { inflater, ..Self::default() }
+        Self { inflater: inflater.map(Box::new), ..Self::default() }
     }
 
     /// From now on skip data frames and look only for the peer's close frame.

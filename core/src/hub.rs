@@ -19,6 +19,7 @@ use crate::handshake::{self, HeadError, HttpResponse, RequestHead};
 use crate::limits::{IpTable, TokenBucket};
 use crate::metrics::Metrics;
 use crate::pubsub::{self, ClientOp, ErrorCode, OpError, RequestId};
+use crate::queue::OutQueue;
 
 /// How often the per-IP table forgets addresses that went quiet.
 const IP_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -45,8 +46,6 @@ pub enum Event {
     Transmit(ConnId),
     /// Close the socket. The hub has already forgotten the connection.
     Close(ConnId),
-    /// Hand this to the broker (the other workers, or Redis).
-    Broker(BrokerCommand),
 }
 
 /// Where a connection is in its life.
@@ -82,11 +81,7 @@ struct Connection {
     head: Vec<u8>,
     decoder: Decoder,
     deflate: Option<DeflateParams>,
-    out: VecDeque<Bytes>,
-    /// Bytes of the front frame already written.
-    out_offset: usize,
-    /// Unsent bytes across the queue.
-    queued: usize,
+    out: OutQueue,
     close_sent: bool,
     /// Close the socket as soon as the queue is flushed.
     close_when_flushed: bool,
@@ -139,8 +134,9 @@ pub enum PublishError {
 
 /// The sans-IO hub: bytes and time in, bytes and events out.
 ///
-/// After every `handle_*` call (and `shutdown`, `publish`), drain `poll_event`, write what
-/// `transmit` offers for the connections it named, and sleep until `poll_timeout`.
+/// After every `handle_*` call (and `shutdown`, `publish`), drain `poll_event` and
+/// `poll_broker`, write what `transmit` offers for the connections named, and sleep until
+/// `poll_timeout`.
 #[derive(Debug)]
 pub struct Hub {
     config: Config,
@@ -148,6 +144,8 @@ pub struct Hub {
     slots: Vec<Slot>,
     free: Vec<u32>,
     events: VecDeque<Event>,
+    /// Commands for the broker, apart from `events` so socket events stay small and cheap.
+    broker_out: VecDeque<BrokerCommand>,
     timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
     /// One compressor per window size, shared by every connection: contexts are never kept.
     deflaters: [Option<Deflater>; 8],
@@ -172,6 +170,7 @@ impl Hub {
             slots: Vec::new(),
             free: Vec::new(),
             events: VecDeque::new(),
+            broker_out: VecDeque::new(),
             timers: BinaryHeap::new(),
             deflaters: Default::default(),
             decoded: Vec::new(),
@@ -243,9 +242,7 @@ impl Hub {
             head: Vec::new(),
             decoder: Decoder::default(),
             deflate: None,
-            out: VecDeque::new(),
-            out_offset: 0,
-            queued: 0,
+            out: OutQueue::default(),
             close_sent: false,
             close_when_flushed: false,
             deadline: Some(now + self.config.server.handshake_timeout),
@@ -311,43 +308,15 @@ impl Hub {
 
     /// Fills `out` with slices of the connection's unsent bytes; returns how many were filled.
     pub fn transmit<'a>(&'a self, id: ConnId, out: &mut [IoSlice<'a>]) -> usize {
-        let Some(conn) = self.conn(id) else { return 0 };
-        let mut filled = 0;
-        for (i, frame) in conn.out.iter().enumerate() {
-            if filled == out.len() {
-                break;
-            }
-            let skip = if i == 0 { conn.out_offset } else { 0 };
-            out[filled] = IoSlice::new(&frame[skip..]);
-            filled += 1;
-        }
-        filled
+        self.conn(id).map_or(0, |conn| conn.out.fill(out))
     }
 
     /// `n` bytes of what `transmit` offered were written to the socket.
     pub fn consume(&mut self, id: ConnId, n: usize) {
         let Some(conn) = self.conn_mut(id) else { return };
-        let mut n = n.min(conn.queued);
-        conn.queued -= n;
-        let written = n as u64;
-        while n > 0 {
-            let Some(front) = conn.out.front() else { break };
-            let left = front.len() - conn.out_offset;
-            if n < left {
-                conn.out_offset += n;
-                break;
-            }
-            n -= left;
-            conn.out_offset = 0;
-            conn.out.pop_front();
-        }
-        let flushed = conn.out.is_empty();
-        if flushed {
-            // An idle connection keeps no queue allocation.
-            conn.out = VecDeque::new();
-        }
-        let close = flushed && conn.close_when_flushed;
-        self.metrics.queued_bytes -= written;
+        let written = conn.out.consume(n);
+        let close = conn.out.is_empty() && conn.close_when_flushed;
+        self.metrics.queued_bytes -= written as u64;
         if close {
             self.finish(id);
         }
@@ -355,17 +324,22 @@ impl Hub {
 
     /// True while the connection has unsent bytes.
     pub fn wants_write(&self, id: ConnId) -> bool {
-        self.conn(id).is_some_and(|c| c.queued > 0)
+        self.conn(id).is_some_and(|c| !c.out.is_empty())
     }
 
     /// Unsent bytes queued for the connection.
     pub fn queued_bytes(&self, id: ConnId) -> usize {
-        self.conn(id).map_or(0, |c| c.queued)
+        self.conn(id).map_or(0, |c| c.out.unsent())
     }
 
     /// The next thing the shell must do, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// The next command for the broker (the node's other workers, or Redis), if any.
+    pub fn poll_broker(&mut self) -> Option<BrokerCommand> {
+        self.broker_out.pop_front()
     }
 
     /// When `handle_timeout` must next be called (it may be early; that is harmless).
@@ -453,7 +427,7 @@ impl Hub {
             self.deliver(now, id, text, &payload);
         }
         let envelope = Envelope { origin: self.origin.clone(), channel, text, payload };
-        self.events.push_back(Event::Broker(BrokerCommand::Publish(envelope)));
+        self.broker_out.push_back(BrokerCommand::Publish(envelope));
     }
 
     /// Frames a message once (and compresses it once per window size) and queues the same
@@ -499,7 +473,8 @@ impl Hub {
                 }
                 _ => plain.clone(),
             };
-            if conn.queued > 0 && conn.queued + bytes.len() > limit {
+            let queued = conn.out.unsent();
+            if queued > 0 && queued + bytes.len() > limit {
                 let policy =
                     config.route.get(conn.route).map_or(config.limits.slow_consumer, |r| config.slow_consumer_for(r));
                 match policy {
@@ -508,14 +483,13 @@ impl Hub {
                 }
                 continue;
             }
-            if conn.queued == 0 {
+            if queued == 0 {
                 events.push_back(Event::Transmit(id));
             }
-            conn.queued += bytes.len();
             metrics.bytes_out += bytes.len() as u64;
             metrics.queued_bytes += bytes.len() as u64;
             metrics.messages_out += 1;
-            conn.out.push_back(bytes);
+            conn.out.push(bytes);
         }
         for id in slow {
             self.metrics.slow_consumer_closes += 1;
@@ -525,6 +499,12 @@ impl Hub {
 
     fn touch(&mut self, now: Instant) {
         self.started.get_or_insert(now);
+    }
+
+    /// Per-IP state is kept only when a per-IP rule needs it.
+    fn tracks_ips(&self) -> bool {
+        let limits = &self.config.limits;
+        limits.max_connections_per_ip > 0 || limits.connect_rate_per_ip > 0.0
     }
 
     fn byte_burst(&self) -> f64 {
@@ -804,7 +784,9 @@ impl Hub {
         conn.next_ping = Some(now + heartbeat.ping_interval);
         conn.deflate = negotiated.as_ref().map(|(params, _)| *params);
         conn.decoder = Decoder::new(conn.deflate.as_ref().map(Inflater::new));
-        self.ips.entry(ip, now, burst).open += 1;
+        if self.tracks_ips() {
+            self.ips.entry(ip, now, burst).open += 1;
+        }
         *self.metrics.connections_by_route.entry(path.clone()).or_default() += 1;
         self.metrics.upgrades += 1;
         self.enqueue(id, response);
@@ -868,7 +850,7 @@ impl Hub {
             Decoded::Close(close) => {
                 conn.close_when_flushed = true;
                 if conn.close_sent {
-                    if conn.queued == 0 {
+                    if conn.out.is_empty() {
                         self.finish(id);
                     }
                 } else {
@@ -1036,12 +1018,14 @@ impl Hub {
     fn subscribe(&mut self, id: ConnId, channel: &str, info: Option<Box<str>>) {
         let (chan, position, created) = self.channels.subscribe(channel, id);
         if let Some(conn) = self.conn_mut(id) {
+            // Most connections hold one subscription (a broadcast room): keep the vector exact.
+            conn.subscriptions.reserve_exact(1);
             conn.subscriptions.push(Subscription { channel: chan, position, info });
         }
         self.metrics.subscriptions += 1;
         self.metrics.channels = self.channels.len() as u64;
         if created {
-            self.events.push_back(Event::Broker(BrokerCommand::Subscribe(channel.to_owned())));
+            self.broker_out.push_back(BrokerCommand::Subscribe(channel.to_owned()));
         }
     }
 
@@ -1061,7 +1045,7 @@ impl Hub {
         if removal.emptied
             && let Some(name) = name
         {
-            self.events.push_back(Event::Broker(BrokerCommand::Unsubscribe(name)));
+            self.broker_out.push_back(BrokerCommand::Unsubscribe(name));
         }
     }
 
@@ -1124,10 +1108,9 @@ impl Hub {
 
     fn enqueue(&mut self, id: ConnId, bytes: Bytes) {
         let Some(conn) = self.conn_mut(id) else { return };
-        let was_idle = conn.queued == 0;
+        let was_idle = conn.out.is_empty();
         let len = bytes.len();
-        conn.queued += len;
-        conn.out.push_back(bytes);
+        conn.out.push(bytes);
         self.metrics.bytes_out += len as u64;
         self.metrics.queued_bytes += len as u64;
         if was_idle {
@@ -1148,7 +1131,7 @@ impl Hub {
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(id.index);
         self.metrics.connections_open -= 1;
-        self.metrics.queued_bytes -= conn.queued as u64;
+        self.metrics.queued_bytes -= conn.out.unsent() as u64;
         if conn.counted {
             self.ips.release(conn.peer.ip());
             if let Some(route) = self.config.route.get(conn.route)
@@ -1197,4 +1180,17 @@ fn is_room(channel: &str) -> bool {
 #[derive(serde::Deserialize)]
 struct IdOnly {
     id: Option<RequestId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per-connection memory is a product promise (≤ 1 KiB with its indexes, see core_scale);
+    /// this catches a field that quietly makes every connection bigger.
+    #[test]
+    fn a_connection_stays_small() {
+        assert!(size_of::<Slot>() <= 448, "Slot grew to {} bytes", size_of::<Slot>());
+        assert!(size_of::<Event>() <= 16, "Event grew to {} bytes", size_of::<Event>());
+    }
 }

@@ -76,6 +76,7 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod pubsub;
+pub mod queue;
 
 pub use broker::{BrokerCommand, Envelope, Origin};
 pub use config::Config;
