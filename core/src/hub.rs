@@ -1090,6 +1090,10 @@ impl Hub {
         conn.pong_due = None;
         conn.decoder.set_closing();
         conn.deadline = Some(now + close_timeout);
+        // A closing connection hears nothing more: it leaves every channel now.
+        for index in (0..conn.subscriptions.len()).rev() {
+            self.unsubscribe_at(id, index);
+        }
         self.enqueue(id, frame);
         self.rearm(id);
     }
