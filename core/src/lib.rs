@@ -71,6 +71,8 @@ pub mod cli;
 pub mod config;
 pub mod deflate;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod hub;
 pub mod limits;
