@@ -1,0 +1,96 @@
+//! Fan-out: a message framed once (and compressed once per window size) and the same bytes
+//! queued to every subscriber, with the slow-consumer policy applied per reader.
+
+use super::*;
+
+impl Hub {
+    /// Delivers locally and hands the message to the broker for every other hub.
+    pub(super) fn fan_out(&mut self, now: Instant, channel: String, text: bool, payload: Bytes) {
+        self.metrics.publishes += 1;
+        if let Some(id) = self.channels.find(&channel) {
+            self.deliver(now, id, text, &payload);
+        }
+        let envelope = Envelope { origin: self.origin.clone(), channel, text, payload };
+        self.broker_out.push_back(BrokerCommand::Publish(envelope));
+    }
+
+    /// Frames a message once (and compresses it once per window size) and queues the same
+    /// bytes to every subscriber of `channel`.
+    pub(super) fn deliver(&mut self, now: Instant, channel: ChannelId, text: bool, payload: &[u8]) {
+        let Some(chan) = self.channels.get_mut(channel) else { return };
+        let pubsub = !is_room(&chan.name);
+        chan.seq += 1;
+        let seq = chan.seq;
+        let wire: Vec<u8>;
+        let (text, body) = if pubsub {
+            let raw = std::str::from_utf8(payload).unwrap_or("null");
+            wire = pubsub::message_from_raw(&chan.name, seq, raw).into_bytes();
+            (true, wire.as_slice())
+        } else {
+            (text, payload)
+        };
+        let plain = frame::encode(frame::data_opcode(text), false, body);
+        let mut compressed: [Option<Bytes>; 8] = Default::default();
+        let compressible = body.len() as u64 >= self.config.compression.min_bytes.0;
+        let limit = self.config.limits.send_queue_bytes.as_usize();
+        let mut slow = Vec::new();
+        let Self { channels, slots, metrics, events, deflaters, config, .. } = self;
+        let Some(chan) = channels.get(channel) else { return };
+        for &id in &chan.subscribers {
+            let Some(conn) = slots.get_mut(id.index as usize).and_then(|s| s.conn.as_mut()) else { continue };
+            if conn.phase != Phase::Open {
+                continue;
+            }
+            let bytes = match conn.deflate {
+                Some(params) if compressible => {
+                    let bits = params.server_max_window_bits.clamp(8, 15);
+                    let slot = usize::from(bits - 8);
+                    compressed[slot]
+                        .get_or_insert_with(|| {
+                            let level = config.compression.level;
+                            let deflater = deflaters[slot].get_or_insert_with(|| Deflater::new(bits, level));
+                            let mut out = Vec::with_capacity(body.len() / 2 + 16);
+                            deflater.compress_message(body, &mut out);
+                            frame::encode(frame::data_opcode(text), true, &out)
+                        })
+                        .clone()
+                }
+                _ => plain.clone(),
+            };
+            let queued = conn.out.unsent();
+            if queued > 0 && queued + bytes.len() > limit {
+                let policy =
+                    config.route.get(conn.route).map_or(config.limits.slow_consumer, |r| config.slow_consumer_for(r));
+                match policy {
+                    SlowConsumerPolicy::Drop => metrics.messages_dropped += 1,
+                    SlowConsumerPolicy::Close => slow.push(id),
+                }
+                continue;
+            }
+            if queued == 0 {
+                events.push_back(Event::Transmit(id));
+            }
+            metrics.bytes_out += bytes.len() as u64;
+            metrics.queued_bytes += bytes.len() as u64;
+            metrics.messages_out += 1;
+            conn.out.push(bytes);
+        }
+        for id in slow {
+            self.metrics.slow_consumer_closes += 1;
+            self.close(now, id, 1008, "slow consumer");
+        }
+    }
+}
+
+/// The channel behind broadcast route `path`; `/` keeps it apart from pub/sub channel names.
+pub(super) fn room_name(path: &str) -> String {
+    format!("{ROOM_PREFIX}{path}")
+}
+
+/// Prefix of broadcast rooms' channel names.
+const ROOM_PREFIX: &str = "route:";
+
+/// True for a broadcast route's room (its messages go out as sent, not as pub/sub JSON).
+fn is_room(channel: &str) -> bool {
+    channel.starts_with(ROOM_PREFIX)
+}

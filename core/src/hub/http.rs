@@ -1,0 +1,218 @@
+//! Plain HTTP on the WebSocket port: reading a request, the upgrade and admission, and the
+//! `/healthz`, `/metrics`, `/api/stats` and `/api/publish` endpoints.
+
+use super::*;
+
+impl Hub {
+    pub(super) fn read_head(&mut self, now: Instant, id: ConnId, data: &[u8]) {
+        let max = self.config.server.max_header_bytes;
+        let max_body = self.config.http.max_body_bytes.as_usize();
+        let Some(conn) = self.conn_mut(id) else { return };
+        conn.head.extend_from_slice(data);
+        let head = match handshake::parse_head(&conn.head) {
+            Ok(None) if conn.head.len() > max => {
+                return self.respond_http(id, &HttpResponse::error(431, "request head too large"));
+            }
+            Ok(None) => return,
+            Ok(Some(head)) if head.head_len > max => {
+                return self.respond_http(id, &HttpResponse::error(431, "request head too large"));
+            }
+            Ok(Some(head)) => head,
+            Err(HeadError::TooManyHeaders) => {
+                return self.respond_http(id, &HttpResponse::error(431, "too many header fields"));
+            }
+            Err(HeadError::Malformed(reason)) => return self.respond_http(id, &HttpResponse::error(400, reason)),
+        };
+        if head.is_upgrade() {
+            let rest = conn.head.split_off(head.head_len);
+            conn.head = Vec::new();
+            return self.upgrade(now, id, &head, &rest);
+        }
+        if head.header("transfer-encoding").is_some() {
+            return self.respond_http(id, &HttpResponse::error(411, "send the body with Content-Length"));
+        }
+        let body_len = match head.header("content-length").map(str::parse::<usize>) {
+            None => 0,
+            Some(Ok(len)) => len,
+            Some(Err(_)) => return self.respond_http(id, &HttpResponse::error(400, "malformed Content-Length")),
+        };
+        if body_len > max_body {
+            return self.respond_http(id, &HttpResponse::error(413, "request body too large"));
+        }
+        if conn.head.len() < head.head_len + body_len {
+            return;
+        }
+        let body = conn.head[head.head_len..head.head_len + body_len].to_vec();
+        let response = self.http_request(now, &head, &body);
+        self.respond_http(id, &response);
+    }
+
+    pub(super) fn node_info(&self, now: Instant) -> NodeInfo {
+        NodeInfo {
+            node_id: self.origin.node.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_secs: self.started.map_or(0, |s| now.saturating_duration_since(s).as_secs()),
+            draining: self.drain.is_some(),
+            broker: self.broker_state,
+            cluster_connections: None,
+        }
+    }
+
+    /// Plain HTTP on the WebSocket port.
+    pub(super) fn http_request(&mut self, now: Instant, head: &RequestHead, body: &[u8]) -> HttpResponse {
+        let get_only =
+            |allowed: &'static str| HttpResponse::error(405, "method not allowed").with_header("Allow", allowed);
+        match (head.method.as_str(), head.path.as_str()) {
+            ("GET", "/healthz") => {
+                let (status, body) = api::healthz_json(&self.node_info(now));
+                HttpResponse::json(status, body)
+            }
+            ("GET", "/metrics") if self.config.http.metrics => HttpResponse {
+                status: 200,
+                headers: Vec::new(),
+                content_type: api::PROMETHEUS_CONTENT_TYPE,
+                body: api::prometheus_text(&self.node_metrics(), &self.node_info(now)).into_bytes(),
+            },
+            ("GET", "/api/stats") => {
+                HttpResponse::json(200, api::stats_json(&self.node_metrics(), &self.node_info(now)))
+            }
+            ("POST", "/api/publish") => self.api_publish(now, head, body),
+            (_, "/healthz" | "/api/stats") => get_only("GET"),
+            (_, "/metrics") if self.config.http.metrics => get_only("GET"),
+            (_, "/api/publish") => get_only("POST"),
+            _ if self.config.route(&head.path).is_some() => {
+                HttpResponse::error(426, "this path serves WebSocket: send an upgrade request")
+                    .with_header("Sec-WebSocket-Version", "13")
+            }
+            _ => HttpResponse::error(404, "no such path"),
+        }
+    }
+
+    pub(super) fn api_publish(&mut self, now: Instant, head: &RequestHead, body: &[u8]) -> HttpResponse {
+        if let Err((status, reason)) = api::check_auth(&self.config.http.api_key, head.header("authorization")) {
+            let response = HttpResponse::error(status, reason);
+            return if status == 401 { response.with_header("WWW-Authenticate", "Bearer") } else { response };
+        }
+        let request = match api::parse_publish(body, self.config.pubsub.max_channel_bytes) {
+            Ok(request) => request,
+            Err(reason) => return HttpResponse::error(400, &reason),
+        };
+        self.metrics.api_publishes += 1;
+        let result = match &request.target {
+            api::PublishTarget::Channel(channel) => self.publish(now, channel, request.data.get()),
+            api::PublishTarget::Route(path) => self.broadcast(now, path, true, request.data.get().as_bytes()),
+        };
+        match result {
+            Ok(()) => HttpResponse::json(202, r#"{"status":"accepted"}"#.to_owned()),
+            Err(PublishError::NoSuchRoute) => HttpResponse::error(404, "no broadcast route at that path"),
+            Err(PublishError::BadChannel) => HttpResponse::error(400, "bad channel name"),
+            Err(PublishError::BadJson) => HttpResponse::error(400, "data is not valid JSON"),
+        }
+    }
+
+    /// Decides admission for an upgrade from `ip`; an error is the response to send.
+    pub(super) fn admit(&mut self, now: Instant, ip: IpAddr) -> Result<(), HttpResponse> {
+        let limits = &self.config.limits;
+        if self.drain.is_some() {
+            return Err(HttpResponse::error(503, "server is draining").with_header("Retry-After", "5"));
+        }
+        let open: u64 = self.metrics.connections_by_route.values().sum();
+        if open >= limits.max_connections as u64 {
+            return Err(HttpResponse::error(503, "server at capacity").with_header("Retry-After", "5"));
+        }
+        let per_ip = limits.max_connections_per_ip;
+        let rate = limits.connect_rate_per_ip;
+        let burst = f64::from(limits.connect_burst_per_ip);
+        if per_ip > 0 && self.ips.open(ip) as usize >= per_ip {
+            return Err(
+                HttpResponse::error(429, "too many connections from this address").with_header("Retry-After", "5")
+            );
+        }
+        if rate > 0.0 {
+            let state = self.ips.entry(ip, now, burst);
+            if !state.connects.try_take(now, rate, burst, 1.0) {
+                let wait = state.connects.wait_for(rate, 1.0).as_secs_f64().ceil().max(1.0);
+                return Err(HttpResponse::error(429, "connecting too fast from this address")
+                    .with_header("Retry-After", format!("{wait}")));
+            }
+            self.sweep_at.get_or_insert(now + IP_SWEEP_INTERVAL);
+        }
+        Ok(())
+    }
+
+    pub(super) fn upgrade(&mut self, now: Instant, id: ConnId, head: &RequestHead, rest: &[u8]) {
+        let request = match handshake::validate_upgrade(head) {
+            Ok(request) => request,
+            Err(response) => return self.respond_http(id, &response),
+        };
+        let Some((route_index, route)) = self.config.route(&head.path) else {
+            return self.respond_http(id, &HttpResponse::error(404, "no WebSocket route at this path"));
+        };
+        if !route.allowed_origins.is_empty()
+            && let Some(origin) = &request.origin
+            && !route.allowed_origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
+        {
+            return self.respond_http(id, &HttpResponse::error(403, "origin not allowed"));
+        }
+        let protocol = handshake::select_protocol(&route.subprotocols, &request.protocols).map(str::to_owned);
+        let mode = route.mode;
+        let path = route.path.clone();
+        let Some(ip) = self.conn(id).map(|c| c.peer.ip()) else { return };
+        if let Err(response) = self.admit(now, ip) {
+            return self.respond_http(id, &response);
+        }
+        let negotiated = if self.config.compression.enabled {
+            deflate::negotiate(
+                head.header_values("sec-websocket-extensions"),
+                self.config.compression.server_no_context_takeover,
+            )
+        } else {
+            None
+        };
+        let response = handshake::accept_response(
+            &request.key,
+            protocol.as_deref(),
+            negotiated.as_ref().map(|(_, header)| header.as_str()),
+        );
+        let heartbeat = self.config.heartbeat.clone();
+        let burst = f64::from(self.config.limits.connect_burst_per_ip);
+        let Some(conn) = self.conn_mut(id) else { return };
+        conn.phase = Phase::Open;
+        conn.route = route_index;
+        conn.counted = true;
+        conn.deadline = None;
+        conn.last_active = now;
+        conn.next_ping = Some(now + heartbeat.ping_interval);
+        conn.deflate = negotiated.as_ref().map(|(params, _)| *params);
+        conn.decoder = Decoder::new(conn.deflate.as_ref().map(Inflater::new));
+        if self.tracks_ips() {
+            self.ips.entry(ip, now, burst).open += 1;
+        }
+        *self.metrics.connections_by_route.entry(path.clone()).or_default() += 1;
+        self.metrics.upgrades += 1;
+        self.enqueue(id, response);
+        match mode {
+            RouteMode::Broadcast => self.subscribe(id, &room_name(&path), None),
+            RouteMode::Pubsub => {
+                let welcome = pubsub::welcome(
+                    &self.conn_name(id),
+                    heartbeat.ping_interval.as_millis() as u64,
+                    heartbeat.pong_timeout.as_millis() as u64,
+                    heartbeat.idle_timeout.as_millis() as u64,
+                    self.config.limits.max_message_bytes.0,
+                );
+                self.enqueue(id, frame::encode(frame::data_opcode(true), false, welcome.as_bytes()));
+            }
+            RouteMode::Echo => {}
+        }
+        self.rearm(id);
+        if !rest.is_empty() {
+            self.read_frames(now, id, rest);
+        }
+    }
+
+    /// The public name of a connection: node, worker and slot.
+    pub(super) fn conn_name(&self, id: ConnId) -> String {
+        format!("{}-{}-{}.{}", self.origin.node, self.origin.worker, id.index, id.generation)
+    }
+}

@@ -1,0 +1,560 @@
+//! The `Hub`: every connection of one worker, and the rules that decide what happens to them.
+
+mod fanout;
+mod http;
+mod messages;
+mod ops;
+mod timers;
+
+use fanout::room_name;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::io::IoSlice;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tungstenite::protocol::frame::coding::{Control, OpCode};
+
+use crate::api::{self, BrokerState, NodeInfo};
+use crate::broker::{BrokerCommand, Envelope, Origin};
+use crate::channel::{ChannelId, Channels};
+use crate::config::{Config, RateLimitAction, RouteMode, SlowConsumerPolicy};
+use crate::deflate::{self, DeflateParams, Deflater, Inflater};
+use crate::frame::{self, Decoded, Decoder, Limits};
+use crate::handshake::{self, HeadError, HttpResponse, RequestHead};
+use crate::limits::{IpTable, TokenBucket};
+use crate::metrics::Metrics;
+use crate::pubsub::{self, ClientOp, ErrorCode, OpError, RequestId};
+use crate::queue::OutQueue;
+
+/// How often the per-IP table forgets addresses that went quiet.
+const IP_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Identifies a connection; a stale id (of a connection that has ended) is ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    index: u32,
+    generation: u32,
+}
+
+impl ConnId {
+    /// A small dense number, reused after the connection ends: handy as a slab key in a shell.
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+}
+
+/// Something the shell must act on, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Event {
+    /// The connection has bytes to send: call `transmit` when the socket is writable.
+    Transmit(ConnId),
+    /// Close the socket. The hub has already forgotten the connection.
+    Close(ConnId),
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading the HTTP request head (and body, for the API).
+    Handshake,
+    /// WebSocket frames flow both ways.
+    Open,
+    /// A close frame was sent or received, or an HTTP response is the last thing to send.
+    Closing,
+}
+
+/// A channel the connection is subscribed to.
+#[derive(Debug)]
+struct Subscription {
+    channel: ChannelId,
+    /// Position in the channel's subscriber list.
+    position: u32,
+    /// What presence shows for this member (raw JSON given at subscribe).
+    info: Option<Box<str>>,
+}
+
+/// One connection: its protocol state and its outbound queue of shared frames.
+#[derive(Debug)]
+struct Connection {
+    peer: SocketAddr,
+    phase: Phase,
+    route: usize,
+    /// Counted in the per-IP and per-route gauges (an upgraded connection).
+    counted: bool,
+    /// Request bytes until the head (and body) is complete; unallocated afterwards.
+    head: Vec<u8>,
+    decoder: Decoder,
+    deflate: Option<DeflateParams>,
+    out: OutQueue,
+    close_sent: bool,
+    /// Close the socket as soon as the queue is flushed.
+    close_when_flushed: bool,
+    /// Handshake deadline, then the deadline for the peer's close reply.
+    deadline: Option<Instant>,
+    next_ping: Option<Instant>,
+    pong_due: Option<Instant>,
+    /// Last data message (or app-level ping) from the client, for the idle timeout.
+    last_active: Instant,
+    messages: TokenBucket,
+    bytes: TokenBucket,
+    strikes: u32,
+    subscriptions: Vec<Subscription>,
+    /// The wake-up currently in the timer heap for this connection.
+    wake_at: Option<Instant>,
+}
+
+impl Connection {
+    fn next_deadline(&self, idle_timeout: Duration) -> Option<Instant> {
+        let idle = (self.phase == Phase::Open && !idle_timeout.is_zero()).then(|| self.last_active + idle_timeout);
+        [self.deadline, self.next_ping, self.pong_due, idle].into_iter().flatten().min()
+    }
+}
+
+/// A slab slot: the generation tells a live id from a stale one.
+#[derive(Debug, Default)]
+struct Slot {
+    generation: u32,
+    conn: Option<Connection>,
+}
+
+/// A drain in progress (see `Hub::shutdown`).
+#[derive(Debug)]
+struct Drain {
+    deadline: Instant,
+    next_batch: Instant,
+    pending: VecDeque<ConnId>,
+}
+
+/// Why `Hub::publish` refused a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishError {
+    /// The channel name is not valid.
+    BadChannel,
+    /// No broadcast route at that path.
+    NoSuchRoute,
+    /// The data is not valid JSON (pub/sub channels carry JSON).
+    BadJson,
+}
+
+/// The sans-IO hub: bytes and time in, bytes and events out.
+///
+/// After every `handle_*` call (and `shutdown`, `publish`), drain `poll_event` and
+/// `poll_broker`, write what `transmit` offers for the connections named, and sleep until
+/// `poll_timeout`.
+#[derive(Debug)]
+pub struct Hub {
+    config: Config,
+    origin: Origin,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    events: VecDeque<Event>,
+    /// Commands for the broker, apart from `events` so socket events stay small and cheap.
+    broker_out: VecDeque<BrokerCommand>,
+    timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// One compressor per window size, shared by every connection: contexts are never kept.
+    deflaters: [Option<Deflater>; 8],
+    decoded: Vec<Decoded>,
+    metrics: Metrics,
+    channels: Channels,
+    ips: IpTable,
+    started: Option<Instant>,
+    sweep_at: Option<Instant>,
+    drain: Option<Drain>,
+    broker_state: BrokerState,
+    /// Other workers' latest figures, so any worker can report the whole node.
+    peer_metrics: Vec<Metrics>,
+}
+
+impl Hub {
+    /// A hub serving `config`; `node_id` names this node in broker envelopes.
+    pub fn new(config: Config, node_id: impl Into<String>) -> Self {
+        Self {
+            config,
+            origin: Origin { node: node_id.into(), worker: 0 },
+            slots: Vec::new(),
+            free: Vec::new(),
+            events: VecDeque::new(),
+            broker_out: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            deflaters: Default::default(),
+            decoded: Vec::new(),
+            metrics: Metrics::default(),
+            channels: Channels::default(),
+            ips: IpTable::default(),
+            started: None,
+            sweep_at: None,
+            drain: None,
+            broker_state: BrokerState::Disabled,
+            peer_metrics: Vec::new(),
+        }
+    }
+
+    /// Names this hub's worker within the node (envelopes carry it to avoid echoes).
+    pub fn with_worker(mut self, worker: u32) -> Self {
+        self.origin.worker = worker;
+        self
+    }
+
+    /// The configuration this hub runs.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.origin.node
+    }
+
+    /// Counters and gauges of this hub alone.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// This hub's figures plus the latest ones of the node's other workers.
+    pub fn node_metrics(&self) -> Metrics {
+        let mut total = self.metrics.clone();
+        for other in &self.peer_metrics {
+            total.merge(other);
+        }
+        total
+    }
+
+    /// The latest figures of another worker of this node (`worker` as in `with_worker`).
+    pub fn handle_peer_metrics(&mut self, worker: u32, metrics: Metrics) {
+        let index = worker as usize;
+        if index >= self.peer_metrics.len() {
+            self.peer_metrics.resize_with(index + 1, Metrics::default);
+        }
+        if worker != self.origin.worker {
+            self.peer_metrics[index] = metrics;
+        }
+    }
+
+    /// The shell failed to accept a connection (EMFILE and the like).
+    pub fn handle_accept_error(&mut self) {
+        self.metrics.accept_errors += 1;
+    }
+
+    /// A TCP connection from `peer` was accepted; its request head is expected next.
+    pub fn handle_accept(&mut self, now: Instant, peer: SocketAddr) -> ConnId {
+        self.touch(now);
+        let conn = Connection {
+            peer,
+            phase: Phase::Handshake,
+            route: 0,
+            counted: false,
+            head: Vec::new(),
+            decoder: Decoder::default(),
+            deflate: None,
+            out: OutQueue::default(),
+            close_sent: false,
+            close_when_flushed: false,
+            deadline: Some(now + self.config.server.handshake_timeout),
+            next_ping: None,
+            pong_due: None,
+            last_active: now,
+            messages: TokenBucket::full(f64::from(self.config.rate_limit.burst), now),
+            bytes: TokenBucket::full(self.byte_burst(), now),
+            strikes: 0,
+            subscriptions: Vec::new(),
+            wake_at: None,
+        };
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.slots.push(Slot::default());
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.conn = Some(conn);
+        let id = ConnId { index, generation: slot.generation };
+        self.metrics.connections_accepted += 1;
+        self.metrics.connections_open += 1;
+        self.rearm(id);
+        id
+    }
+
+    /// Bytes read from the connection's socket.
+    pub fn handle_bytes(&mut self, now: Instant, id: ConnId, data: &[u8]) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        match conn.phase {
+            Phase::Handshake => self.read_head(now, id, data),
+            Phase::Open | Phase::Closing => self.read_frames(now, id, data),
+        }
+    }
+
+    /// The peer closed its side, or the socket failed: the connection ends now.
+    pub fn handle_eof(&mut self, _now: Instant, id: ConnId) {
+        if let Some(conn) = self.conn(id) {
+            if conn.phase == Phase::Open {
+                self.metrics.count_close(1006);
+            }
+            self.finish(id);
+        }
+    }
+
+    /// A message from another worker or node.
+    pub fn handle_broker(&mut self, now: Instant, envelope: Envelope) {
+        if envelope.origin == self.origin {
+            return;
+        }
+        self.touch(now);
+        if let Some(channel) = self.channels.find(&envelope.channel) {
+            self.deliver(now, channel, envelope.text, &envelope.payload);
+        }
+    }
+
+    /// The state of the link to other nodes, for `/healthz` and `/metrics`.
+    pub fn set_broker_state(&mut self, state: BrokerState) {
+        self.broker_state = state;
+    }
+
+    /// Fills `out` with slices of the connection's unsent bytes; returns how many were filled.
+    pub fn transmit<'a>(&'a self, id: ConnId, out: &mut [IoSlice<'a>]) -> usize {
+        self.conn(id).map_or(0, |conn| conn.out.fill(out))
+    }
+
+    /// `n` bytes of what `transmit` offered were written to the socket.
+    pub fn consume(&mut self, id: ConnId, n: usize) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        let written = conn.out.consume(n);
+        let close = conn.out.is_empty() && conn.close_when_flushed;
+        self.metrics.queued_bytes -= written as u64;
+        if close {
+            self.finish(id);
+        }
+    }
+
+    /// True while the connection has unsent bytes.
+    pub fn wants_write(&self, id: ConnId) -> bool {
+        self.conn(id).is_some_and(|c| !c.out.is_empty())
+    }
+
+    /// Unsent bytes queued for the connection.
+    pub fn queued_bytes(&self, id: ConnId) -> usize {
+        self.conn(id).map_or(0, |c| c.out.unsent())
+    }
+
+    /// The next thing the shell must do, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next command for the broker (the node's other workers, or Redis), if any.
+    pub fn poll_broker(&mut self) -> Option<BrokerCommand> {
+        self.broker_out.pop_front()
+    }
+
+    /// When `handle_timeout` must next be called (it may be early; that is harmless).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let connection = self.timers.peek().map(|Reverse((at, _))| *at);
+        let drain = self.drain.as_ref().map(|d| d.next_batch.min(d.deadline));
+        [connection, drain, self.sweep_at].into_iter().flatten().min()
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.touch(now);
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(conn) = self.conn_mut(id) else { continue };
+            if conn.wake_at != Some(at) {
+                // Superseded by an earlier wake-up that already ran.
+                continue;
+            }
+            conn.wake_at = None;
+            self.run_timers(now, id);
+            self.rearm(id);
+        }
+        if self.sweep_at.is_some_and(|at| at <= now) {
+            let limits = &self.config.limits;
+            self.ips.sweep(now, limits.connect_rate_per_ip, f64::from(limits.connect_burst_per_ip));
+            self.sweep_at = (!self.ips.is_empty()).then_some(now + IP_SWEEP_INTERVAL);
+        }
+        self.run_drain(now);
+    }
+
+    /// Starts a graceful drain: new upgrades get 503, open connections get close 1001 in
+    /// batches of `drain.batch` every `drain.interval`, and whatever remains at `deadline`
+    /// is dropped.
+    pub fn shutdown(&mut self, now: Instant, deadline: Instant) {
+        if self.drain.is_some() {
+            return;
+        }
+        let pending = self.live_ids().collect();
+        self.drain = Some(Drain { deadline, next_batch: now, pending });
+        self.run_drain(now);
+    }
+
+    /// True once `shutdown` was called.
+    pub fn is_draining(&self) -> bool {
+        self.drain.is_some()
+    }
+
+    /// Number of connections held (any phase).
+    pub fn connection_count(&self) -> usize {
+        self.metrics.connections_open as usize
+    }
+
+    /// Publishes JSON `data` on pub/sub `channel`, to local subscribers and through the broker.
+    pub fn publish(&mut self, now: Instant, channel: &str, data: &str) -> Result<(), PublishError> {
+        if !pubsub::valid_channel(channel, self.config.pubsub.max_channel_bytes) {
+            return Err(PublishError::BadChannel);
+        }
+        if serde_json::from_str::<&serde_json::value::RawValue>(data).is_err() {
+            return Err(PublishError::BadJson);
+        }
+        self.touch(now);
+        self.fan_out(now, channel.to_owned(), true, Bytes::copy_from_slice(data.as_bytes()));
+        Ok(())
+    }
+
+    /// Sends `data` to everyone on broadcast route `path`, and through the broker.
+    pub fn broadcast(&mut self, now: Instant, path: &str, text: bool, data: &[u8]) -> Result<(), PublishError> {
+        match self.config.route(path) {
+            Some((_, route)) if route.mode == RouteMode::Broadcast => {}
+            _ => return Err(PublishError::NoSuchRoute),
+        }
+        self.touch(now);
+        self.fan_out(now, room_name(path), text, Bytes::copy_from_slice(data));
+        Ok(())
+    }
+
+    fn touch(&mut self, now: Instant) {
+        self.started.get_or_insert(now);
+    }
+
+    /// Per-IP state is kept only when a per-IP rule needs it.
+    fn tracks_ips(&self) -> bool {
+        let limits = &self.config.limits;
+        limits.max_connections_per_ip > 0 || limits.connect_rate_per_ip > 0.0
+    }
+
+    fn byte_burst(&self) -> f64 {
+        let per_second = self.config.rate_limit.bytes_per_second.0 as f64;
+        per_second.max(self.config.limits.max_message_bytes.0 as f64)
+    }
+
+    fn live_ids(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.slots.iter().enumerate().filter_map(|(index, slot)| {
+            slot.conn.as_ref().map(|_| ConnId { index: index as u32, generation: slot.generation })
+        })
+    }
+
+    /// Starts the closing handshake with `code`; the socket closes when the peer answers,
+    /// or after `close_timeout`.
+    pub fn close(&mut self, now: Instant, id: ConnId, code: u16, reason: &str) {
+        let Some(conn) = self.conn(id) else { return };
+        if conn.close_sent || conn.phase == Phase::Handshake {
+            return;
+        }
+        self.metrics.count_close(code);
+        self.send_close_frame(now, id, frame::encode_close(code, reason));
+    }
+
+    fn send_close_frame(&mut self, now: Instant, id: ConnId, frame: Bytes) {
+        let close_timeout = self.config.server.close_timeout;
+        let Some(conn) = self.conn_mut(id) else { return };
+        conn.close_sent = true;
+        conn.phase = Phase::Closing;
+        conn.next_ping = None;
+        conn.pong_due = None;
+        conn.decoder.set_closing();
+        conn.deadline = Some(now + close_timeout);
+        // A closing connection hears nothing more: it leaves every channel now.
+        for index in (0..conn.subscriptions.len()).rev() {
+            self.unsubscribe_at(id, index);
+        }
+        self.enqueue(id, frame);
+        self.rearm(id);
+    }
+
+    /// Sends an HTTP response and closes once it is written.
+    fn respond_http(&mut self, id: ConnId, response: &HttpResponse) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        conn.phase = Phase::Closing;
+        conn.head = Vec::new();
+        conn.close_when_flushed = true;
+        if response.status >= 400 {
+            self.metrics.count_rejection(response.status);
+        }
+        self.enqueue(id, response.to_bytes());
+    }
+
+    fn enqueue(&mut self, id: ConnId, bytes: Bytes) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        let was_idle = conn.out.is_empty();
+        let len = bytes.len();
+        conn.out.push(bytes);
+        self.metrics.bytes_out += len as u64;
+        self.metrics.queued_bytes += len as u64;
+        if was_idle {
+            self.events.push_back(Event::Transmit(id));
+        }
+    }
+
+    /// Forgets the connection (every index, counter and timer) and tells the shell to close
+    /// its socket. Timer heap entries go stale and are skipped when they surface.
+    fn finish(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        let subscriptions = conn.subscriptions.len();
+        for index in (0..subscriptions).rev() {
+            self.unsubscribe_at(id, index);
+        }
+        let Some(slot) = self.slots.get_mut(id.index as usize) else { return };
+        let Some(conn) = slot.conn.take() else { return };
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(id.index);
+        self.metrics.connections_open -= 1;
+        self.metrics.queued_bytes -= conn.out.unsent() as u64;
+        if conn.counted {
+            self.ips.release(conn.peer.ip());
+            if let Some(route) = self.config.route.get(conn.route)
+                && let Some(count) = self.metrics.connections_by_route.get_mut(&route.path)
+            {
+                *count -= 1;
+            }
+            if !self.ips.is_empty() {
+                self.sweep_at.get_or_insert(conn.last_active + IP_SWEEP_INTERVAL);
+            }
+        }
+        self.events.push_back(Event::Close(id));
+    }
+
+    fn conn(&self, id: ConnId) -> Option<&Connection> {
+        let slot = self.slots.get(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        slot.conn.as_ref()
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
+        let slot = self.slots.get_mut(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        slot.conn.as_mut()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per-connection memory is a product promise (≤ 1 KiB with its indexes, see core_scale);
+    /// this catches a field that quietly makes every connection bigger.
+    #[test]
+    fn a_connection_stays_small() {
+        assert!(size_of::<Slot>() <= 448, "Slot grew to {} bytes", size_of::<Slot>());
+        assert!(size_of::<Event>() <= 16, "Event grew to {} bytes", size_of::<Event>());
+    }
+}

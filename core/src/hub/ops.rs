@@ -1,0 +1,154 @@
+//! The JSON pub/sub protocol on a connection: ops, replies, strikes, and channel membership.
+
+use super::*;
+
+impl Hub {
+    pub(super) fn on_pubsub(&mut self, now: Instant, id: ConnId, text: bool, data: &[u8]) {
+        let parsed = match std::str::from_utf8(data) {
+            Ok(json) if text => pubsub::parse_op(json, self.config.pubsub.max_channel_bytes),
+            _ => Err(OpError {
+                id: None,
+                code: ErrorCode::BadJson,
+                message: "pub/sub messages are JSON text".to_owned(),
+            }),
+        };
+        let op = match parsed {
+            Ok(op) => op,
+            Err(error) => return self.op_error(now, id, error),
+        };
+        let (request, result) = match op {
+            ClientOp::Ping { id: request } => return self.reply(id, pubsub::pong(request.as_ref())),
+            ClientOp::Presence { id: request, channel } => {
+                let members = self.presence(&channel);
+                let listed: Vec<(String, Option<&serde_json::value::RawValue>)> = members
+                    .iter()
+                    .map(|(name, info)| (name.clone(), info.as_deref().and_then(|i| serde_json::from_str(i).ok())))
+                    .collect();
+                return self.reply(id, pubsub::presence(request.as_ref(), &channel, &listed));
+            }
+            ClientOp::Subscribe { id: request, channel, presence } => {
+                (request, self.op_subscribe(id, &channel, presence.map(|p| p.get().into())))
+            }
+            ClientOp::Unsubscribe { id: request, channel } => (request, self.op_unsubscribe(id, &channel)),
+            ClientOp::Publish { id: request, channel, data } => {
+                let allowed =
+                    self.conn(id).and_then(|c| self.config.route.get(c.route)).is_some_and(|r| r.client_publish);
+                if allowed {
+                    self.fan_out(now, channel, true, Bytes::copy_from_slice(data.get().as_bytes()));
+                    (request, Ok(()))
+                } else {
+                    let refusal =
+                        (ErrorCode::PublishForbidden, "this route does not accept publishes from clients".to_owned());
+                    (request, Err(refusal))
+                }
+            }
+        };
+        match result {
+            Ok(()) => {
+                if let Some(request) = request {
+                    self.reply(id, pubsub::ack(&request));
+                }
+            }
+            Err((code, message)) => self.op_error(now, id, OpError { id: request, code, message }),
+        }
+    }
+
+    pub(super) fn op_error(&mut self, now: Instant, id: ConnId, error: OpError) {
+        self.metrics.protocol_errors += 1;
+        self.reply(id, pubsub::error(error.id.as_ref(), error.code, &error.message));
+        if !error.code.is_strike() {
+            return;
+        }
+        let max = self.config.pubsub.max_protocol_errors;
+        let Some(conn) = self.conn_mut(id) else { return };
+        conn.strikes += 1;
+        if conn.strikes >= max {
+            self.close(now, id, 1008, "too many protocol errors");
+        }
+    }
+
+    pub(super) fn op_subscribe(
+        &mut self,
+        id: ConnId,
+        channel: &str,
+        info: Option<Box<str>>,
+    ) -> Result<(), (ErrorCode, String)> {
+        let max = self.config.pubsub.max_subscriptions;
+        let Some(conn) = self.conn(id) else { return Ok(()) };
+        if self.subscription_index(id, channel).is_some() {
+            return Err((ErrorCode::AlreadySubscribed, format!("already subscribed to \"{channel}\"")));
+        }
+        if conn.subscriptions.len() >= max {
+            return Err((ErrorCode::TooManySubscriptions, format!("at most {max} subscriptions per connection")));
+        }
+        self.subscribe(id, channel, info);
+        Ok(())
+    }
+
+    pub(super) fn op_unsubscribe(&mut self, id: ConnId, channel: &str) -> Result<(), (ErrorCode, String)> {
+        let Some(index) = self.subscription_index(id, channel) else {
+            return Err((ErrorCode::NotSubscribed, format!("not subscribed to \"{channel}\"")));
+        };
+        self.unsubscribe_at(id, index);
+        Ok(())
+    }
+
+    /// Local members of `channel`: connection names and their presence info.
+    pub(super) fn presence(&self, channel: &str) -> Vec<(String, Option<Box<str>>)> {
+        let Some(chan_id) = self.channels.find(channel) else { return Vec::new() };
+        let Some(chan) = self.channels.get(chan_id) else { return Vec::new() };
+        chan.subscribers
+            .iter()
+            .map(|&member| {
+                let info = self
+                    .conn(member)
+                    .and_then(|c| c.subscriptions.iter().find(|s| s.channel == chan_id))
+                    .and_then(|s| s.info.clone());
+                (self.conn_name(member), info)
+            })
+            .collect()
+    }
+
+    pub(super) fn subscription_index(&self, id: ConnId, channel: &str) -> Option<usize> {
+        let chan = self.channels.find(channel)?;
+        self.conn(id)?.subscriptions.iter().position(|s| s.channel == chan)
+    }
+
+    pub(super) fn subscribe(&mut self, id: ConnId, channel: &str, info: Option<Box<str>>) {
+        let (chan, position, created) = self.channels.subscribe(channel, id);
+        if let Some(conn) = self.conn_mut(id) {
+            // Most connections hold one subscription (a broadcast room): keep the vector exact.
+            conn.subscriptions.reserve_exact(1);
+            conn.subscriptions.push(Subscription { channel: chan, position, info });
+        }
+        self.metrics.subscriptions += 1;
+        self.metrics.channels = self.channels.len() as u64;
+        if created {
+            self.broker_out.push_back(BrokerCommand::Subscribe(channel.to_owned()));
+        }
+    }
+
+    pub(super) fn unsubscribe_at(&mut self, id: ConnId, index: usize) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        let subscription = conn.subscriptions.swap_remove(index);
+        let name = self.channels.get(subscription.channel).map(|c| c.name.clone());
+        let removal = self.channels.unsubscribe(subscription.channel, subscription.position);
+        if let Some(moved) = removal.moved
+            && let Some(other) = self.conn_mut(moved)
+            && let Some(entry) = other.subscriptions.iter_mut().find(|s| s.channel == subscription.channel)
+        {
+            entry.position = subscription.position;
+        }
+        self.metrics.subscriptions -= 1;
+        self.metrics.channels = self.channels.len() as u64;
+        if removal.emptied
+            && let Some(name) = name
+        {
+            self.broker_out.push_back(BrokerCommand::Unsubscribe(name));
+        }
+    }
+
+    pub(super) fn reply(&mut self, id: ConnId, json: String) {
+        self.enqueue(id, frame::encode(frame::data_opcode(true), false, json.as_bytes()));
+    }
+}

@@ -1,0 +1,90 @@
+//! Timers: per-connection deadlines on a lazy-deletion heap, heartbeats, and the drain.
+
+use super::*;
+
+impl Hub {
+    pub(super) fn run_drain(&mut self, now: Instant) {
+        let Some(drain) = &mut self.drain else { return };
+        if now >= drain.deadline {
+            let ids: Vec<ConnId> = self.live_ids().collect();
+            for id in ids {
+                self.finish(id);
+            }
+            if let Some(drain) = &mut self.drain {
+                drain.pending.clear();
+                drain.next_batch = drain.deadline + Duration::from_secs(3600);
+                drain.deadline = drain.next_batch;
+            }
+            return;
+        }
+        if now < drain.next_batch {
+            return;
+        }
+        let batch = self.config.drain.batch.max(1);
+        let take = batch.min(drain.pending.len());
+        let ids: Vec<ConnId> = drain.pending.drain(..take).collect();
+        let deadline = drain.deadline;
+        drain.next_batch = if drain.pending.is_empty() { deadline } else { now + self.config.drain.interval };
+        for id in ids {
+            match self.conn(id).map(|c| c.phase) {
+                Some(Phase::Open) => self.close(now, id, 1001, "server shutting down"),
+                Some(Phase::Handshake) => self
+                    .respond_http(id, &HttpResponse::error(503, "server is draining").with_header("Retry-After", "5")),
+                _ => {}
+            }
+            if let Some(conn) = self.conn_mut(id) {
+                conn.deadline = Some(conn.deadline.map_or(deadline, |d| d.min(deadline)));
+            }
+            self.rearm(id);
+        }
+    }
+
+    pub(super) fn run_timers(&mut self, now: Instant, id: ConnId) {
+        let heartbeat = self.config.heartbeat.clone();
+        let idle_timeout = heartbeat.idle_timeout;
+        let Some(conn) = self.conn_mut(id) else { return };
+        if conn.deadline.is_some_and(|d| d <= now) {
+            conn.deadline = None;
+            match conn.phase {
+                Phase::Handshake => {
+                    self.metrics.handshake_timeouts += 1;
+                    self.respond_http(id, &HttpResponse::error(408, "handshake not completed in time"));
+                }
+                // The peer never answered our close (or never read it): give up on it.
+                Phase::Open | Phase::Closing => self.finish(id),
+            }
+            return;
+        }
+        if conn.phase != Phase::Open {
+            return;
+        }
+        if conn.pong_due.is_some_and(|d| d <= now) {
+            conn.pong_due = None;
+            conn.next_ping = None;
+            self.metrics.pong_timeouts += 1;
+            return self.close(now, id, 1008, "pong timeout");
+        }
+        if !idle_timeout.is_zero() && conn.last_active + idle_timeout <= now {
+            self.metrics.idle_timeouts += 1;
+            return self.close(now, id, 1008, "idle timeout");
+        }
+        if conn.next_ping.is_some_and(|p| p <= now) {
+            conn.next_ping = Some(now + heartbeat.ping_interval);
+            if conn.pong_due.is_none() {
+                conn.pong_due = Some(now + heartbeat.pong_timeout);
+            }
+            self.enqueue(id, frame::encode(OpCode::Control(Control::Ping), false, &[]));
+        }
+    }
+
+    /// Makes sure the heap holds a wake-up no later than the connection's next deadline.
+    pub(super) fn rearm(&mut self, id: ConnId) {
+        let idle_timeout = self.config.heartbeat.idle_timeout;
+        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(next) = conn.next_deadline(idle_timeout) else { return };
+        if conn.wake_at.is_none_or(|w| next < w) {
+            conn.wake_at = Some(next);
+            self.timers.push(Reverse((next, id)));
+        }
+    }
+}
