@@ -1,1 +1,490 @@
-//! placeholder
+//! Black-box harness: start a server binary on a free port, talk to it over real sockets.
+//!
+//! Every scenario runs against every shell binary in [`binaries`], so a new shell joins the
+//! suite by joining that list. Nothing here knows the protocol beyond what a client must.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The shells under test, by binary name.
+pub const SHELLS: &[&str] = &["switchboard-mio"];
+
+/// How long any single read may block before a test gives up.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a server may take to print its address.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The binaries to test: `SWITCHBOARD_BINS` (paths separated by `:`) if set, else [`SHELLS`]
+/// in the release target directory, which `scripts/test` builds before `cargo test`.
+pub fn binaries() -> Vec<PathBuf> {
+    if let Ok(list) = std::env::var("SWITCHBOARD_BINS") {
+        return list.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
+    SHELLS.iter().map(|name| target.join("release").join(name)).collect()
+}
+
+/// Runs `scenario` once per binary, naming the binary first so a failure says which shell.
+pub fn for_each_binary(mut scenario: impl FnMut(&Path)) {
+    for bin in binaries() {
+        assert!(
+            bin.exists(),
+            "{} is missing: run `cargo build --workspace --release --bins` first (or set SWITCHBOARD_BINS)",
+            bin.display()
+        );
+        eprintln!("--- against {}", bin.display());
+        scenario(&bin);
+    }
+}
+
+/// The settings tests vary; everything else is fixed in [`Settings::to_toml`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `server.workers`.
+    pub workers: usize,
+    /// `server.handshake_timeout`.
+    pub handshake_timeout: &'static str,
+    /// `limits.max_message_bytes` and `limits.max_frame_bytes`.
+    pub max_message: &'static str,
+    /// `drain.timeout`.
+    pub drain_timeout: &'static str,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { workers: 2, handshake_timeout: "10s", max_message: "2MiB", drain_timeout: "5s" }
+    }
+}
+
+impl Settings {
+    /// The config file: rate limits off (tests open many connections from one address quickly),
+    /// an open echo route and one that checks the Origin.
+    pub fn to_toml(&self) -> String {
+        format!(
+            r#"[server]
+listen = "127.0.0.1:1"
+workers = {workers}
+handshake_timeout = "{handshake}"
+
+[limits]
+connect_rate_per_ip = 0.0
+max_message_bytes = "{max}"
+max_frame_bytes = "{max}"
+send_queue_bytes = "8MiB"
+
+[rate_limit]
+messages_per_second = 0.0
+bytes_per_second = 0
+
+[drain]
+timeout = "{drain}"
+
+[[route]]
+path = "/echo"
+mode = "echo"
+
+[[route]]
+path = "/guarded"
+mode = "echo"
+allowed_origins = ["https://good.example"]
+"#,
+            workers = self.workers,
+            handshake = self.handshake_timeout,
+            max = self.max_message,
+            drain = self.drain_timeout,
+        )
+    }
+}
+
+/// A running server; killed and reaped on drop.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    /// The address it printed.
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `bin` with a config file of `config` and `--listen 127.0.0.1:0`.
+    pub fn start(bin: &Path, config: &str) -> Self {
+        Self::try_start(bin, config).unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()))
+    }
+
+    /// Starts `bin` with [`Settings`].
+    pub fn with(bin: &Path, settings: &Settings) -> Self {
+        Self::start(bin, &settings.to_toml())
+    }
+
+    fn try_start(bin: &Path, config: &str) -> io::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config_path = dir.path().join("switchboard.toml");
+        std::fs::write(&config_path, config)?;
+        let log = std::fs::File::create(dir.path().join("stderr.log"))?;
+        let mut child = Command::new(bin)
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()?;
+        let Some(stdout) = child.stdout.take() else {
+            return Err(io::Error::other("no stdout pipe"));
+        };
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = tx.send(BufReader::new(stdout).read_line(&mut line).map(|_| line));
+        });
+        let mut server = Self { child, addr: SocketAddr::from(([0, 0, 0, 0], 0)), dir };
+        let line = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(Ok(line)) => line,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(io::Error::other(format!("no address line; stderr:\n{}", server.stderr()))),
+        };
+        let addr = line.trim().strip_prefix("listening on ").and_then(|a| a.parse().ok());
+        server.addr = addr.ok_or_else(|| {
+            io::Error::other(format!("expected `listening on ADDR`, got {line:?}; stderr:\n{}", server.stderr()))
+        })?;
+        Ok(server)
+    }
+
+    /// What the server logged so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (by name, e.g. "TERM") to this server's process only.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{name} {} failed", self.pid());
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// A `ws://` URL for `path` on this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("--- server stderr:\n{}", self.stderr());
+        }
+    }
+}
+
+/// A TCP connection with bounded reads.
+pub fn tcp(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_nodelay(true);
+    stream
+}
+
+/// Sends `request` as is and returns the whole response (the server closes after it).
+pub fn http(addr: SocketAddr, request: &str) -> String {
+    let mut stream = tcp(addr);
+    stream.write_all(request.as_bytes()).unwrap_or_else(|e| panic!("write request: {e}"));
+    let mut response = Vec::new();
+    match stream.read_to_end(&mut response) {
+        Ok(_) => {}
+        // A reset after the response still leaves the response readable above.
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset && !response.is_empty() => {}
+        Err(e) => panic!("reading response: {e} (after {:?})", String::from_utf8_lossy(&response)),
+    }
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// An upgrade request for `path` with the standard headers plus `extra` lines ("Name: value").
+/// Headers named in `omit` (lowercase) are left out.
+pub fn upgrade_request(path: &str, extra: &[&str], omit: &[&str]) -> String {
+    let standard = [
+        ("host", "Host: 127.0.0.1"),
+        ("upgrade", "Upgrade: websocket"),
+        ("connection", "Connection: Upgrade"),
+        ("sec-websocket-key", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="),
+        ("sec-websocket-version", "Sec-WebSocket-Version: 13"),
+    ];
+    let mut request = format!("GET {path} HTTP/1.1\r\n");
+    for (name, line) in standard {
+        if !omit.contains(&name) {
+            request.push_str(line);
+            request.push_str("\r\n");
+        }
+    }
+    for line in extra {
+        request.push_str(line);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request
+}
+
+/// The status code of an HTTP response text.
+pub fn status(response: &str) -> u16 {
+    response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// One frame as the server sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// FIN bit.
+    pub fin: bool,
+    /// RSV1..3 as the top three bits of the first byte.
+    pub rsv: u8,
+    /// The opcode.
+    pub opcode: u8,
+    /// Whether the server masked it (it must not).
+    pub masked: bool,
+    /// Unmasked payload.
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    /// The close code of a close frame (1005 when it has none).
+    pub fn close_code(&self) -> u16 {
+        match self.payload.as_slice() {
+            [hi, lo, ..] => u16::from_be_bytes([*hi, *lo]),
+            _ => 1005,
+        }
+    }
+}
+
+/// Opcodes for raw frames.
+pub mod op {
+    /// Continuation frame.
+    pub const CONTINUATION: u8 = 0x0;
+    /// Text frame.
+    pub const TEXT: u8 = 0x1;
+    /// Binary frame.
+    pub const BINARY: u8 = 0x2;
+    /// Close frame.
+    pub const CLOSE: u8 = 0x8;
+    /// Ping frame.
+    pub const PING: u8 = 0x9;
+    /// Pong frame.
+    pub const PONG: u8 = 0xA;
+}
+
+/// A hand-driven WebSocket client, for what a well-behaved client library refuses to send.
+#[derive(Debug)]
+pub struct RawClient {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read but not yet parsed.
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    /// Sends an upgrade for `path` and returns the client with the response head, whatever
+    /// its status.
+    pub fn upgrade(addr: SocketAddr, path: &str, extra: &[&str]) -> (Self, String) {
+        let mut client = Self::connect(addr);
+        client.send_raw(upgrade_request(path, extra, &[]).as_bytes());
+        let head = client.read_head();
+        (client, head)
+    }
+
+    /// A connection that has sent nothing yet.
+    pub fn connect(addr: SocketAddr) -> Self {
+        Self { stream: tcp(addr), buf: Vec::new() }
+    }
+
+    /// Like [`RawClient::upgrade`], insisting on `101`.
+    pub fn open(addr: SocketAddr, path: &str) -> Self {
+        let (client, head) = Self::upgrade(addr, path, &[]);
+        assert_eq!(status(&head), 101, "upgrade refused: {head}");
+        client
+    }
+
+    /// Writes bytes as they are.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap_or_else(|e| panic!("write: {e}"));
+    }
+
+    /// Sends one frame; clients must mask, and `masked = false` breaks that rule on purpose.
+    pub fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8], masked: bool) {
+        let bytes = encode_frame(fin, 0, opcode, payload, masked);
+        self.send_raw(&bytes);
+    }
+
+    /// Reads the HTTP response head (up to the blank line); later bytes stay buffered.
+    pub fn read_head(&mut self) -> String {
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head: Vec<u8> = self.buf.drain(..end + 4).collect();
+                return String::from_utf8_lossy(&head).into_owned();
+            }
+            if self.fill() == 0 {
+                return String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned();
+            }
+        }
+    }
+
+    /// The next frame, or `None` once the server has closed the connection.
+    pub fn read_frame(&mut self) -> Option<Frame> {
+        loop {
+            if let Some((frame, used)) = decode_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Some(frame);
+            }
+            if self.fill() == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Reads frames up to the server's close frame and returns its code; data frames before
+    /// it are skipped. Panics if the connection ends without one.
+    pub fn expect_close(&mut self) -> u16 {
+        loop {
+            match self.read_frame() {
+                Some(frame) if frame.opcode == op::CLOSE => return frame.close_code(),
+                Some(_) => {}
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+
+    /// True once the server has closed the TCP connection (reads return end of file).
+    pub fn closed_by_server(&mut self) -> bool {
+        loop {
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Half-closes our side.
+    pub fn shutdown_write(&self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+
+    fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 64 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                n
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
+            Err(e) => panic!("read: {e} (buffered: {} bytes)", self.buf.len()),
+        }
+    }
+}
+
+/// Encodes a frame; `rsv` holds RSV1..3 in its top three bits, as on the wire.
+pub fn encode_frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    out.push(u8::from(fin) << 7 | (rsv & 0x70) | (opcode & 0x0F));
+    let mask_bit = if masked { 0x80 } else { 0 };
+    let len = payload.len();
+    if len < 126 {
+        out.push(mask_bit | len as u8);
+    } else if let Ok(short) = u16::try_from(len) {
+        out.push(mask_bit | 126);
+        out.extend_from_slice(&short.to_be_bytes());
+    } else {
+        out.push(mask_bit | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    if masked {
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// Decodes one frame from the front of `buf`, with the bytes it used; `None` if incomplete.
+pub fn decode_frame(buf: &[u8]) -> Option<(Frame, usize)> {
+    let [b0, b1, ..] = *buf else { return None };
+    let masked = b1 & 0x80 != 0;
+    let (len, mut at) = match b1 & 0x7F {
+        126 => (u64::from(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?])), 4),
+        127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?), 10),
+        n => (u64::from(n), 2),
+    };
+    let key = if masked {
+        let key: [u8; 4] = buf.get(at..at + 4)?.try_into().ok()?;
+        at += 4;
+        Some(key)
+    } else {
+        None
+    };
+    let end = at.checked_add(usize::try_from(len).ok()?)?;
+    let mut payload = buf.get(at..end)?.to_vec();
+    if let Some(key) = key {
+        payload.iter_mut().enumerate().for_each(|(i, b)| *b ^= key[i % 4]);
+    }
+    let frame = Frame { fin: b0 & 0x80 != 0, rsv: b0 & 0x70, opcode: b0 & 0x0F, masked, payload };
+    Some((frame, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        for len in [0, 5, 125, 126, 65535, 65536] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            for masked in [false, true] {
+                let bytes = encode_frame(true, 0x40, op::BINARY, &payload, masked);
+                let decoded = decode_frame(&bytes);
+                let Some((frame, used)) = decoded else { panic!("len {len}: incomplete") };
+                assert_eq!(used, bytes.len());
+                assert_eq!((frame.fin, frame.rsv, frame.opcode, frame.masked), (true, 0x40, op::BINARY, masked));
+                assert_eq!(frame.payload, payload);
+                assert!(decode_frame(&bytes[..bytes.len() - 1]).is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn settings_are_a_valid_config() {
+        let parsed = switchboard_core::Config::from_toml(&Settings::default().to_toml());
+        assert!(parsed.is_ok(), "{parsed:?}");
+    }
+
+    #[test]
+    fn status_of_a_response() {
+        assert_eq!(status("HTTP/1.1 404 Not Found\r\n\r\n"), 404);
+        assert_eq!(status(""), 0);
+    }
+}
