@@ -90,7 +90,7 @@ fn main() -> ExitCode {
 struct WorkerHandle {
     control: Sender<Control>,
     waker: Arc<Waker>,
-    thread: Option<JoinHandle<io::Result<()>>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl WorkerHandle {
@@ -120,11 +120,13 @@ fn serve(config: Config) -> io::Result<()> {
     let mut signals = Signals::new([SIGTERM, SIGINT])?;
     poll.registry().register(&mut signals, SIGNAL, Interest::READABLE)?;
     let done = Arc::new(Waker::new(poll.registry(), WORKER_DONE)?);
+    let (report, finished) = mpsc::channel();
 
     let node_id = if config.broker.node_id.is_empty() { random_node_id() } else { config.broker.node_id.clone() };
     let mut workers = Vec::with_capacity(count);
     for (index, listener) in listeners.into_iter().enumerate() {
-        workers.push(spawn_worker(index, listener, Hub::new(config.clone(), node_id.clone()), Arc::clone(&done))?);
+        let hub = Hub::new(config.clone(), node_id.clone());
+        workers.push(spawn_worker(index, listener, hub, (report.clone(), Arc::clone(&done)))?);
     }
 
     let mut out = io::stdout().lock();
@@ -136,7 +138,8 @@ fn serve(config: Config) -> io::Result<()> {
     let mut events = Events::with_capacity(8);
     let mut draining = false;
     let mut failed = false;
-    while workers.iter().any(|w| w.thread.is_some()) {
+    let mut running = workers.len();
+    while running > 0 {
         if let Err(e) = poll.poll(&mut events, None) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -156,17 +159,17 @@ fn serve(config: Config) -> io::Result<()> {
                 }
             }
         }
-        for worker in &mut workers {
-            if worker.thread.as_ref().is_some_and(JoinHandle::is_finished)
-                && let Some(thread) = worker.thread.take()
-            {
-                let result = thread.join().unwrap_or_else(|_| Err(io::Error::other("worker panicked")));
-                if let Err(e) = result {
-                    error!("worker stopped: {e}");
-                    failed = true;
-                    // One worker down means the port serves only part of its clients: stop all.
-                    drain = true;
-                }
+        while let Ok((index, result)) = finished.try_recv() {
+            running -= 1;
+            if let Some(thread) = workers.get_mut(index).and_then(|w| w.thread.take()) {
+                // The worker sent its result as its last act, so this join returns at once.
+                let _ = thread.join();
+            }
+            if let Err(e) = result {
+                error!("worker {index} stopped: {e}");
+                failed = true;
+                // One worker down means the port serves only part of its clients: stop all.
+                drain = true;
             }
         }
         if drain && !draining {
@@ -180,15 +183,24 @@ fn serve(config: Config) -> io::Result<()> {
     if failed { Err(io::Error::other("a worker failed")) } else { Ok(()) }
 }
 
-fn spawn_worker(index: usize, listener: mio::net::TcpListener, hub: Hub, done: Arc<Waker>) -> io::Result<WorkerHandle> {
+/// Where a worker reports its end: its index and result, then a wake of the main thread.
+type Finished = (Sender<(usize, io::Result<()>)>, Arc<Waker>);
+
+fn spawn_worker(
+    index: usize,
+    listener: mio::net::TcpListener,
+    hub: Hub,
+    (report, done): Finished,
+) -> io::Result<WorkerHandle> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), worker::WAKER)?);
     let (control, inbox) = mpsc::channel();
     let worker = Worker::new(poll, listener, inbox, hub)?;
     let thread = thread::Builder::new().name(format!("worker-{index}")).spawn(move || {
-        let result = worker.run();
+        // `JoinHandle::is_finished` may still be false right after a wake sent from here, so the
+        // result itself travels to the main thread.
+        let _ = report.send((index, worker.run()));
         let _ = done.wake();
-        result
     })?;
     Ok(WorkerHandle { control, waker, thread: Some(thread) })
 }
