@@ -1,0 +1,347 @@
+//! One worker: a loop over async-io readiness that owns a `Hub`. It moves bytes and time; the
+//! hub decides. No task per connection: a socket's readiness wakes the loop through the
+//! mailbox, naming the socket, so an idle connection costs its `Async` registration and no
+//! buffer.
+
+use std::future::Future;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use async_io::{Async, Timer};
+use futures_lite::future;
+use log::{debug, warn};
+use switchboard_core::{BrokerCommand, ConnId, Event, Hub};
+
+use crate::mailbox::{Inbox, Mailbox, Message, Ready};
+
+/// One buffer serves every read of the worker: the hub copies what it keeps.
+const READ_BUFFER: usize = 64 * 1024;
+/// Frames offered to one `write_vectored`; Linux takes at most 1024 (`IOV_MAX`).
+const MAX_SLICES: usize = 64;
+/// How long accepting stops when the process is out of file descriptors.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(80);
+/// Reads spent discarding a closed connection's unread input, so the kernel sends FIN, not RST.
+const LINGER_READS: usize = 4;
+/// How stale another worker's figures in `/metrics` and `/api/stats` may be.
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A socket the hub knows as `id`.
+#[derive(Debug)]
+struct Conn {
+    id: ConnId,
+    stream: Async<TcpStream>,
+    /// Puts `id` in the mailbox; the same waker every time, so re-arming costs no wake-up.
+    waker: Waker,
+    /// Already in `Worker::flush`.
+    scheduled: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Worker {
+    index: u32,
+    hub: Hub,
+    listener: Async<TcpListener>,
+    listener_waker: Waker,
+    mailbox: Arc<Mailbox>,
+    /// Every worker's mailbox, this one's included, indexed by worker.
+    peers: Arc<[Arc<Mailbox>]>,
+    /// Indexed by `ConnId::index`, which the hub keeps dense.
+    conns: Vec<Option<Conn>>,
+    buf: Vec<u8>,
+    /// Connections to write to in this turn.
+    flush: Vec<ConnId>,
+    timer: Timer,
+    timer_at: Option<Instant>,
+    accept_paused_until: Option<Instant>,
+    metrics_at: Instant,
+    drain_deadline: Option<Instant>,
+}
+
+impl Worker {
+    pub(crate) fn new(index: u32, hub: Hub, listener: Async<TcpListener>, peers: Arc<[Arc<Mailbox>]>) -> Self {
+        let mailbox = Arc::clone(&peers[index as usize]);
+        Self {
+            index,
+            hub,
+            listener,
+            listener_waker: mailbox.waker(Ready::Listener),
+            mailbox,
+            peers,
+            conns: Vec::new(),
+            buf: vec![0; READ_BUFFER],
+            flush: Vec::new(),
+            timer: Timer::never(),
+            timer_at: None,
+            accept_paused_until: None,
+            metrics_at: Instant::now(),
+            drain_deadline: None,
+        }
+    }
+
+    /// Serves until a drain has finished.
+    pub(crate) async fn run(mut self) {
+        let mut inbox = Inbox::default();
+        self.accept(Instant::now());
+        loop {
+            let now = Instant::now();
+            self.mailbox.take(&mut inbox);
+            for message in inbox.messages.drain(..) {
+                self.handle_message(now, message);
+            }
+            for ready in inbox.ready.drain(..) {
+                match ready {
+                    Ready::Listener => self.accept(now),
+                    Ready::Conn(id) => {
+                        self.read(now, id);
+                        if self.hub.wants_write(id) {
+                            self.schedule(id);
+                        }
+                    }
+                }
+            }
+            if self.accept_paused_until.is_some_and(|t| t <= now) {
+                self.accept_paused_until = None;
+                self.accept(now);
+            }
+            if self.hub.poll_timeout().is_some_and(|t| t <= now) {
+                self.hub.handle_timeout(now);
+            }
+            if now >= self.metrics_at {
+                self.metrics_at = now + METRICS_INTERVAL;
+                self.send_metrics();
+            }
+            self.drain_events();
+            self.write(now);
+            self.send_broker();
+            if let Some(deadline) = self.drain_deadline
+                && (self.hub.connection_count() == 0 || now >= deadline)
+            {
+                debug!("drained; {} connection(s) left", self.hub.connection_count());
+                return;
+            }
+            if self.flush.is_empty() {
+                self.wait(now).await;
+            }
+        }
+    }
+
+    /// Sleeps until the mailbox has something or the next deadline passes.
+    async fn wait(&mut self, now: Instant) {
+        let next = [self.hub.poll_timeout(), self.accept_paused_until, self.drain_deadline]
+            .into_iter()
+            .flatten()
+            .chain((self.peers.len() > 1).then_some(self.metrics_at))
+            .min();
+        if next != self.timer_at {
+            // Re-arming only on change keeps the reactor's timer table out of most turns.
+            match next {
+                Some(at) => self.timer.set_at(at.max(now)),
+                None => self.timer = Timer::never(),
+            }
+            self.timer_at = next;
+        }
+        future::poll_fn(|cx| {
+            if self.mailbox.poll_wait(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            if self.timer_at.is_some() && Pin::new(&mut self.timer).poll(cx).is_ready() {
+                // A fired timer stays silent until set again.
+                self.timer_at = None;
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+        .await;
+    }
+
+    fn handle_message(&mut self, now: Instant, message: Message) {
+        match message {
+            Message::Shutdown { deadline } => {
+                self.drain_deadline.get_or_insert(deadline);
+                self.hub.shutdown(now, deadline);
+            }
+            Message::Envelope(envelope) => self.hub.handle_broker(now, envelope),
+            Message::Metrics { worker, metrics } => self.hub.handle_peer_metrics(worker, *metrics),
+        }
+    }
+
+    /// Accepts until the listener would block, then re-arms its readiness.
+    fn accept(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            match self.listener.get_ref().accept() {
+                Ok((stream, peer)) => self.admit(now, stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.listener.poll_readable(&mut Context::from_waker(&self.listener_waker)).is_pending() {
+                        return;
+                    }
+                }
+                Err(e) if is_transient_accept_error(&e) => {}
+                Err(e) => {
+                    // Out of descriptors, or worse: the connection waits in the backlog, and
+                    // retrying at once would spin.
+                    if is_out_of_descriptors(&e) {
+                        self.hub.handle_accept_error();
+                    }
+                    warn!("accept: {e}; pausing accepts for {ACCEPT_PAUSE:?}");
+                    self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, now: Instant, stream: TcpStream, peer: std::net::SocketAddr) {
+        // Messages are small and latency matters more than packet count.
+        let _ = stream.set_nodelay(true);
+        let stream = match Async::new(stream) {
+            Ok(stream) => stream,
+            Err(e) => {
+                warn!("register {peer}: {e}");
+                return;
+            }
+        };
+        let id = self.hub.handle_accept(now, peer);
+        if self.conns.len() <= id.index() {
+            self.conns.resize_with(id.index() + 1, || None);
+        }
+        let waker = self.mailbox.waker(Ready::Conn(id));
+        // A stale socket in the slot belongs to a connection the hub already forgot.
+        self.conns[id.index()] = Some(Conn { id, stream, waker, scheduled: false });
+        debug!("accepted {peer} as {id:?}");
+        // The request is often here already; reading also arms readiness.
+        self.read(now, id);
+    }
+
+    /// Reads until the socket would block and its readiness is re-armed, or the hub lets go.
+    fn read(&mut self, now: Instant, id: ConnId) {
+        loop {
+            let Some(conn) = conn_mut(&mut self.conns, id) else { return };
+            match conn.stream.get_ref().read(&mut self.buf) {
+                Ok(0) => self.hub.handle_eof(now, id),
+                Ok(n) => self.hub.handle_bytes(now, id, &self.buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Ready means an event arrived meanwhile: read again rather than miss it.
+                    if conn.stream.poll_readable(&mut Context::from_waker(&conn.waker)).is_pending() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => self.hub.handle_eof(now, id),
+            }
+            // A close the hub decided on removes the socket here, which ends the loop.
+            self.drain_events();
+        }
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(event) = self.hub.poll_event() {
+            match event {
+                Event::Transmit(id) => self.schedule(id),
+                Event::Close(id) => self.close(id),
+            }
+        }
+    }
+
+    fn schedule(&mut self, id: ConnId) {
+        if let Some(conn) = conn_mut(&mut self.conns, id)
+            && !conn.scheduled
+        {
+            conn.scheduled = true;
+            self.flush.push(id);
+        }
+    }
+
+    /// One `write_vectored` per scheduled connection. A blocked socket arms writability and
+    /// comes back through the mailbox; a short write without blocking is retried next turn.
+    fn write(&mut self, now: Instant) {
+        for id in std::mem::take(&mut self.flush) {
+            let Some(conn) = conn_mut(&mut self.conns, id) else { continue };
+            conn.scheduled = false;
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let filled = self.hub.transmit(id, &mut slices);
+            let result = if filled == 0 { Ok(0) } else { conn.stream.get_ref().write_vectored(&slices[..filled]) };
+            let ready_again = match result {
+                Ok(n) => {
+                    self.hub.consume(id, n);
+                    true
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.stream.poll_writable(&mut Context::from_waker(&conn.waker)).is_ready()
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+                Err(_) => {
+                    self.hub.handle_eof(now, id);
+                    continue;
+                }
+            };
+            if ready_again && self.hub.wants_write(id) {
+                self.schedule(id);
+            }
+        }
+        // `consume` finishes connections whose last bytes (an HTTP error, a close reply) went out.
+        self.drain_events();
+    }
+
+    /// Closes the socket of a connection the hub has forgotten.
+    fn close(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id.index()).and_then(|slot| slot.take_if(|c| c.id == id)) else {
+            return;
+        };
+        // Unread input makes close() send RST, which can destroy the response still in flight
+        // (an HTTP error, our close frame) before the peer reads it.
+        for _ in 0..LINGER_READS {
+            match conn.stream.get_ref().read(&mut self.buf) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+        debug!("closed {id:?}");
+    }
+
+    /// The in-process bus: every publish goes to every other worker, whose hub delivers it to
+    /// its own subscribers. Subscriptions need no bookkeeping here, since a hub without
+    /// subscribers on a channel ignores it.
+    fn send_broker(&mut self) {
+        while let Some(command) = self.hub.poll_broker() {
+            if let BrokerCommand::Publish(envelope) = command {
+                for peer in self.other_peers() {
+                    peer.post(Message::Envelope(envelope.clone()));
+                }
+            }
+        }
+    }
+
+    fn send_metrics(&self) {
+        for peer in self.other_peers() {
+            let metrics = Box::new(self.hub.metrics().clone());
+            peer.post(Message::Metrics { worker: self.index, metrics });
+        }
+    }
+
+    fn other_peers(&self) -> impl Iterator<Item = &Arc<Mailbox>> {
+        let me = self.index as usize;
+        self.peers.iter().enumerate().filter(move |&(i, _)| i != me).map(|(_, peer)| peer)
+    }
+}
+
+fn conn_mut(conns: &mut [Option<Conn>], id: ConnId) -> Option<&mut Conn> {
+    conns.get_mut(id.index()).and_then(Option::as_mut).filter(|c| c.id == id)
+}
+
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or the system is out of a resource that
+    // closing connections gives back.
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    // The peer gave up between SYN and accept; the next connection in the backlog is fine.
+    matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted)
+}
