@@ -20,6 +20,8 @@ const READ_BUFFER: usize = 64 * 1024;
 const MAX_SLICES: usize = 64;
 /// How long accepting stops when the process is out of file descriptors.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(80);
+/// Least time between two warnings about running out of descriptors.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
 /// Reads spent discarding a closed connection's unread input, so the kernel sends FIN, not RST.
 const LINGER_READS: usize = 4;
 
@@ -57,6 +59,7 @@ pub(crate) struct Worker {
     flush: Vec<ConnId>,
     accept_paused_until: Option<Instant>,
     accept_pauses: u64,
+    accept_warned_at: Option<Instant>,
     drain_deadline: Option<Instant>,
 }
 
@@ -73,6 +76,7 @@ impl Worker {
             flush: Vec::new(),
             accept_paused_until: None,
             accept_pauses: 0,
+            accept_warned_at: None,
             drain_deadline: None,
         })
     }
@@ -144,7 +148,11 @@ impl Worker {
                     // The pending connection stays in the backlog; retrying now would spin.
                     self.accept_pauses += 1;
                     self.accept_paused_until = Some(now + ACCEPT_PAUSE);
-                    warn!("accept: {e}; pausing accepts (pause #{})", self.accept_pauses);
+                    // The condition lasts until clients leave: one line per interval, not per pause.
+                    if self.accept_warned_at.is_none_or(|at| now.duration_since(at) >= ACCEPT_WARN_EVERY) {
+                        self.accept_warned_at = Some(now);
+                        warn!("accept: {e}; pausing accepts ({} pause(s) so far)", self.accept_pauses);
+                    }
                     return;
                 }
                 Err(e) if is_transient_accept_error(&e) => continue,
