@@ -494,9 +494,10 @@ impl Config {
 
         let b = &self.broker;
         if b.kind == BrokerKind::Redis {
-            let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"].iter().any(|p| b.url.starts_with(p));
-            check(scheme_ok, "broker.url", || {
-                format!("{:?} is not a redis URL (use e.g. \"redis://127.0.0.1:6379\")", b.url)
+            let parsed = crate::redis::parse_url(&b.url);
+            check(parsed.is_ok(), "broker.url", || match &parsed {
+                Err(error) => format!("{:?}: {} (use e.g. \"redis://127.0.0.1:6379\")", b.url, error.reason),
+                Ok(_) => String::new(),
             })?;
         }
         check(!b.prefix.is_empty(), "broker.prefix", || "must not be empty".to_owned())?;

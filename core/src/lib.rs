@@ -79,6 +79,7 @@ pub mod limits;
 pub mod metrics;
 pub mod pubsub;
 pub mod queue;
+pub mod redis;
 
 pub use broker::{BrokerCommand, Envelope, Origin};
 pub use config::Config;
