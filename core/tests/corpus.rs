@@ -1,0 +1,143 @@
+//! Replays every committed fuzz input (`fuzz/corpus/<target>/` seeds and
+//! `fuzz/regressions/<target>/` crashes once found) through the same entry points the fuzz
+//! targets call, so `cargo test` keeps them passing without a fuzzer.
+//!
+//! `fuzz/pending/<target>/` holds crashes found in the core and not fixed yet: they are
+//! replayed by an ignored test (`cargo test --test corpus -- --ignored`) that expects each to
+//! still fail. Once the core is fixed, move the file to `fuzz/regressions/<target>/`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use switchboard_core::fuzzing;
+
+type Entry = fn(Instant, &[u8]);
+
+/// Every fuzz target and its entry point; a corpus folder not named here fails the test.
+const TARGETS: [(&str, Entry); 6] = [
+    ("handshake", fuzzing::handshake),
+    ("frames", fuzzing::frames),
+    ("pubsub_json", fuzzing::pubsub_json),
+    ("config", fuzzing::config),
+    ("http_api", fuzzing::http_api),
+    ("hub_ops", fuzzing::hub_ops),
+];
+
+/// Folders of inputs that must keep passing.
+const KINDS: [&str; 2] = ["corpus", "regressions"];
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
+}
+
+// Replaying corpus files is what this test is for; the core itself never touches files.
+#[allow(clippy::disallowed_methods)]
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+// Same: only an origin for simulated time, which nothing here waits on.
+#[allow(clippy::disallowed_methods)]
+fn origin() -> Instant {
+    Instant::now()
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+    files.sort();
+    files
+}
+
+fn entry(target: &str) -> Entry {
+    match TARGETS.iter().find(|(name, _)| *name == target) {
+        Some(&(_, entry)) => entry,
+        None => panic!("no entry point for fuzz target {target}"),
+    }
+}
+
+/// Runs one input; the panic message if it fails.
+fn run(entry: Entry, path: &Path) -> Result<(), String> {
+    let data = read(path);
+    let t0 = origin();
+    std::panic::catch_unwind(|| entry(t0, &data)).map_err(|panic| {
+        panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default()
+    })
+}
+
+/// Runs every input of `target`; on failure lists each failing file with its panic.
+fn replay(target: &str) -> usize {
+    let entry = entry(target);
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for kind in KINDS {
+        for path in files(&fuzz_dir().join(kind).join(target)) {
+            count += 1;
+            if let Err(message) = run(entry, &path) {
+                failures.push(format!("{}: {message}", path.display()));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {count} {target} inputs fail:\n{}", failures.len(), failures.join("\n"));
+    count
+}
+
+#[test]
+#[ignore = "core bugs not fixed yet; run to see they still reproduce"]
+fn pending_crashes_still_reproduce() {
+    let Ok(targets) = std::fs::read_dir(fuzz_dir().join("pending")) else { return };
+    for target in targets.flatten() {
+        let name = target.file_name().to_string_lossy().into_owned();
+        for path in files(&target.path()) {
+            match fuzzing::reveal_known_bugs(|| run(entry(&name), &path)) {
+                Ok(()) => panic!("{} passes now: move it to fuzz/regressions/{name}/", path.display()),
+                Err(message) => eprintln!("{}: still fails: {message}", path.display()),
+            }
+        }
+    }
+}
+
+#[test]
+fn handshake_corpus() {
+    assert!(replay("handshake") > 0, "handshake has seeds");
+}
+
+#[test]
+fn frames_corpus() {
+    assert!(replay("frames") > 0, "frames has seeds");
+}
+
+#[test]
+fn pubsub_json_corpus() {
+    assert!(replay("pubsub_json") > 0, "pubsub_json has seeds");
+}
+
+#[test]
+fn config_corpus() {
+    assert!(replay("config") > 0, "config has seeds");
+}
+
+#[test]
+fn http_api_corpus() {
+    assert!(replay("http_api") > 0, "http_api has seeds");
+}
+
+#[test]
+fn hub_ops_corpus() {
+    assert!(replay("hub_ops") > 0, "hub_ops has seeds");
+}
+
+#[test]
+fn every_corpus_folder_is_a_known_target() {
+    for kind in ["corpus", "regressions", "pending"] {
+        let Ok(entries) = std::fs::read_dir(fuzz_dir().join(kind)) else { continue };
+        for entry in entries.flatten().filter(|e| e.path().is_dir()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            assert!(TARGETS.iter().any(|(t, _)| *t == name), "fuzz/{kind}/{name} has no replay here");
+        }
+    }
+}
