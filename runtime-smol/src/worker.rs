@@ -96,10 +96,8 @@ impl Worker {
                 match ready {
                     Ready::Listener => self.accept(now),
                     Ready::Conn(id) => {
-                        self.read(now, id);
-                        if self.hub.wants_write(id) {
-                            self.schedule(id);
-                        }
+                        self.read(now, id, false);
+                        self.resume_write(id);
                     }
                 }
             }
@@ -124,13 +122,13 @@ impl Worker {
                 return;
             }
             if self.flush.is_empty() {
-                self.wait(now).await;
+                self.wait().await;
             }
         }
     }
 
     /// Sleeps until the mailbox has something or the next deadline passes.
-    async fn wait(&mut self, now: Instant) {
+    async fn wait(&mut self) {
         let next = [self.hub.poll_timeout(), self.accept_paused_until, self.drain_deadline]
             .into_iter()
             .flatten()
@@ -139,7 +137,7 @@ impl Worker {
         if next != self.timer_at {
             // Re-arming only on change keeps the reactor's timer table out of most turns.
             match next {
-                Some(at) => self.timer.set_at(at.max(now)),
+                Some(at) => self.timer.set_at(at),
                 None => self.timer = Timer::never(),
             }
             self.timer_at = next;
@@ -215,28 +213,43 @@ impl Worker {
         // A stale socket in the slot belongs to a connection the hub already forgot.
         self.conns[id.index()] = Some(Conn { id, stream, waker, scheduled: false });
         debug!("accepted {peer} as {id:?}");
-        // The request is often here already; reading also arms readiness.
-        self.read(now, id);
+        // The request is often here already.
+        self.read(now, id, true);
     }
 
-    /// Reads until the socket would block and its readiness is re-armed, or the hub lets go.
-    fn read(&mut self, now: Instant, id: ConnId) {
+    /// Reads until the socket would block and the reactor re-arms it, or the hub lets go.
+    /// Without `eager`, reading starts only on the reactor's word: a wake-up for writing then
+    /// costs no futile read.
+    fn read(&mut self, now: Instant, id: ConnId, eager: bool) {
+        let mut ready = eager;
         loop {
             let Some(conn) = conn_mut(&mut self.conns, id) else { return };
+            if !ready && conn.stream.poll_readable(&mut Context::from_waker(&conn.waker)).is_pending() {
+                return;
+            }
+            ready = true;
             match conn.stream.get_ref().read(&mut self.buf) {
-                Ok(0) => self.hub.handle_eof(now, id),
-                Ok(n) => self.hub.handle_bytes(now, id, &self.buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Ready means an event arrived meanwhile: read again rather than miss it.
-                    if conn.stream.poll_readable(&mut Context::from_waker(&conn.waker)).is_pending() {
-                        return;
-                    }
-                }
+                Ok(n) if n > 0 => self.hub.handle_bytes(now, id, &self.buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => self.hub.handle_eof(now, id),
+                Ok(_) | Err(_) => {
+                    self.hub.handle_eof(now, id);
+                    self.drain_events();
+                    return;
+                }
             }
             // A close the hub decided on removes the socket here, which ends the loop.
             self.drain_events();
+        }
+    }
+
+    /// Writing waits for the reactor only after a blocked write; this picks it up again.
+    fn resume_write(&mut self, id: ConnId) {
+        if let Some(conn) = conn_mut(&mut self.conns, id)
+            && self.hub.wants_write(id)
+            && conn.stream.poll_writable(&mut Context::from_waker(&conn.waker)).is_ready()
+        {
+            self.schedule(id);
         }
     }
 
