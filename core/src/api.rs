@@ -159,6 +159,7 @@ pub fn prometheus_text(m: &Metrics, extra: &NodeInfo) -> String {
         protocol_errors,
         api_publishes,
         publishes,
+        broker_dropped,
     } = m;
     let mut x = Exposition::default();
     x.counter("connections_accepted", "TCP connections handed to the hub.", *connections_accepted);
@@ -196,6 +197,11 @@ pub fn prometheus_text(m: &Metrics, extra: &NodeInfo) -> String {
     x.counter("protocol_errors", "Malformed or refused pub/sub requests.", *protocol_errors);
     x.counter("api_publishes", "Messages published through the HTTP API.", *api_publishes);
     x.counter("publishes", "Publishes accepted, before fan-out.", *publishes);
+    x.counter(
+        "broker_dropped",
+        "Publishes not sent to other nodes: broker link down or breaker open.",
+        *broker_dropped,
+    );
 
     x.gauge("uptime_seconds", "Seconds since the node started.", extra.uptime_secs);
     x.gauge("draining", "1 while the node is draining.", u64::from(extra.draining));
@@ -240,6 +246,7 @@ pub fn stats_json(m: &Metrics, info: &NodeInfo) -> String {
         protocol_errors,
         api_publishes,
         publishes,
+        broker_dropped,
     } = m;
     json!({
         "node": info.node_id,
@@ -261,6 +268,7 @@ pub fn stats_json(m: &Metrics, info: &NodeInfo) -> String {
             "dropped": messages_dropped,
             "publishes": publishes,
             "api_publishes": api_publishes,
+            "broker_dropped": broker_dropped,
         },
         "bytes": { "in": bytes_in, "out": bytes_out, "queued": queued_bytes },
         "closes_by_code": closes_by_code,
@@ -430,6 +438,7 @@ mod tests {
             protocol_errors: 25,
             api_publishes: 26,
             publishes: 27,
+            broker_dropped: 28,
         }
     }
 
@@ -567,6 +576,7 @@ mod tests {
             ("switchboard_protocol_errors_total", &[], 25.0),
             ("switchboard_api_publishes_total", &[], 26.0),
             ("switchboard_publishes_total", &[], 27.0),
+            ("switchboard_broker_dropped_total", &[], 28.0),
             ("switchboard_uptime_seconds", &[], 3600.0),
             ("switchboard_draining", &[], 0.0),
             ("switchboard_cluster_connections", &[], 900.0),
@@ -645,7 +655,7 @@ mod tests {
             },
             "channels": 10,
             "subscriptions": 11,
-            "messages": { "in": 12, "out": 13, "dropped": 16, "publishes": 27, "api_publishes": 26 },
+            "messages": { "in": 12, "out": 13, "dropped": 16, "publishes": 27, "api_publishes": 26, "broker_dropped": 28 },
             "bytes": { "in": 14, "out": 15, "queued": 18 },
             "closes_by_code": { "1000": 19, "1001": 20, "1006": 21 },
             "rejections_by_status": { "400": 8, "429": 7 },

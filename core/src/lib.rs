@@ -60,6 +60,12 @@
 //! ```
 //!
 //! `core/examples/embed.rs` is the same loop, complete and runnable.
+//!
+//! Two more duties fall to a shell that runs several workers or nodes: forward what
+//! [`Hub::poll_broker`] yields to the other workers' hubs ([`Hub::handle_broker`]), and, with
+//! `broker.kind = "redis"`, open the sockets [`Hub::poll_redis_connect`] names and move their
+//! bytes (`handle_redis_*`, `redis_transmit`, `redis_consume`). Call [`Hub::handle_timeout`]
+//! once at start so the Redis link begins connecting before the first client arrives.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -85,3 +91,4 @@ pub use broker::{BrokerCommand, Envelope, Origin};
 pub use config::Config;
 pub use hub::{ConnId, Event, Hub, PublishError};
 pub use metrics::Metrics;
+pub use redis::LinkConn;

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub api_publishes: u64,
     /// Publishes accepted from clients and the API (each counted once, before fan-out).
     pub publishes: u64,
+    /// Publishes not sent to other nodes because the broker link was down or its breaker open.
+    pub broker_dropped: u64,
 }
 
 impl Metrics {
@@ -92,6 +94,7 @@ impl Metrics {
             protocol_errors,
             api_publishes,
             publishes,
+            broker_dropped,
         } = other;
         self.connections_accepted += connections_accepted;
         self.connections_open += connections_open;
@@ -113,6 +116,7 @@ impl Metrics {
         self.protocol_errors += protocol_errors;
         self.api_publishes += api_publishes;
         self.publishes += publishes;
+        self.broker_dropped += broker_dropped;
         for (route, count) in connections_by_route {
             *self.connections_by_route.entry(route.clone()).or_default() += count;
         }

@@ -371,3 +371,51 @@ fn nothing_remains_after_close() {
     sim.advance(Duration::from_secs(120));
     assert_eq!(sim.hub.poll_timeout(), None, "no timer, no per-IP entry left");
 }
+
+#[test]
+fn in_process_bus_gets_publishes_and_interest() {
+    use switchboard_core::BrokerCommand;
+    let mut sim = Sim::new(Default::default());
+    let id = pubsub_client(&mut sim);
+    op(&mut sim, id, r#"{"op":"subscribe","channel":"news"}"#);
+    op(&mut sim, id, r#"{"op":"publish","channel":"news","data":1}"#);
+    let commands: Vec<BrokerCommand> = std::iter::from_fn(|| sim.hub.poll_broker()).collect();
+    assert!(matches!(&commands[0], BrokerCommand::Subscribe(c) if c == "news"), "{commands:?}");
+    assert!(matches!(&commands[1], BrokerCommand::Publish(e) if e.channel == "news" && &e.payload[..] == b"1"));
+    // An envelope from another worker reaches the local subscriber; our own is ignored.
+    let BrokerCommand::Publish(mut envelope) = commands[1].clone() else { unreachable!() };
+    sim.hub.handle_broker(sim.now, envelope.clone());
+    assert!(json_frames(&sim.take_output(id)).is_empty(), "our own envelope is not delivered again");
+    envelope.origin.worker = 7;
+    sim.hub.handle_broker(sim.now, envelope);
+    assert_eq!(json_frames(&sim.take_output(id))[0]["seq"], 2);
+}
+
+#[test]
+fn redis_broker_asks_the_shell_for_two_connections_and_publishes_through_them() {
+    use switchboard_core::redis::LinkConn;
+    let mut sim = Sim::with_toml("[broker]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:7777\"\nprefix = \"t\"\n");
+    let id = pubsub_client(&mut sim);
+    let mut wanted: Vec<(LinkConn, String)> = std::iter::from_fn(|| sim.hub.poll_redis_connect()).collect();
+    wanted.sort();
+    assert_eq!(
+        wanted,
+        vec![(LinkConn::Subscriber, "127.0.0.1:7777".to_owned()), (LinkConn::Command, "127.0.0.1:7777".to_owned())]
+    );
+    assert!(sim.hub.poll_broker().is_none(), "the in-process bus stands down");
+    // Redis never answers: the breaker opens after enough failures and /healthz says degraded.
+    for _ in 0..20 {
+        for (which, _) in std::iter::from_fn(|| sim.hub.poll_redis_connect()).collect::<Vec<_>>() {
+            sim.hub.handle_redis_connect_failed(sim.now, which);
+        }
+        sim.advance(Duration::from_secs(1));
+    }
+    let (status, body) = http(&mut sim, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200);
+    assert!(body.contains("degraded"), "{body}");
+    // Local delivery goes on; the cross-node copy is counted as dropped.
+    op(&mut sim, id, r#"{"op":"subscribe","channel":"n"}"#);
+    let got = op(&mut sim, id, r#"{"op":"publish","channel":"n","data":"x"}"#);
+    assert_eq!(got[0]["type"], "message");
+    assert!(sim.hub.metrics().broker_dropped >= 1);
+}

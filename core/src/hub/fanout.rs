@@ -11,7 +11,7 @@ impl Hub {
             self.deliver(now, id, text, &payload);
         }
         let envelope = Envelope { origin: self.origin.clone(), channel, text, payload };
-        self.broker_out.push_back(BrokerCommand::Publish(envelope));
+        self.broker_publish(now, envelope);
     }
 
     /// Frames a message once (and compresses it once per window size) and queues the same
@@ -91,6 +91,6 @@ pub(super) fn room_name(path: &str) -> String {
 const ROOM_PREFIX: &str = "route:";
 
 /// True for a broadcast route's room (its messages go out as sent, not as pub/sub JSON).
-fn is_room(channel: &str) -> bool {
+pub(super) fn is_room(channel: &str) -> bool {
     channel.starts_with(ROOM_PREFIX)
 }

@@ -43,8 +43,33 @@ impl Hub {
             return;
         }
         let body = conn.head[head.head_len..head.head_len + body_len].to_vec();
+        if head.path == "/api/presence" && head.method == "GET" {
+            return self.api_presence(now, id, &head);
+        }
         let response = self.http_request(now, &head, &body);
         self.respond_http(id, &response);
+    }
+
+    /// `GET /api/presence?channel=NAME`: members from every live node. It needs the API key
+    /// when one is configured (presence names your users); it is answered when the cluster
+    /// has been asked, so the connection waits in `Responding`.
+    fn api_presence(&mut self, now: Instant, id: ConnId, head: &RequestHead) {
+        if !self.config.http.api_key.is_empty()
+            && let Err((status, reason)) = api::check_auth(&self.config.http.api_key, head.header("authorization"))
+        {
+            let response = HttpResponse::error(status, reason);
+            let response = if status == 401 { response.with_header("WWW-Authenticate", "Bearer") } else { response };
+            return self.respond_http(id, &response);
+        }
+        let channel = query_value(&head.query, "channel").unwrap_or_default();
+        if !pubsub::valid_channel(&channel, self.config.pubsub.max_channel_bytes) {
+            let reason = "give ?channel= with a valid channel name ([A-Za-z0-9_.:-])";
+            return self.respond_http(id, &HttpResponse::error(400, reason));
+        }
+        let Some(conn) = self.conn_mut(id) else { return };
+        conn.phase = Phase::Responding;
+        conn.head = Vec::new();
+        self.ask_presence(now, PresenceWaiter::Http { conn: id, channel });
     }
 
     pub(super) fn node_info(&self, now: Instant) -> NodeInfo {
@@ -54,7 +79,7 @@ impl Hub {
             uptime_secs: self.started.map_or(0, |s| now.saturating_duration_since(s).as_secs()),
             draining: self.drain.is_some(),
             broker: self.broker_state,
-            cluster_connections: None,
+            cluster_connections: self.redis.as_ref().and_then(RedisLink::cluster_connections),
         }
     }
 
@@ -80,6 +105,7 @@ impl Hub {
             (_, "/healthz" | "/api/stats") => get_only("GET"),
             (_, "/metrics") if self.config.http.metrics => get_only("GET"),
             (_, "/api/publish") => get_only("POST"),
+            (_, "/api/presence") => get_only("GET"),
             _ if self.config.route(&head.path).is_some() => {
                 HttpResponse::error(426, "this path serves WebSocket: send an upgrade request")
                     .with_header("Sec-WebSocket-Version", "13")
@@ -215,4 +241,31 @@ impl Hub {
     pub(super) fn conn_name(&self, id: ConnId) -> String {
         format!("{}-{}-{}.{}", self.origin.node, self.origin.worker, id.index, id.generation)
     }
+}
+
+/// The percent-decoded value of `key` in a query string.
+fn query_value(query: &str, key: &str) -> Option<String> {
+    let raw = query.split('&').find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
+            }
+            _ => None,
+        };
+        match decoded {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }

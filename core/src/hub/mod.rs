@@ -1,26 +1,29 @@
 //! The `Hub`: every connection of one worker, and the rules that decide what happens to them.
 
+mod cluster;
 mod fanout;
 mod http;
 mod messages;
 mod ops;
 mod timers;
 
-use fanout::room_name;
+use cluster::PresenceWaiter;
+use fanout::{is_room, room_name};
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use serde_json::value::RawValue;
 use tungstenite::protocol::frame::coding::{Control, OpCode};
 
 use crate::api::{self, BrokerState, NodeInfo};
 use crate::broker::{BrokerCommand, Envelope, Origin};
 use crate::channel::{ChannelId, Channels};
-use crate::config::{Config, RateLimitAction, RouteMode, SlowConsumerPolicy};
+use crate::config::{BrokerKind, Config, RateLimitAction, RouteMode, SlowConsumerPolicy};
 use crate::deflate::{self, DeflateParams, Deflater, Inflater};
 use crate::frame::{self, Decoded, Decoder, Limits};
 use crate::handshake::{self, HeadError, HttpResponse, RequestHead};
@@ -28,6 +31,7 @@ use crate::limits::{IpTable, TokenBucket};
 use crate::metrics::Metrics;
 use crate::pubsub::{self, ClientOp, ErrorCode, OpError, RequestId};
 use crate::queue::OutQueue;
+use crate::redis::{LinkConn, RedisLink};
 
 /// How often the per-IP table forgets addresses that went quiet.
 const IP_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -65,6 +69,8 @@ enum Phase {
     Open,
     /// A close frame was sent or received, or an HTTP response is the last thing to send.
     Closing,
+    /// An HTTP request waits for an answer from other nodes; further bytes are ignored.
+    Responding,
 }
 
 /// A channel the connection is subscribed to.
@@ -167,6 +173,12 @@ pub struct Hub {
     broker_state: BrokerState,
     /// Other workers' latest figures, so any worker can report the whole node.
     peer_metrics: Vec<Metrics>,
+    /// The link to Redis, when `broker.kind = "redis"` (created at the first input).
+    redis: Option<RedisLink>,
+    presence_waiters: HashMap<u64, PresenceWaiter>,
+    next_token: u64,
+    /// The latest time given by any input, for work that outputs like `consume` start.
+    latest: Option<Instant>,
 }
 
 impl Hub {
@@ -190,6 +202,10 @@ impl Hub {
             drain: None,
             broker_state: BrokerState::Disabled,
             peer_metrics: Vec::new(),
+            redis: None,
+            presence_waiters: HashMap::new(),
+            next_token: 0,
+            latest: None,
         }
     }
 
@@ -281,15 +297,18 @@ impl Hub {
 
     /// Bytes read from the connection's socket.
     pub fn handle_bytes(&mut self, now: Instant, id: ConnId, data: &[u8]) {
+        self.touch(now);
         let Some(conn) = self.conn_mut(id) else { return };
         match conn.phase {
             Phase::Handshake => self.read_head(now, id, data),
+            Phase::Responding => {}
             Phase::Open | Phase::Closing => self.read_frames(now, id, data),
         }
     }
 
     /// The peer closed its side, or the socket failed: the connection ends now.
-    pub fn handle_eof(&mut self, _now: Instant, id: ConnId) {
+    pub fn handle_eof(&mut self, now: Instant, id: ConnId) {
+        self.touch(now);
         if let Some(conn) = self.conn(id) {
             if conn.phase == Phase::Open {
                 self.metrics.count_close(1006);
@@ -354,7 +373,8 @@ impl Hub {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let connection = self.timers.peek().map(|Reverse((at, _))| *at);
         let drain = self.drain.as_ref().map(|d| d.next_batch.min(d.deadline));
-        [connection, drain, self.sweep_at].into_iter().flatten().min()
+        let redis = self.redis.as_ref().and_then(RedisLink::poll_timeout);
+        [connection, drain, self.sweep_at, redis].into_iter().flatten().min()
     }
 
     /// Runs every timer due at `now`.
@@ -380,6 +400,10 @@ impl Hub {
             self.sweep_at = (!self.ips.is_empty()).then_some(now + IP_SWEEP_INTERVAL);
         }
         self.run_drain(now);
+        if let Some(link) = &mut self.redis {
+            link.handle_timeout(now);
+            self.pump_redis(now);
+        }
     }
 
     /// Starts a graceful drain: new upgrades get 503, open connections get close 1001 in
@@ -409,7 +433,7 @@ impl Hub {
         if !pubsub::valid_channel(channel, self.config.pubsub.max_channel_bytes) {
             return Err(PublishError::BadChannel);
         }
-        if serde_json::from_str::<&serde_json::value::RawValue>(data).is_err() {
+        if serde_json::from_str::<&RawValue>(data).is_err() {
             return Err(PublishError::BadJson);
         }
         self.touch(now);
@@ -428,8 +452,17 @@ impl Hub {
         Ok(())
     }
 
+    /// Notes the time of an input; the first one also starts the Redis link, if configured.
     fn touch(&mut self, now: Instant) {
         self.started.get_or_insert(now);
+        self.latest = Some(self.latest.map_or(now, |latest| latest.max(now)));
+        if self.config.broker.kind == BrokerKind::Redis && self.redis.is_none() {
+            match RedisLink::new(&self.config.broker, self.origin.clone(), now) {
+                Ok(link) => self.redis = Some(link),
+                // Config validation already checked the URL; report a broken link, don't panic.
+                Err(_) => self.broker_state = BrokerState::Open,
+            }
+        }
     }
 
     /// Per-IP state is kept only when a per-IP rule needs it.

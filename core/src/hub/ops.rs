@@ -19,12 +19,7 @@ impl Hub {
         let (request, result) = match op {
             ClientOp::Ping { id: request } => return self.reply(id, pubsub::pong(request.as_ref())),
             ClientOp::Presence { id: request, channel } => {
-                let members = self.presence(&channel);
-                let listed: Vec<(String, Option<&serde_json::value::RawValue>)> = members
-                    .iter()
-                    .map(|(name, info)| (name.clone(), info.as_deref().and_then(|i| serde_json::from_str(i).ok())))
-                    .collect();
-                return self.reply(id, pubsub::presence(request.as_ref(), &channel, &listed));
+                return self.ask_presence(now, PresenceWaiter::Op { conn: id, request, channel });
             }
             ClientOp::Subscribe { id: request, channel, presence } => {
                 (request, self.op_subscribe(id, &channel, presence.map(|p| p.get().into())))
@@ -123,8 +118,14 @@ impl Hub {
         }
         self.metrics.subscriptions += 1;
         self.metrics.channels = self.channels.len() as u64;
+        let Some(now) = self.latest else { return };
         if created {
-            self.broker_out.push_back(BrokerCommand::Subscribe(channel.to_owned()));
+            self.broker_interest(now, channel, true);
+        }
+        if !is_room(channel) {
+            let member = self.conn_name(id);
+            let info = self.conn(id).and_then(|c| c.subscriptions.last()).and_then(|s| s.info.clone());
+            self.broker_presence(now, channel, &member, Some(info.as_deref()));
         }
     }
 
@@ -141,10 +142,13 @@ impl Hub {
         }
         self.metrics.subscriptions -= 1;
         self.metrics.channels = self.channels.len() as u64;
-        if removal.emptied
-            && let Some(name) = name
-        {
-            self.broker_out.push_back(BrokerCommand::Unsubscribe(name));
+        let (Some(now), Some(name)) = (self.latest, name) else { return };
+        if !is_room(&name) {
+            let member = self.conn_name(id);
+            self.broker_presence(now, &name, &member, None);
+        }
+        if removal.emptied {
+            self.broker_interest(now, &name, false);
         }
     }
 

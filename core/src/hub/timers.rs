@@ -50,6 +50,9 @@ impl Hub {
                     self.metrics.handshake_timeouts += 1;
                     self.respond_http(id, &HttpResponse::error(408, "handshake not completed in time"));
                 }
+                Phase::Responding => {
+                    self.respond_http(id, &HttpResponse::error(504, "no answer from the cluster in time"))
+                }
                 // The peer never answered our close (or never read it): give up on it.
                 Phase::Open | Phase::Closing => self.finish(id),
             }
