@@ -21,6 +21,7 @@ use crate::broker::{BrokerCommand, Envelope, Origin};
 use crate::config::{Config, RouteConfig, RouteMode, Size, SlowConsumerPolicy};
 use crate::deflate::{DeflateParams, Deflater, Inflater};
 use crate::hub::{ConnId, Event, Hub};
+use crate::redis::LinkConn;
 use crate::{api, pubsub};
 
 /// Routes every hub here serves, in the order `Choices` picks them.
@@ -452,6 +453,134 @@ pub fn http_api(t0: Instant, data: &[u8]) {
     rig.eof(member.id);
     rig.assert_empty();
     let _ = api::parse_publish(&request, 16);
+}
+
+/// `resp`: arbitrary Redis replies, in any chunking, into the hub's Redis link, interleaved
+/// with connects, failures, hang-ups, time passing and pub/sub traffic that makes the link
+/// subscribe, publish and ask for presence.
+///
+/// Layout: one op byte at a time (with its operands) until the input ends.
+pub fn resp(t0: Instant, data: &[u8]) {
+    let mut input = Choices::new(data);
+    let mut config = Config::default();
+    config.broker.kind = crate::config::BrokerKind::Redis;
+    config.broker.node_id = "fuzz".to_owned();
+    config.broker.backoff.min = Duration::from_millis(10);
+    config.broker.backoff.max = Duration::from_millis(200);
+    config.broker.breaker.failure_threshold = 3;
+    config.broker.breaker.open_for = Duration::from_secs(1);
+    config.http.api_key = API_KEY.to_owned();
+    let mut rig = Rig::new(config, t0);
+    let mut clients = Vec::new();
+    for (peer, channel) in [(1, "a"), (2, "b")] {
+        let client = rig.open(peer, "/ws", None);
+        let op = format!("{{\"op\":\"subscribe\",\"channel\":\"{channel}\",\"presence\":{{\"n\":{peer}}}}}");
+        rig.send(client.id, &client_frame(0x81, op.as_bytes(), MASK));
+        clients.push(client);
+    }
+    let mut link = LinkSockets::default();
+    link.pump(&mut rig.hub);
+    let mut steps = 0;
+    while !input.is_empty() && steps < 300 {
+        steps += 1;
+        let op = input.byte();
+        let which = if op & 0x80 == 0 { LinkConn::Subscriber } else { LinkConn::Command };
+        let now = rig.now;
+        match op & 0x7f {
+            0..=63 => {
+                let len = input.below(256);
+                let bytes = input.bytes(len);
+                if link.open.contains(&which) {
+                    rig.hub.handle_redis_bytes(now, which, bytes);
+                }
+            }
+            64..=79 => {
+                let up = input.flag();
+                if link.connecting.remove(&which) {
+                    if up {
+                        link.open.insert(which);
+                        rig.hub.handle_redis_connected(now, which);
+                    } else {
+                        rig.hub.handle_redis_connect_failed(now, which);
+                    }
+                }
+            }
+            80..=87 => {
+                if link.open.remove(&which) {
+                    rig.hub.handle_redis_eof(now, which);
+                }
+            }
+            88..=103 => rig.advance(Duration::from_millis([1, 20, 300, 1_100, 6_000, 30_000][input.below(6)])),
+            104..=119 => {
+                let client = &clients[input.below(clients.len())];
+                let channel = ["a", "b", "c"][input.below(3)];
+                let op = match input.below(4) {
+                    0 => format!("{{\"op\":\"publish\",\"channel\":\"{channel}\",\"data\":{{\"x\":1}}}}"),
+                    1 => format!("{{\"op\":\"subscribe\",\"channel\":\"{channel}\"}}"),
+                    2 => format!("{{\"op\":\"unsubscribe\",\"channel\":\"{channel}\"}}"),
+                    _ => format!("{{\"op\":\"presence\",\"id\":1,\"channel\":\"{channel}\"}}"),
+                };
+                rig.send(client.id, &client_frame(0x81, op.as_bytes(), MASK));
+            }
+            _ => {
+                if link.open.contains(&which) {
+                    let n = peek_redis(&rig.hub, which);
+                    rig.hub.redis_consume(which, n.min(usize::from(input.u16())));
+                }
+            }
+        }
+        link.pump(&mut rig.hub);
+        rig.pump();
+        for client in &mut clients {
+            let items = client.stream.read(&rig.read_all(client.id));
+            check_route_output("/ws", &items);
+        }
+    }
+    for client in &clients {
+        rig.eof(client.id);
+    }
+    for which in std::mem::take(&mut link.open) {
+        rig.hub.handle_redis_eof(rig.now, which);
+    }
+    link.pump(&mut rig.hub);
+    rig.pump();
+    rig.assert_empty();
+}
+
+/// The shell's side of the Redis link: which sockets are connecting and which are open.
+#[derive(Debug, Default)]
+struct LinkSockets {
+    connecting: BTreeSet<LinkConn>,
+    open: BTreeSet<LinkConn>,
+}
+
+impl LinkSockets {
+    /// Acts on what the hub asks of the shell: sockets to open and to drop.
+    fn pump(&mut self, hub: &mut Hub) {
+        loop {
+            let mut moved = false;
+            while let Some(which) = hub.poll_redis_close() {
+                moved = true;
+                self.connecting.remove(&which);
+                self.open.remove(&which);
+            }
+            while let Some((which, _address)) = hub.poll_redis_connect() {
+                moved = true;
+                assert!(!self.open.contains(&which), "the link asked to open {which:?}, which is open");
+                self.connecting.insert(which);
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+}
+
+/// How many bytes the link offers to write on `which`.
+fn peek_redis(hub: &Hub, which: LinkConn) -> usize {
+    let mut slices = [IoSlice::new(&[]); 64];
+    let n = hub.redis_transmit(which, &mut slices);
+    slices[..n].iter().map(|s| s.len()).sum()
 }
 
 /// The mask every harness client uses; a fixed one keeps corpus files reproducible.

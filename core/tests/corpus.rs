@@ -14,13 +14,14 @@ use switchboard_core::fuzzing;
 type Entry = fn(Instant, &[u8]);
 
 /// Every fuzz target and its entry point; a corpus folder not named here fails the test.
-const TARGETS: [(&str, Entry); 6] = [
+const TARGETS: [(&str, Entry); 7] = [
     ("handshake", fuzzing::handshake),
     ("frames", fuzzing::frames),
     ("pubsub_json", fuzzing::pubsub_json),
     ("config", fuzzing::config),
     ("http_api", fuzzing::http_api),
     ("hub_ops", fuzzing::hub_ops),
+    ("resp", fuzzing::resp),
 ];
 
 /// Folders of inputs that must keep passing.
@@ -129,6 +130,11 @@ fn http_api_corpus() {
 #[test]
 fn hub_ops_corpus() {
     assert!(replay("hub_ops") > 0, "hub_ops has seeds");
+}
+
+#[test]
+fn resp_corpus() {
+    assert!(replay("resp") > 0, "resp has seeds");
 }
 
 #[test]
