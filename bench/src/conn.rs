@@ -1,0 +1,124 @@
+//! One client connection, and the bytes of a timed message.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use smol::net::TcpStream;
+
+pub(crate) type Ws = WebSocketStream<TcpStream>;
+
+/// Where the clients connect: the URL for the upgrade and the socket address behind it.
+#[derive(Clone)]
+pub(crate) struct Target {
+    url: String,
+    addr: SocketAddr,
+}
+
+impl Target {
+    pub(crate) fn parse(url: &str) -> Result<Self, String> {
+        let rest = url.strip_prefix("ws://").ok_or_else(|| format!("--url {url}: must start with ws://"))?;
+        let authority = rest.split('/').next().unwrap_or(rest);
+        // An IP, not a name: resolving 20,000 times would measure the resolver.
+        let addr = authority.parse().map_err(|e| format!("--url {url}: {authority}: {e} (give IP:PORT)"))?;
+        Ok(Self { url: url.to_owned(), addr })
+    }
+}
+
+/// Socket options a client wants before its upgrade.
+#[derive(Clone, Copy)]
+pub(crate) struct Options {
+    /// tungstenite allocates this much per connection up front, so idle runs keep it small.
+    pub(crate) read_buffer: usize,
+    /// `SO_RCVBUF`; a stalled reader gets a small one so the server feels it within seconds.
+    pub(crate) receive_buffer: Option<usize>,
+}
+
+pub(crate) async fn connect(target: &Target, options: Options) -> Result<Ws, String> {
+    let stream = TcpStream::connect(target.addr).await.map_err(|e| format!("connect: {e}"))?;
+    // Publishers send one small frame at a time; Nagle would hold each until the last is acked.
+    stream.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
+    if let Some(bytes) = options.receive_buffer {
+        set_receive_buffer(&stream, bytes)?;
+    }
+    // write_buffer_size 0: a frame goes out when sent, so its timestamp is its send time.
+    let config = WebSocketConfig::default().read_buffer_size(options.read_buffer).write_buffer_size(0);
+    let (ws, _) = async_tungstenite::client_async_with_config(target.url.as_str(), stream, Some(config))
+        .await
+        .map_err(|e| format!("upgrade: {e}"))?;
+    Ok(ws)
+}
+
+fn set_receive_buffer(stream: &TcpStream, bytes: usize) -> Result<(), String> {
+    let value = libc::c_int::try_from(bytes).map_err(|_| format!("receive buffer {bytes} too large"))?;
+    // SAFETY: the descriptor is open for the life of `stream`, and `value` outlives the call that
+    // reads `size_of::<c_int>()` bytes from it.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            std::ptr::from_ref(&value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(format!("SO_RCVBUF: {}", std::io::Error::last_os_error())) }
+}
+
+/// Nanoseconds since this process first asked; every client shares the one clock, so a
+/// receive time minus a send time is a latency without any clock sync.
+pub(crate) fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What a timed message carries in its first bytes; the rest is padding up to `--size`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    pub(crate) publisher: u32,
+    pub(crate) seq: u64,
+    pub(crate) sent_ns: u64,
+}
+
+impl Stamp {
+    pub(crate) const LEN: usize = 20;
+
+    pub(crate) fn encode(self, size: usize) -> Vec<u8> {
+        let mut bytes = vec![0; size.max(Self::LEN)];
+        bytes[..4].copy_from_slice(&self.publisher.to_le_bytes());
+        bytes[4..12].copy_from_slice(&self.seq.to_le_bytes());
+        bytes[12..20].copy_from_slice(&self.sent_ns.to_le_bytes());
+        bytes
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        let publisher = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?);
+        let seq = u64::from_le_bytes(bytes.get(4..12)?.try_into().ok()?);
+        let sent_ns = u64::from_le_bytes(bytes.get(12..20)?.try_into().ok()?);
+        Some(Self { publisher, seq, sent_ns })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamp_round_trips_and_pads() {
+        let stamp = Stamp { publisher: 3, seq: 1 << 40, sent_ns: 123_456_789 };
+        let bytes = stamp.encode(64);
+        assert_eq!(bytes.len(), 64);
+        assert_eq!(Stamp::decode(&bytes), Some(stamp));
+        assert_eq!(Stamp::decode(&bytes[..19]), None);
+    }
+
+    #[test]
+    fn target_wants_an_ip() {
+        assert!(Target::parse("ws://127.0.0.1:9/chat").is_ok());
+        assert!(Target::parse("ws://localhost:9/chat").is_err());
+        assert!(Target::parse("http://127.0.0.1:9/chat").is_err());
+    }
+}

@@ -1,0 +1,575 @@
+//! Broadcast load. Publishers send numbered, timestamped messages on a broadcast route; every
+//! subscriber checks their order and records their latency. `fanout` measures throughput and
+//! latency; `slow` adds one subscriber that stops reading and compares the others' latency
+//! before and during the stall.
+//!
+//! The in-flight window is exact: a message is in flight until every counted subscriber has it,
+//! so at most `window` messages per publisher sit anywhere between publisher and subscribers.
+//! With `--rate 0` that is the whole rate control (closed loop); with a rate, publishers keep a
+//! fixed schedule and a message's timestamp is its scheduled time, so a publisher held back by
+//! the window shows up as latency rather than as a pause nobody measured.
+
+use std::cell::{Cell, RefCell};
+use std::io::{Cursor, ErrorKind, Read};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use async_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use async_tungstenite::tungstenite::{Error as WsError, Message};
+use futures_lite::{AsyncWriteExt, Stream, StreamExt, future};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use smol::channel::{self, Receiver, Sender};
+use smol::net::TcpStream;
+use smol::{Async, LocalExecutor, Timer};
+
+use crate::args::Args;
+use crate::conn::{self, Options, Stamp, Target, now_ns};
+use crate::connect::connect_many_with;
+use crate::measure::{self, Window, round3};
+
+/// A publisher whose window has not moved for this long has lost a message for good.
+const STALL: Duration = Duration::from_secs(3);
+/// Time for in-flight messages to arrive after the last send.
+const DRAIN: Duration = Duration::from_secs(3);
+/// Room for subscribers to batch their reads when the server batches its writes.
+const READ_BUFFER: usize = 16 * 1024;
+
+pub(crate) async fn fanout(executor: &LocalExecutor<'static>, args: &mut Args) -> Result<Value, String> {
+    let plan = Plan {
+        target: Target::parse(&args.require::<String>("url")?)?,
+        subs: args.require("subs")?,
+        pubs: args.take("pubs", 1)?,
+        rate: args.take("rate", 0.0)?,
+        size: args.take("size", 64)?,
+        window: args.take("window", 64)?,
+        warmup: args.take("warmup", 1.0)?,
+        phases: vec![args.take("secs", 5.0)?],
+        staller: false,
+        concurrency: args.take("concurrency", 256)?,
+        pid: server_pid(args)?,
+    };
+    let outcome = execute(executor, &plan).await?;
+    let phase = &outcome.phases[0];
+    let mut summary = plan.describe();
+    summary["sent"] = json!(outcome.sent);
+    summary["expected"] = json!(outcome.expected);
+    summary["delivered"] = json!(outcome.delivered);
+    summary["loss"] = json!(outcome.expected.saturating_sub(outcome.delivered));
+    summary["out_of_order"] = json!(outcome.out_of_order);
+    summary["gaps"] = json!(outcome.gaps);
+    summary["closed"] = json!(outcome.closed);
+    summary["stalled"] = json!(outcome.stalled);
+    summary["sent_per_s"] = json!((phase.sent as f64 / plan.phases[0]).round());
+    summary["delivered_per_s"] = json!((phase.delivered as f64 / plan.phases[0]).round());
+    summary["latency"] = measure::latency(&phase.latency);
+    summary["resources"] = outcome.resources;
+    Ok(summary)
+}
+
+pub(crate) async fn slow(executor: &LocalExecutor<'static>, args: &mut Args) -> Result<Value, String> {
+    let secs: f64 = args.take("secs", 5.0)?;
+    let plan = Plan {
+        target: Target::parse(&args.require::<String>("url")?)?,
+        subs: args.take("subs", 100)?,
+        pubs: 1,
+        rate: args.take("rate", 500.0)?,
+        size: args.take("size", 1024)?,
+        window: args.take("window", 64)?,
+        warmup: args.take("warmup", 1.0)?,
+        phases: vec![secs, secs],
+        staller: true,
+        concurrency: args.take("concurrency", 256)?,
+        pid: server_pid(args)?,
+    };
+    let outcome = execute(executor, &plan).await?;
+    let [before, during] = &outcome.phases[..] else { unreachable!("slow runs two phases") };
+    let p99 = |phase: &Phase| phase.latency.value_at_quantile(0.99) as f64;
+    let mut summary = plan.describe();
+    summary["sent"] = json!(outcome.sent);
+    summary["expected"] = json!(outcome.expected);
+    summary["delivered"] = json!(outcome.delivered);
+    summary["loss"] = json!(outcome.expected.saturating_sub(outcome.delivered));
+    summary["closed"] = json!(outcome.closed);
+    summary["stalled"] = json!(outcome.stalled);
+    summary["before"] = measure::latency(&before.latency);
+    summary["during"] = measure::latency(&during.latency);
+    summary["p99_ratio"] = json!(if p99(before) > 0.0 { round3(p99(during) / p99(before)) } else { 0.0 });
+    summary["staller"] = outcome.staller.unwrap_or(Value::Null);
+    summary["resources"] = outcome.resources;
+    Ok(summary)
+}
+
+fn server_pid(args: &mut Args) -> Result<Option<u32>, String> {
+    args.take_str("server-pid").map(|p| p.parse()).transpose().map_err(|e| format!("--server-pid: {e}"))
+}
+
+struct Plan {
+    target: Target,
+    subs: usize,
+    pubs: usize,
+    /// Messages per second over all publishers; 0 = as fast as the window allows.
+    rate: f64,
+    size: usize,
+    window: u64,
+    warmup: f64,
+    /// Lengths of the measured phases, in seconds, back to back after the warm-up.
+    phases: Vec<f64>,
+    /// One more subscriber, not counted, that stops reading when the second phase starts.
+    staller: bool,
+    concurrency: usize,
+    pid: Option<u32>,
+}
+
+impl Plan {
+    fn describe(&self) -> Value {
+        json!({
+            "subs": self.subs, "pubs": self.pubs, "rate": self.rate, "size": self.size,
+            "window": self.window, "warmup_s": self.warmup, "phases_s": self.phases,
+        })
+    }
+}
+
+struct Outcome {
+    phases: Vec<Phase>,
+    sent: u64,
+    expected: u64,
+    delivered: u64,
+    out_of_order: u64,
+    gaps: u64,
+    closed: u64,
+    stalled: bool,
+    staller: Option<Value>,
+    resources: Value,
+}
+
+struct Phase {
+    latency: Histogram<u64>,
+    /// Messages sent in this phase, and deliveries of them.
+    sent: u64,
+    delivered: u64,
+}
+
+/// One publisher's window.
+struct Publisher {
+    /// How many counted subscribers have each in-flight message, at `seq % window`.
+    received: RefCell<Vec<u32>>,
+    /// The lowest sequence number some counted subscriber still lacks.
+    complete_below: Cell<u64>,
+    /// The next sequence number to send; numbers start at 1.
+    next: Cell<u64>,
+    /// Wakes the publisher when its window moves; capacity 1, as several moves need one wake.
+    moved: (Sender<()>, Receiver<()>),
+}
+
+/// Everything the tasks of one run share; a single-threaded executor, so `Cell`s suffice.
+struct Run {
+    counted: u32,
+    window: u64,
+    publishers: Vec<Publisher>,
+    /// Send-time bounds of the phases: phase i holds messages sent in `[bounds[i], bounds[i+1])`.
+    bounds: RefCell<Vec<u64>>,
+    phases: RefCell<Vec<Phase>>,
+    delivered: Cell<u64>,
+    out_of_order: Cell<u64>,
+    gaps: Cell<u64>,
+    closed: Cell<u64>,
+    stalled: Cell<bool>,
+    /// Set before the clients are dropped, so their own hang-ups are not counted as closes.
+    finished: Cell<bool>,
+    staller: Staller,
+}
+
+#[derive(Default)]
+struct Staller {
+    stopped: Cell<bool>,
+    resume: RefCell<Option<Receiver<()>>>,
+    received: Cell<u64>,
+    /// How the server ended the stalled connection, if it did.
+    ended: RefCell<Option<String>>,
+}
+
+impl Run {
+    fn phase_of(&self, sent_ns: u64) -> Option<usize> {
+        let bounds = self.bounds.borrow();
+        let i = bounds.partition_point(|&b| b <= sent_ns);
+        (i > 0 && i < bounds.len()).then(|| i - 1)
+    }
+
+    fn deliver(&self, stamp: Stamp, now: u64, last: &mut [u64]) {
+        let Some(publisher) = self.publishers.get(stamp.publisher as usize) else { return };
+        let prev = &mut last[stamp.publisher as usize];
+        if stamp.seq <= *prev {
+            self.out_of_order.set(self.out_of_order.get() + 1);
+        } else {
+            self.gaps.set(self.gaps.get() + (stamp.seq - *prev - 1));
+            *prev = stamp.seq;
+        }
+        self.delivered.set(self.delivered.get() + 1);
+        if let Some(i) = self.phase_of(stamp.sent_ns) {
+            let phase = &mut self.phases.borrow_mut()[i];
+            phase.latency.saturating_record(now.saturating_sub(stamp.sent_ns).max(1));
+            phase.delivered += 1;
+        }
+        let base = publisher.complete_below.get();
+        if stamp.seq < base {
+            return;
+        }
+        let mut received = publisher.received.borrow_mut();
+        let slot = (stamp.seq % self.window) as usize;
+        received[slot] += 1;
+        if stamp.seq == base && received[slot] >= self.counted {
+            let mut base = base;
+            let next = publisher.next.get();
+            while base < next && received[(base % self.window) as usize] >= self.counted {
+                received[(base % self.window) as usize] = 0;
+                base += 1;
+            }
+            publisher.complete_below.set(base);
+            let _ = publisher.moved.0.try_send(());
+        }
+    }
+
+    fn lost_connection(&self) {
+        if !self.finished.get() {
+            self.closed.set(self.closed.get() + 1);
+        }
+    }
+}
+
+async fn execute(executor: &LocalExecutor<'static>, plan: &Plan) -> Result<Outcome, String> {
+    let extra = usize::from(plan.staller);
+    measure::ensure_descriptors(plan.subs + plan.pubs + extra)?;
+    if plan.window == 0 || plan.pubs == 0 {
+        return Err("--window and --pubs must be at least 1".into());
+    }
+    let options = Options { read_buffer: READ_BUFFER, receive_buffer: None };
+    let subs = connect_all(executor, plan, plan.subs, options, "subscribers").await?;
+    let staller = if plan.staller {
+        // A small receive buffer: the kernel stops taking the staller's bytes within kilobytes,
+        // so the server's own queue for it grows from the first second of the stall.
+        let options = Options { read_buffer: 4096, receive_buffer: Some(4096) };
+        connect_all(executor, plan, 1, options, "the stalled subscriber").await?.pop()
+    } else {
+        None
+    };
+    let pubs = connect_all(executor, plan, plan.pubs, options, "publishers").await?;
+
+    let counted = u32::try_from(subs.len()).map_err(|_| "too many subscribers")?;
+    let run = Rc::new(Run {
+        counted,
+        window: plan.window,
+        publishers: (0..plan.pubs)
+            .map(|_| Publisher {
+                received: RefCell::new(vec![0; plan.window as usize]),
+                complete_below: Cell::new(1),
+                next: Cell::new(1),
+                moved: channel::bounded(1),
+            })
+            .collect(),
+        bounds: RefCell::new(Vec::new()),
+        phases: RefCell::new(
+            plan.phases.iter().map(|_| Phase { latency: measure::histogram(), sent: 0, delivered: 0 }).collect(),
+        ),
+        delivered: Cell::new(0),
+        out_of_order: Cell::new(0),
+        gaps: Cell::new(0),
+        closed: Cell::new(0),
+        stalled: Cell::new(false),
+        finished: Cell::new(false),
+        staller: Staller::default(),
+    });
+
+    let mut tasks = Vec::new();
+    for ws in subs {
+        let run = Rc::clone(&run);
+        let pubs = plan.pubs;
+        tasks.push(executor.spawn(async move { receive(ws.into_inner(), &run, pubs).await }));
+    }
+    let resume = channel::bounded(1);
+    if let Some(ws) = staller {
+        *run.staller.resume.borrow_mut() = Some(resume.1.clone());
+        let run = Rc::clone(&run);
+        tasks.push(executor.spawn(async move { stall(ws, &run).await }));
+    }
+    let mut senders = Vec::new();
+    for ws in pubs {
+        let (sender, receiver) = ws.split();
+        let run = Rc::clone(&run);
+        // A publisher hears its own messages too (broadcast includes the sender): drain them.
+        tasks.push(executor.spawn(async move { drain(receiver, &run).await }));
+        senders.push(sender);
+    }
+    // The upgrade's 101 can reach a client before the server has joined it to the room (the
+    // tokio peer subscribes after its handshake); a pause keeps the first messages from racing it.
+    Timer::after(Duration::from_millis(500)).await;
+
+    let start = now_ns();
+    let mut bounds = vec![start + secs_ns(plan.warmup)];
+    for &secs in &plan.phases {
+        bounds.push(bounds[bounds.len() - 1] + secs_ns(secs));
+    }
+    let stop = bounds[bounds.len() - 1];
+    *run.bounds.borrow_mut() = bounds.clone();
+    let per_publisher = plan.rate / plan.pubs as f64;
+    let publishing: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(index, sender)| {
+            let run = Rc::clone(&run);
+            let size = plan.size;
+            executor.spawn(async move { publish(sender, &run, index, per_publisher, size, stop).await })
+        })
+        .collect();
+
+    sleep_until(bounds[0]).await;
+    let window = Window::begin(plan.pid);
+    if plan.staller {
+        sleep_until(bounds[1]).await;
+        run.staller.stopped.set(true);
+    }
+    let mut failure = None;
+    for task in publishing {
+        if let Err(e) = task.await {
+            failure.get_or_insert(e);
+        }
+    }
+    let resources = window.end();
+    if let Some(e) = failure {
+        return Err(e);
+    }
+
+    let deadline = now_ns() + secs_ns(DRAIN.as_secs_f64());
+    while now_ns() < deadline && run.publishers.iter().any(|p| p.complete_below.get() < p.next.get()) {
+        Timer::after(Duration::from_millis(10)).await;
+    }
+    let staller = if plan.staller {
+        run.staller.stopped.set(false);
+        let _ = resume.0.try_send(());
+        // Reading again shows whether the server kept the stalled connection (it catches up)
+        // or ended it (its backlog, then a close or a reset).
+        let expected: u64 = run.publishers.iter().map(|p| p.next.get() - 1).sum();
+        let deadline = now_ns() + secs_ns(DRAIN.as_secs_f64());
+        while now_ns() < deadline && run.staller.ended.borrow().is_none() && run.staller.received.get() < expected {
+            Timer::after(Duration::from_millis(10)).await;
+        }
+        Some(json!({
+            "received": run.staller.received.get(),
+            "sent": expected,
+            "ended": *run.staller.ended.borrow(),
+        }))
+    } else {
+        None
+    };
+    run.finished.set(true);
+    drop(tasks);
+
+    let sent: u64 = run.publishers.iter().map(|p| p.next.get() - 1).sum();
+    let phases = run.phases.replace(Vec::new());
+    Ok(Outcome {
+        phases,
+        sent,
+        expected: sent * u64::from(counted),
+        delivered: run.delivered.get(),
+        out_of_order: run.out_of_order.get(),
+        gaps: run.gaps.get(),
+        closed: run.closed.get(),
+        stalled: run.stalled.get(),
+        staller,
+        resources,
+    })
+}
+
+async fn connect_all(
+    executor: &LocalExecutor<'static>,
+    plan: &Plan,
+    n: usize,
+    options: Options,
+    what: &str,
+) -> Result<Vec<conn::Ws>, String> {
+    let connected = connect_many_with(executor, &plan.target, n, 0.0, plan.concurrency, options).await;
+    if connected.failures > 0 {
+        return Err(format!("{} of {n} {what} failed to connect: {:?}", connected.failures, connected.errors));
+    }
+    Ok(connected.sockets)
+}
+
+async fn publish(
+    mut sender: async_tungstenite::WebSocketSender<TcpStream>,
+    run: &Run,
+    index: usize,
+    rate: f64,
+    size: usize,
+    stop: u64,
+) -> Result<(), String> {
+    let me = &run.publishers[index];
+    let start = now_ns();
+    let interval = if rate > 0.0 { 1e9 / rate } else { 0.0 };
+    let publisher = u32::try_from(index).map_err(|_| "too many publishers")?;
+    for k in 0u64.. {
+        let scheduled = start + (k as f64 * interval) as u64;
+        sleep_until(scheduled).await;
+        if now_ns() >= stop {
+            break;
+        }
+        while me.next.get() - me.complete_below.get() >= run.window {
+            let moved = future::or(async { me.moved.1.recv().await.is_ok() }, async {
+                Timer::after(STALL).await;
+                false
+            });
+            if !moved.await {
+                run.stalled.set(true);
+                return Ok(());
+            }
+        }
+        let seq = me.next.get();
+        // Counted before the send: a subscriber may see the message before `send` returns.
+        me.next.set(seq + 1);
+        let sent_ns = if rate > 0.0 { scheduled } else { now_ns() };
+        if let Some(i) = run.phase_of(sent_ns) {
+            run.phases.borrow_mut()[i].sent += 1;
+        }
+        let stamp = Stamp { publisher, seq, sent_ns };
+        sender.send(Message::binary(stamp.encode(size))).await.map_err(|e| format!("publisher {index}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A subscriber's read loop, on the bare socket once async-tungstenite has done the upgrade.
+///
+/// At a few million deliveries a second the generator's per-message cost decides whether it or
+/// the server is measured; a `Message` per frame (allocation, waker registration, a clock read)
+/// made the generator the bottleneck. This loop reads what the socket holds, walks the frames
+/// in place with tungstenite's own header parser, and reads the clock once per read. Nothing is
+/// lost by leaving tungstenite after the handshake: publishing starts only after every upgrade
+/// has completed and a pause, so no frame can be waiting in tungstenite's buffer.
+async fn receive(stream: TcpStream, run: &Run, pubs: usize) {
+    let socket: Arc<Async<std::net::TcpStream>> = stream.into();
+    let mut last = vec![0; pubs];
+    let mut drained = false;
+    let mut buf = vec![0; READ_BUFFER];
+    let mut filled = 0;
+    'read: loop {
+        if filled == buf.len() {
+            // One frame larger than the buffer: make room for it.
+            buf.resize(buf.len() * 2, 0);
+        }
+        // A short read emptied the socket, so the next bytes come with the next readiness; waiting
+        // for it first saves the read that would only say EAGAIN (a third of the cost per
+        // message when a thousand sockets each get one small frame).
+        if drained && socket.readable().await.is_err() {
+            break;
+        }
+        let room = buf.len() - filled;
+        let n = match (&mut socket.get_ref()).read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                drained = true;
+                continue;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        drained = n < room;
+        filled += n;
+        let now = now_ns();
+        let mut pos = 0;
+        while pos < filled {
+            let mut cursor = Cursor::new(&buf[pos..filled]);
+            let (header, len) = match FrameHeader::parse(&mut cursor) {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => break,
+                Err(_) => break 'read,
+            };
+            let start = pos + cursor.position() as usize;
+            let Some(end) = usize::try_from(len).ok().and_then(|len| start.checked_add(len)) else { break 'read };
+            if end > filled {
+                if end - pos > buf.len() {
+                    buf.resize((end - pos).next_power_of_two(), 0);
+                }
+                break;
+            }
+            // A server frame is unmasked, unfragmented here (the hubs never split a small
+            // message), and carries no extension bits: anything else ends the subscriber, which
+            // the run reports as a closed connection.
+            if header.mask.is_some() || header.rsv1 || header.rsv2 || header.rsv3 || !header.is_final {
+                break 'read;
+            }
+            match header.opcode {
+                OpCode::Data(Data::Binary) => {
+                    if let Some(stamp) = Stamp::decode(&buf[start..end]) {
+                        run.deliver(stamp, now, &mut last);
+                    }
+                }
+                OpCode::Control(Control::Ping) if (&*socket).write_all(&pong(&buf[start..end])).await.is_err() => {
+                    break 'read;
+                }
+                OpCode::Control(Control::Close) => break 'read,
+                _ => {}
+            }
+            pos = end;
+        }
+        buf.copy_within(pos..filled, 0);
+        filled -= pos;
+    }
+    run.lost_connection();
+}
+
+/// A client's pong: masked, as RFC 6455 requires of every client frame. The all-zero key is
+/// valid and leaves the payload as it is; unpredictability guards browsers against proxies,
+/// which a loopback benchmark does not have.
+fn pong(payload: &[u8]) -> Vec<u8> {
+    let len = payload.len().min(125);
+    let mut frame = Vec::with_capacity(6 + len);
+    frame.push(0x8A);
+    frame.push(0x80 | len as u8);
+    frame.extend_from_slice(&[0; 4]);
+    frame.extend_from_slice(&payload[..len]);
+    frame
+}
+
+async fn drain(mut ws: impl Stream<Item = Result<Message, WsError>> + Unpin, run: &Run) {
+    while let Some(message) = ws.next().await {
+        if matches!(message, Ok(Message::Close(_)) | Err(_)) {
+            break;
+        }
+    }
+    run.lost_connection();
+}
+
+async fn stall(mut ws: conn::Ws, run: &Run) {
+    let Some(resume) = run.staller.resume.borrow().clone() else { return };
+    loop {
+        while run.staller.stopped.get() {
+            let _ = resume.recv().await;
+        }
+        let ended = match ws.next().await {
+            Some(Ok(Message::Binary(_))) => {
+                run.staller.received.set(run.staller.received.get() + 1);
+                continue;
+            }
+            Some(Ok(Message::Close(frame))) => {
+                frame.map_or_else(|| "close".to_owned(), |f| format!("close {}", u16::from(f.code)))
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => format!("error: {e}"),
+            None => "eof".to_owned(),
+        };
+        *run.staller.ended.borrow_mut() = Some(ended);
+        return;
+    }
+}
+
+async fn sleep_until(ns: u64) {
+    let now = now_ns();
+    if ns > now {
+        Timer::after(Duration::from_nanos(ns - now)).await;
+    }
+}
+
+fn secs_ns(secs: f64) -> u64 {
+    (secs * 1e9) as u64
+}

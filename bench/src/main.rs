@@ -1,0 +1,81 @@
+//! `switchboard-bench`: the load generator behind BENCHMARKS.md. One thread, one smol
+//! executor, async-tungstenite clients; every subcommand prints one JSON summary on stdout.
+//!
+//! ```text
+//! switchboard-bench idle   --url ws://127.0.0.1:PORT/chat --conns N [--hold S] [--rate R]
+//! switchboard-bench fanout --url .. --subs N [--pubs P] [--rate R] [--secs S] [--size B] [--window W]
+//! switchboard-bench storm  --url .. --conns N [--concurrency C]
+//! switchboard-bench slow   --url .. [--subs N] [--rate R] [--size B] [--secs S]
+//! ```
+//!
+//! `--server-pid PID` (any subcommand) adds the server's CPU and RSS over the measured window,
+//! read from /proc, so the figures and the load that produced them come from the same instants.
+
+mod args;
+mod conn;
+mod connect;
+mod fanout;
+mod measure;
+
+use std::process::ExitCode;
+
+use serde_json::Value;
+use smol::LocalExecutor;
+
+use args::Args;
+
+const USAGE: &str = "usage: switchboard-bench <idle|fanout|storm|slow> --url ws://IP:PORT/PATH [options]
+  idle    --conns N [--hold SECS=10] [--rate CONNS_PER_S=5000] [--concurrency 256]
+  storm   --conns N [--concurrency 512]
+  fanout  --subs N [--pubs 1] [--rate MSGS_PER_S=0 (as fast as the window allows)] [--secs 5]
+          [--size 64] [--window 64] [--warmup 1]
+  slow    [--subs 100] [--rate 500] [--size 1024] [--secs 5] [--warmup 1]
+  common  [--server-pid PID] [--label TEXT]
+";
+
+fn main() -> ExitCode {
+    let mut argv = std::env::args().skip(1);
+    let Some(command) = argv.next() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    if command == "--help" || command == "-h" {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let args = match Args::parse(argv) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("switchboard-bench: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let executor = LocalExecutor::new();
+    let outcome = smol::block_on(executor.run(run(&executor, &command, args)));
+    match outcome {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchboard-bench {command}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(executor: &LocalExecutor<'static>, command: &str, mut args: Args) -> Result<Value, String> {
+    let mut summary = match command {
+        "idle" => connect::idle(executor, &mut args).await?,
+        "storm" => connect::storm(executor, &mut args).await?,
+        "fanout" => fanout::fanout(executor, &mut args).await?,
+        "slow" => fanout::slow(executor, &mut args).await?,
+        other => return Err(format!("unknown subcommand {other:?}\n{USAGE}")),
+    };
+    if let Some(label) = args.take_str("label") {
+        summary["label"] = Value::from(label);
+    }
+    args.finish()?;
+    summary["scenario"] = Value::from(command);
+    Ok(summary)
+}
