@@ -3,6 +3,7 @@
 //! The main thread only reads the command line and the config file, starts the workers and
 //! waits for signals; the workers do everything else (see `worker.rs`).
 
+mod bus;
 mod listener;
 mod worker;
 
@@ -21,7 +22,8 @@ use signal_hook_mio::v1_0::Signals;
 use switchboard_core::cli::{self, Command};
 use switchboard_core::{Config, Hub};
 
-use worker::{Control, Worker};
+use bus::{Bus, Control, Peer};
+use worker::Worker;
 
 const PROGRAM: &str = "switchboard-mio";
 const SIGNAL: Token = Token(0);
@@ -88,18 +90,8 @@ fn main() -> ExitCode {
 
 /// A running worker thread and the way to reach it.
 struct WorkerHandle {
-    control: Sender<Control>,
-    waker: Arc<Waker>,
+    peer: Peer,
     thread: Option<JoinHandle<()>>,
-}
-
-impl WorkerHandle {
-    fn send(&self, message: Control) {
-        // A worker that has already ended needs no message.
-        if self.control.send(message).is_ok() {
-            let _ = self.waker.wake();
-        }
-    }
 }
 
 fn serve(config: Config) -> io::Result<()> {
@@ -123,11 +115,24 @@ fn serve(config: Config) -> io::Result<()> {
     let (report, finished) = mpsc::channel();
 
     let node_id = if config.broker.node_id.is_empty() { random_node_id() } else { config.broker.node_id.clone() };
-    let mut workers = Vec::with_capacity(count);
-    for (index, listener) in listeners.into_iter().enumerate() {
-        let hub = Hub::new(config.clone(), node_id.clone());
-        workers.push(spawn_worker(index, listener, hub, (report.clone(), Arc::clone(&done)))?);
+    // Every worker's way in exists before any worker starts, so each can reach all the others.
+    let mut ends = Vec::with_capacity(count);
+    let mut peers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), worker::WAKER)?);
+        let (control, inbox) = mpsc::channel();
+        peers.push(Peer::new(control, waker));
+        ends.push((poll, inbox));
     }
+    let mut workers = Vec::with_capacity(count);
+    for (index, (listener, (poll, inbox))) in (0u32..).zip(listeners.into_iter().zip(ends)) {
+        let hub = Hub::new(config.clone(), node_id.clone()).with_worker(index);
+        let worker = Worker::new(poll, listener, inbox, hub, Bus::new(index, &peers))?;
+        let thread = spawn_worker(index as usize, worker, (report.clone(), Arc::clone(&done)))?;
+        workers.push(WorkerHandle { peer: peers[index as usize].clone(), thread: Some(thread) });
+    }
+    drop(peers);
 
     let mut out = io::stdout().lock();
     writeln!(out, "listening on {local}")?;
@@ -176,7 +181,7 @@ fn serve(config: Config) -> io::Result<()> {
             draining = true;
             let deadline = Instant::now() + config.drain.timeout;
             for worker in &workers {
-                worker.send(Control::Shutdown { deadline });
+                worker.peer.send(Control::Shutdown { deadline });
             }
         }
     }
@@ -186,23 +191,13 @@ fn serve(config: Config) -> io::Result<()> {
 /// Where a worker reports its end: its index and result, then a wake of the main thread.
 type Finished = (Sender<(usize, io::Result<()>)>, Arc<Waker>);
 
-fn spawn_worker(
-    index: usize,
-    listener: mio::net::TcpListener,
-    hub: Hub,
-    (report, done): Finished,
-) -> io::Result<WorkerHandle> {
-    let poll = Poll::new()?;
-    let waker = Arc::new(Waker::new(poll.registry(), worker::WAKER)?);
-    let (control, inbox) = mpsc::channel();
-    let worker = Worker::new(poll, listener, inbox, hub)?;
-    let thread = thread::Builder::new().name(format!("worker-{index}")).spawn(move || {
+fn spawn_worker(index: usize, worker: Worker, (report, done): Finished) -> io::Result<JoinHandle<()>> {
+    thread::Builder::new().name(format!("worker-{index}")).spawn(move || {
         // `JoinHandle::is_finished` may still be false right after a wake sent from here, so the
         // result itself travels to the main thread.
         let _ = report.send((index, worker.run()));
         let _ = done.wake();
-    })?;
-    Ok(WorkerHandle { control, waker, thread: Some(thread) })
+    })
 }
 
 /// Distinct across restarts and across processes on one host, which is all a node id needs.

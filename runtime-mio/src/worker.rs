@@ -9,6 +9,8 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use switchboard_core::{ConnId, Event, Hub};
 
+use crate::bus::{Bus, Control};
+
 /// Connections use their hub index as token; these two sit where no slab index reaches.
 const LISTENER: Token = Token(usize::MAX);
 /// The token of the worker's `mio::Waker`: a message waits in the control channel.
@@ -24,15 +26,6 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(80);
 const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
 /// Reads spent discarding a closed connection's unread input, so the kernel sends FIN, not RST.
 const LINGER_READS: usize = 4;
-
-/// Messages to a worker from outside its thread; each send is followed by a wake.
-#[derive(Debug)]
-pub(crate) enum Control {
-    /// Drain: close every connection with 1001 and stop once none is left or at `deadline`.
-    Shutdown { deadline: Instant },
-    // The in-process broker bus of issue 3 adds its variant here: events published by the
-    // other workers' hubs, handed to this hub as they arrive.
-}
 
 /// A socket the hub knows as `id`.
 #[derive(Debug)]
@@ -52,6 +45,7 @@ pub(crate) struct Worker {
     listener: TcpListener,
     control: Receiver<Control>,
     hub: Hub,
+    bus: Bus,
     /// Indexed by `ConnId::index`, which the hub keeps dense.
     conns: Vec<Option<Conn>>,
     buf: Vec<u8>,
@@ -64,13 +58,20 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn new(poll: Poll, mut listener: TcpListener, control: Receiver<Control>, hub: Hub) -> io::Result<Self> {
+    pub(crate) fn new(
+        poll: Poll,
+        mut listener: TcpListener,
+        control: Receiver<Control>,
+        hub: Hub,
+        bus: Bus,
+    ) -> io::Result<Self> {
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         Ok(Self {
             poll,
             listener,
             control,
             hub,
+            bus,
             conns: Vec::new(),
             buf: vec![0; READ_BUFFER],
             flush: Vec::new(),
@@ -114,8 +115,10 @@ impl Worker {
             if self.hub.poll_timeout().is_some_and(|t| t <= now) {
                 self.hub.handle_timeout(now);
             }
+            self.bus.send_metrics(now, &self.hub);
             self.drain_events();
             self.write(now);
+            self.bus.send_broker(&mut self.hub);
             if let Some(deadline) = self.drain_deadline
                 && (self.hub.connection_count() == 0 || now >= deadline)
             {
@@ -129,7 +132,7 @@ impl Worker {
         if !self.flush.is_empty() {
             return Some(Duration::ZERO);
         }
-        [self.hub.poll_timeout(), self.accept_paused_until, self.drain_deadline]
+        [self.hub.poll_timeout(), self.accept_paused_until, self.drain_deadline, self.bus.next_metrics()]
             .into_iter()
             .flatten()
             .min()
@@ -146,6 +149,7 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if is_out_of_descriptors(&e) => {
                     // The pending connection stays in the backlog; retrying now would spin.
+                    self.hub.handle_accept_error();
                     self.accept_pauses += 1;
                     self.accept_paused_until = Some(now + ACCEPT_PAUSE);
                     // The condition lasts until clients leave: one line per interval, not per pause.
@@ -183,9 +187,15 @@ impl Worker {
         loop {
             match self.control.try_recv() {
                 Ok(Control::Shutdown { deadline }) => {
-                    self.drain_deadline = Some(deadline);
+                    self.drain_deadline.get_or_insert(deadline);
                     self.hub.shutdown(now, deadline);
                 }
+                Ok(Control::Envelopes(batch)) => {
+                    for envelope in batch.iter() {
+                        self.hub.handle_broker(now, envelope.clone());
+                    }
+                }
+                Ok(Control::Metrics { worker, metrics }) => self.hub.handle_peer_metrics(worker, *metrics),
                 Err(TryRecvError::Empty) => return,
                 Err(TryRecvError::Disconnected) => {
                     // Nobody can ask for a drain any more: drain now rather than run forever.

@@ -1,0 +1,100 @@
+//! The in-process bus: how the workers of one process reach each other. Every publish goes to
+//! every other worker, whose hub delivers it to its own subscribers; every second each worker
+//! sends its figures so that `/metrics` and `/api/stats` on any worker show the whole node.
+
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+use mio::Waker;
+use switchboard_core::{BrokerCommand, Envelope, Hub, Metrics};
+
+/// How stale another worker's figures in `/metrics` and `/api/stats` may be.
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Messages to a worker from outside its thread; each send is followed by a wake.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Drain: close every connection with 1001 and stop once none is left or at `deadline`.
+    Shutdown { deadline: Instant },
+    /// What another worker's hub published during one of its turns, in order.
+    Envelopes(Arc<[Envelope]>),
+    /// Another worker's latest figures.
+    Metrics { worker: u32, metrics: Box<Metrics> },
+}
+
+/// The way into one worker from another thread.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    control: Sender<Control>,
+    waker: Arc<Waker>,
+}
+
+impl Peer {
+    pub(crate) fn new(control: Sender<Control>, waker: Arc<Waker>) -> Self {
+        Self { control, waker }
+    }
+
+    pub(crate) fn send(&self, message: Control) {
+        // A worker that has already ended (it drained) needs no message.
+        if self.control.send(message).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// One worker's end of the bus.
+#[derive(Debug)]
+pub(crate) struct Bus {
+    index: u32,
+    /// Every other worker of the process.
+    others: Vec<Peer>,
+    /// Publishes of the current turn, sent together so a busy turn costs one wake per peer.
+    outbox: Vec<Envelope>,
+    metrics_at: Instant,
+}
+
+impl Bus {
+    /// `peers` holds every worker's `Peer`, this one's at `index` included.
+    pub(crate) fn new(index: u32, peers: &[Peer]) -> Self {
+        let others = peers.iter().enumerate().filter(|&(i, _)| i != index as usize).map(|(_, p)| p.clone()).collect();
+        Self { index, others, outbox: Vec::new(), metrics_at: Instant::now() }
+    }
+
+    /// Hands what the hub published this turn to every other worker. Subscriptions need no
+    /// bookkeeping: a hub with no subscriber on a channel drops the envelope at once.
+    pub(crate) fn send_broker(&mut self, hub: &mut Hub) {
+        while let Some(command) = hub.poll_broker() {
+            if let BrokerCommand::Publish(envelope) = command {
+                self.outbox.push(envelope);
+            }
+        }
+        if self.outbox.is_empty() {
+            return;
+        }
+        if self.others.is_empty() {
+            self.outbox.clear();
+            return;
+        }
+        let batch: Arc<[Envelope]> = self.outbox.drain(..).collect();
+        for peer in &self.others {
+            peer.send(Control::Envelopes(Arc::clone(&batch)));
+        }
+    }
+
+    /// Sends this worker's figures to the others once they are due.
+    pub(crate) fn send_metrics(&mut self, now: Instant, hub: &Hub) {
+        if self.others.is_empty() || now < self.metrics_at {
+            return;
+        }
+        self.metrics_at = now + METRICS_INTERVAL;
+        for peer in &self.others {
+            peer.send(Control::Metrics { worker: self.index, metrics: Box::new(hub.metrics().clone()) });
+        }
+    }
+
+    /// When `send_metrics` next has something to do.
+    pub(crate) fn next_metrics(&self) -> Option<Instant> {
+        (!self.others.is_empty()).then_some(self.metrics_at)
+    }
+}
