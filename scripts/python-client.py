@@ -1,7 +1,8 @@
 """Drives a Switchboard echo route with the `websockets` library, a third-party client.
 
-Usage: python-client.py ws://HOST:PORT/echo
-Prints one line per check and exits 1 if any failed.
+Usage: python-client.py ws://HOST:PORT/echo [ws://HOST:PORT/BROADCAST_ROUTE]
+Prints one line per check and exits 1 if any failed. With a broadcast route, also checks that a
+deflate client and a plain client both receive the same broadcasts.
 """
 
 import asyncio
@@ -65,9 +66,30 @@ async def deflate(url):
         await exchange(ws)
 
 
-async def main(url):
+async def broadcast(url):
+    async with (
+        connect(url, compression="deflate", open_timeout=TIMEOUT) as compressed,
+        connect(url, compression=None, open_timeout=TIMEOUT) as uncompressed,
+    ):
+        extensions = compressed.response.headers.get("Sec-WebSocket-Extensions") or ""
+        if "permessage-deflate" not in extensions:
+            raise AssertionError(f"permessage-deflate not negotiated (response header: {extensions!r})")
+        if uncompressed.response.headers.get("Sec-WebSocket-Extensions") is not None:
+            raise AssertionError("the plain client got an extension it did not offer")
+        # Above the compression threshold, from either side, then one below it.
+        messages = [(uncompressed, "broadcast " * 500), (compressed, bytes(range(256)) * 40), (compressed, "small")]
+        for sender, message in messages:
+            await sender.send(message)
+            for name, receiver in (("deflate", compressed), ("plain", uncompressed)):
+                reply = await asyncio.wait_for(receiver.recv(), TIMEOUT)
+                if reply != message:
+                    raise AssertionError(f"{name} client got {len(reply)} bytes, not the {len(message)} sent")
+
+
+async def main(url, broadcast_url):
     failed = 0
-    for check in (plain, deflate):
+    checks = [(plain, url), (deflate, url)] + ([(broadcast, broadcast_url)] if broadcast_url else [])
+    for check, url in checks:
         try:
             await asyncio.wait_for(check(url), 60)
             print(f"ok: {check.__name__}")
@@ -78,6 +100,6 @@ async def main(url):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
-    sys.exit(1 if asyncio.run(main(sys.argv[1])) else 0)
+    sys.exit(1 if asyncio.run(main(sys.argv[1], sys.argv[2] if len(sys.argv) == 3 else None)) else 0)

@@ -11,8 +11,10 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub use tungstenite::Message;
+
 /// The shells under test, by binary name.
-pub const SHELLS: &[&str] = &["switchboard-mio"];
+pub const SHELLS: &[&str] = &["switchboard-mio", "switchboard-smol"];
 
 /// How long any single read may block before a test gives up.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,37 +52,81 @@ pub struct Settings {
     pub workers: usize,
     /// `server.handshake_timeout`.
     pub handshake_timeout: &'static str,
+    /// `server.close_timeout`.
+    pub close_timeout: &'static str,
     /// `limits.max_message_bytes` and `limits.max_frame_bytes`.
     pub max_message: &'static str,
+    /// `limits.max_connections` (a limit of each worker's hub).
+    pub max_connections: usize,
+    /// `limits.max_connections_per_ip`; 0 is unlimited.
+    pub max_connections_per_ip: usize,
+    /// `limits.connect_rate_per_ip` (0 is unlimited) and `limits.connect_burst_per_ip`.
+    pub connect_rate: (f64, u32),
+    /// `limits.send_queue_bytes`.
+    pub send_queue: &'static str,
+    /// `heartbeat.ping_interval`, `heartbeat.pong_timeout` and `heartbeat.idle_timeout`.
+    pub heartbeat: (&'static str, &'static str, &'static str),
+    /// `http.api_key`; empty disables `/api/publish`.
+    pub api_key: &'static str,
     /// `drain.timeout`.
     pub drain_timeout: &'static str,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { workers: 2, handshake_timeout: "10s", max_message: "2MiB", drain_timeout: "5s" }
+        Self {
+            workers: 2,
+            handshake_timeout: "10s",
+            close_timeout: "5s",
+            max_message: "2MiB",
+            max_connections: 10_000,
+            max_connections_per_ip: 0,
+            connect_rate: (0.0, 200),
+            send_queue: "8MiB",
+            heartbeat: ("25s", "10s", "300s"),
+            api_key: "",
+            drain_timeout: "5s",
+        }
     }
 }
 
 impl Settings {
-    /// The config file: rate limits off (tests open many connections from one address quickly),
-    /// an open echo route and one that checks the Origin.
+    /// The config file: rate limits off (tests open many connections from one address quickly)
+    /// and one route per behaviour under test. The node id is fixed so that a pub/sub
+    /// `welcome` names the worker holding the connection (see [`PubSub::worker`]).
     pub fn to_toml(&self) -> String {
+        let (rate, burst) = self.connect_rate;
+        let (ping, pong, idle) = self.heartbeat;
         format!(
             r#"[server]
 listen = "127.0.0.1:1"
 workers = {workers}
 handshake_timeout = "{handshake}"
+close_timeout = "{close}"
 
 [limits]
-connect_rate_per_ip = 0.0
+max_connections = {max_connections}
+max_connections_per_ip = {per_ip}
+connect_rate_per_ip = {rate:?}
+connect_burst_per_ip = {burst}
 max_message_bytes = "{max}"
 max_frame_bytes = "{max}"
-send_queue_bytes = "8MiB"
+send_queue_bytes = "{queue}"
+
+[heartbeat]
+ping_interval = "{ping}"
+pong_timeout = "{pong}"
+idle_timeout = "{idle}"
 
 [rate_limit]
 messages_per_second = 0.0
 bytes_per_second = 0
+
+[http]
+api_key = "{api_key}"
+
+[broker]
+node_id = "{NODE_ID}"
 
 [drain]
 timeout = "{drain}"
@@ -93,14 +139,40 @@ mode = "echo"
 path = "/guarded"
 mode = "echo"
 allowed_origins = ["https://good.example"]
+
+[[route]]
+path = "/proto"
+mode = "echo"
+subprotocols = ["v2.switchboard", "v1.switchboard"]
+
+[[route]]
+path = "/chat"
+mode = "broadcast"
+
+[[route]]
+path = "/chat-drop"
+mode = "broadcast"
+slow_consumer = "drop"
+
+[[route]]
+path = "/ws"
+mode = "pubsub"
 "#,
             workers = self.workers,
             handshake = self.handshake_timeout,
+            close = self.close_timeout,
+            max_connections = self.max_connections,
+            per_ip = self.max_connections_per_ip,
             max = self.max_message,
+            queue = self.send_queue,
+            api_key = self.api_key,
             drain = self.drain_timeout,
         )
     }
 }
+
+/// `broker.node_id` of every test server.
+pub const NODE_ID: &str = "t";
 
 /// A running server; killed and reaped on drop.
 #[derive(Debug)]
@@ -254,6 +326,54 @@ pub fn status(response: &str) -> u16 {
     response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
+/// The value of header `name` in a response head, whatever the case of its name.
+pub fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    let head = response.split("\r\n\r\n").next().unwrap_or_default();
+    head.lines().skip(1).find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+/// The body of a response (after the blank line).
+pub fn body(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, body)| body)
+}
+
+/// `GET path` as JSON; panics unless the answer is 200 with a JSON body.
+pub fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let response = http(addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
+    assert_eq!(status(&response), 200, "{response}");
+    serde_json::from_str(body(&response)).unwrap_or_else(|e| panic!("{path} is not JSON ({e}): {response}"))
+}
+
+/// Polls `/api/stats` until `check` holds for `in_a_row` answers in a row, and returns the last.
+///
+/// Each request may land on any worker, and a worker learns the others' figures about once a
+/// second: several agreeing answers mean every worker shows the whole node.
+pub fn wait_for_stats(
+    addr: SocketAddr,
+    in_a_row: usize,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + STATS_TIMEOUT;
+    let mut agreeing = 0;
+    loop {
+        let stats = get_json(addr, "/api/stats");
+        agreeing = if check(&stats) { agreeing + 1 } else { 0 };
+        if agreeing >= in_a_row {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "/api/stats never showed {what}; last answer: {stats}");
+        // Figures change on the workers' clock (once a second), not in answer to a request.
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How long the workers' figures may take to agree.
+const STATS_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One frame as the server sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
@@ -316,7 +436,34 @@ impl RawClient {
 
     /// A connection that has sent nothing yet.
     pub fn connect(addr: SocketAddr) -> Self {
-        Self { stream: tcp(addr), buf: Vec::new() }
+        Self::from_stream(tcp(addr))
+    }
+
+    /// Wraps a connected socket.
+    pub fn from_stream(stream: TcpStream) -> Self {
+        Self { stream, buf: Vec::new() }
+    }
+
+    /// A connection whose kernel receive buffer is as small as the kernel allows, so that a
+    /// client that stops reading backs up into the server after a few KiB.
+    pub fn connect_small_buffer(addr: SocketAddr) -> Self {
+        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)
+            .unwrap_or_else(|e| panic!("socket: {e}"));
+        // Before connect, so the window offered in the handshake is already small.
+        socket.set_recv_buffer_size(1).unwrap_or_else(|e| panic!("SO_RCVBUF: {e}"));
+        socket.connect_timeout(&addr.into(), IO_TIMEOUT).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let stream = TcpStream::from(socket);
+        let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+        Self::from_stream(stream)
+    }
+
+    /// Lets a client made by [`RawClient::connect_small_buffer`] read at loopback speed again:
+    /// through a tiny receive buffer, the kernel trickles data in segments of a few hundred
+    /// bytes with a delayed ACK between them.
+    pub fn grow_receive_buffer(&self) {
+        let socket = socket2::SockRef::from(&self.stream);
+        socket.set_recv_buffer_size(1 << 20).unwrap_or_else(|e| panic!("SO_RCVBUF: {e}"));
     }
 
     /// Like [`RawClient::upgrade`], insisting on `101`.
@@ -404,6 +551,125 @@ impl RawClient {
             Err(e) => panic!("read: {e} (buffered: {} bytes)", self.buf.len()),
         }
     }
+}
+
+/// A tungstenite client on a socket with bounded reads.
+pub type Ws = tungstenite::WebSocket<TcpStream>;
+
+/// Opens a WebSocket on `path` with tungstenite.
+pub fn ws(server: &Server, path: &str) -> Ws {
+    match tungstenite::client(server.url(path), tcp(server.addr)) {
+        Ok((socket, _response)) => socket,
+        Err(e) => panic!("connecting to {}: {e}", server.url(path)),
+    }
+}
+
+/// Sends one message.
+pub fn send(socket: &mut Ws, message: Message) {
+    socket.send(message).unwrap_or_else(|e| panic!("send: {e}"));
+}
+
+/// The next message, control frames included.
+pub fn recv(socket: &mut Ws) -> Message {
+    socket.read().unwrap_or_else(|e| panic!("read: {e}"))
+}
+
+/// The next data message; pings and pongs are skipped (tungstenite answers pings itself).
+pub fn recv_data(socket: &mut Ws) -> Message {
+    loop {
+        match recv(socket) {
+            Message::Ping(_) | Message::Pong(_) => {}
+            message => return message,
+        }
+    }
+}
+
+/// The next text message; anything else is a failure.
+pub fn recv_text(socket: &mut Ws) -> String {
+    match recv_data(socket) {
+        Message::Text(text) => text.as_str().to_owned(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+/// Closes the connection with 1000 and waits until the server has dropped it, so that the
+/// server no longer counts it once this returns.
+pub fn close_and_wait(mut socket: Ws) {
+    let _ = socket.close(None);
+    loop {
+        match socket.read() {
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => return,
+            Err(e) => panic!("waiting for the server to close: {e}"),
+        }
+    }
+}
+
+/// A client of a pub/sub route that has read its `welcome`.
+#[derive(Debug)]
+pub struct PubSub {
+    /// The socket.
+    pub ws: Ws,
+    /// `conn_id` from the welcome.
+    pub conn_id: String,
+}
+
+impl PubSub {
+    /// Connects to `path` and reads the welcome.
+    pub fn connect(server: &Server, path: &str) -> Self {
+        let mut ws = ws(server, path);
+        let welcome = json(&recv_text(&mut ws));
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        let conn_id = welcome["conn_id"].as_str().unwrap_or_else(|| panic!("no conn_id: {welcome}")).to_owned();
+        Self { ws, conn_id }
+    }
+
+    /// Connects until the server places a connection on `worker` (the kernel spreads
+    /// connections over the workers' listeners by address hash, so a few tries suffice).
+    pub fn connect_on_worker(server: &Server, path: &str, worker: u32) -> Self {
+        for _ in 0..200 {
+            let client = Self::connect(server, path);
+            if client.worker() == worker {
+                return client;
+            }
+            close_and_wait(client.ws);
+        }
+        panic!("200 connections and none on worker {worker}");
+    }
+
+    /// The worker holding this connection, from `conn_id` (`node-worker-slot.generation`).
+    pub fn worker(&self) -> u32 {
+        let rest = self.conn_id.strip_prefix(NODE_ID).and_then(|r| r.strip_prefix('-'));
+        let worker = rest.and_then(|r| r.split('-').next()).and_then(|w| w.parse().ok());
+        worker.unwrap_or_else(|| panic!("conn_id {:?} does not name a worker", self.conn_id))
+    }
+
+    /// Sends one text message as is.
+    pub fn send(&mut self, text: &str) {
+        send(&mut self.ws, Message::text(text));
+    }
+
+    /// The next frame as raw text.
+    pub fn next_text(&mut self) -> String {
+        recv_text(&mut self.ws)
+    }
+
+    /// The next frame as JSON.
+    pub fn recv_json(&mut self) -> serde_json::Value {
+        json(&self.next_text())
+    }
+
+    /// Sends `op` and expects `{"type":"ack","id":id}` next.
+    pub fn expect_ack(&mut self, op: &str, id: u64) {
+        self.send(op);
+        let reply = self.recv_json();
+        assert_eq!(reply, serde_json::json!({"type": "ack", "id": id}), "reply to {op}");
+    }
+}
+
+/// Parses JSON text the server sent.
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 /// Encodes a frame; `rsv` holds RSV1..3 in its top three bits, as on the wire.

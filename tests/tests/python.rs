@@ -1,5 +1,5 @@
-//! The echo route driven by Python `websockets`, an independent client, with and without
-//! permessage-deflate. `scripts/python-venv` installs it; `scripts/test` runs that first.
+//! The echo and broadcast routes driven by Python `websockets`, an independent client, with and
+//! without permessage-deflate. `scripts/python-venv` installs it; `scripts/test` runs that first.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,7 +12,7 @@ fn repo() -> PathBuf {
 }
 
 #[test]
-fn python_websockets_client_echoes_with_and_without_deflate() {
+fn python_websockets_clients_with_and_without_deflate() {
     let python = repo().join(".venv/bin/python");
     if !python.exists() {
         // `cargo test` alone should not need Python; the full script insists on it.
@@ -30,6 +30,7 @@ fn python_websockets_client_echoes_with_and_without_deflate() {
         let mut child = Command::new(&python)
             .arg(&script)
             .arg(server.url("/echo"))
+            .arg(server.url("/chat"))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -44,6 +45,8 @@ fn python_websockets_client_echoes_with_and_without_deflate() {
         let stdout = String::from_utf8_lossy(&output.stdout);
         eprint!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
         assert!(output.status.success(), "python client failed ({})", output.status);
-        assert!(stdout.contains("ok: plain") && stdout.contains("ok: deflate"), "{stdout}");
+        for check in ["ok: plain", "ok: deflate", "ok: broadcast"] {
+            assert!(stdout.contains(check), "no {check:?} in {stdout}");
+        }
     });
 }
