@@ -435,7 +435,7 @@ impl Cluster {
         let Some(client) = self.slots[slot].take() else { return };
         self.hubs[client.hub].handle_eof(self.now, client.id);
         self.hung_up.insert((client.hub, client.id));
-        self.departed(client, false);
+        self.departed(client);
         self.reconnect_at[slot] = self.now + self.rng.millis(100, 3_000);
         self.settle();
     }
@@ -550,12 +550,12 @@ impl Cluster {
             client.sent_close || client.behaviour != Behaviour::Good,
             "hub {h} dropped a client that keeps up without a close handshake"
         );
-        self.departed(client, true);
+        self.departed(client);
         self.reconnect_at[slot] = self.now + self.rng.millis(100, 3_000);
     }
 
     /// A client is gone: count what it missed; a good one must have missed nothing.
-    fn departed(&mut self, client: Client, _closed_by_hub: bool) {
+    fn departed(&mut self, client: Client) {
         let expected = self.publishes.iter().enumerate().filter(|(_, p)| p.audience.contains(&client.serial));
         let missing: Vec<u64> = expected.map(|(n, _)| n as u64).filter(|n| !client.received.contains(n)).collect();
         if client.behaviour == Behaviour::Good {
@@ -623,12 +623,14 @@ fn message_number(channel: &str, payload: &[u8]) -> Option<u64> {
 /// Checks one message a client read: a message it had to hear, once, in order per publisher.
 /// Returns false for frames that are not published messages (acks, welcome).
 fn heard(client: &mut Client, publishes: &[Published], data: &[u8]) -> bool {
-    let (channel, number, publisher, counter, seq) = match client.route {
+    // seq is not checked here: a resubscribe may re-create the channel (seq starts over)
+    // while older messages still wait unread; tests/model.rs checks seq within a subscription.
+    let (channel, number, publisher, counter) = match client.route {
         Route::Chat => {
             let text = String::from_utf8_lossy(data).into_owned();
             let fields: Vec<u64> = text.split(':').skip(1).take(3).filter_map(|f| f.parse().ok()).collect();
             let [number, publisher, counter] = fields[..] else { panic!("a room message nobody sent: {text:?}") };
-            (ROOM.to_owned(), number, publisher, counter, None)
+            (ROOM.to_owned(), number, publisher, counter)
         }
         Route::Ws | Route::WsDrop => {
             let value: serde_json::Value = match serde_json::from_slice(data) {
@@ -645,7 +647,7 @@ fn heard(client: &mut Client, publishes: &[Published], data: &[u8]) -> bool {
                 panic!("a message nobody published: {value}");
             };
             let channel = value["channel"].as_str().unwrap_or_default().to_owned();
-            (channel, number, publisher, counter, value["seq"].as_u64())
+            (channel, number, publisher, counter)
         }
     };
     let Some(publish) = publishes.get(number as usize) else { panic!("message {number} was never published") };
@@ -657,9 +659,6 @@ fn heard(client: &mut Client, publishes: &[Published], data: &[u8]) -> bool {
         assert!(counter > last, "publisher {publisher}'s message {counter} on {channel} after its {last}");
     }
     client.last_by_publisher.insert(key, counter);
-    // seq is not checked here: a resubscribe may re-create the channel (seq starts over)
-    // while older messages still wait unread; tests/model.rs checks seq within a subscription.
-    let _ = seq;
     true
 }
 
