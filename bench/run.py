@@ -82,6 +82,8 @@ def main():
     parser.add_argument("--no-build", action="store_true", help="use the binaries as they are")
     parser.add_argument("--report", metavar="RESULTS", help="only regenerate BENCHMARKS.md and plots from a results file")
     args = parser.parse_args()
+    # A SIGTERM becomes SystemExit, so the `finally` that stops the server under test runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     if args.report:
         report(load(args.report), os.path.join(ROOT, "BENCHMARKS.md"), plots=True)
@@ -120,6 +122,7 @@ def main():
         "load": [],
         "results": [],
     }
+    results["floor"] = floor(args.smoke)
     failures = 0
     for run in range(1, runs + 1):
         for name in names:
@@ -144,6 +147,21 @@ def main():
     else:
         report(results, os.path.join(ROOT, "BENCHMARKS.md"), plots=True)
     return 1 if failures else 0
+
+
+def floor(smoke):
+    """The kernel's cost per small loopback write, on the server's CPU: the floor under latency."""
+    argv = ["--conns", "100", "--rounds", "3"] if smoke else ["--conns", "1000", "--rounds", "20"]
+    figures = []
+    for _ in range(1 if smoke else 5):
+        done = subprocess.run(pin(0, [GENERATOR, "floor"] + argv), capture_output=True, text=True, check=True)
+        figures.append(json.loads(done.stdout))
+    return {
+        "command": display([GENERATOR, "floor"] + argv),
+        "write_us_median": med([f["write_us_median"] for f in figures]),
+        "write_us_best": min(f["write_us_best"] for f in figures),
+        "runs": len(figures),
+    }
 
 
 def build(names):
@@ -471,6 +489,14 @@ def report(results, path, plots):
           "A broadcast to N sockets ends N socket writes after it starts, so the tail is mostly the time the server "
           "takes to reach its last subscriber. Milliseconds:")
         w("")
+        fl = results.get("floor")
+        if fl:
+            w(f"The kernel alone (`{fl['command']}`, pinned to CPU 0, median of {fl.get('runs', 5)}): one 66-byte write to a loopback "
+              f"socket costs **{fl['write_us_median']:.1f} µs** (best round {fl['write_us_best']:.1f} µs), so a "
+              f"single-threaded hub cannot finish a broadcast to 1,000 sockets in less than about "
+              f"{fl['write_us_median']:.1f} ms, nor to 10,000 in less than {fl['write_us_median'] * 10:.0f} ms; "
+              "a p99 sits near 99% of that.")
+            w("")
         w("| server | " + " | ".join(f"{k.split('-')[1]} subs p50 | p99 | p99.9" for k in lat) + " | server CPU µs per delivery |")
         w("|---|" + "---|---|---|" * len(lat) + "---|")
         for name in t.servers:
@@ -590,9 +616,11 @@ def targets(t, results):
                 r = t.ratio(n, "tokio-tungstenite", k, lambda s: s["latency"]["p99_us"])
                 p99 = t.median(n, k, lambda s: s["latency"]["p99_us"])
                 subs = int(k.split("-")[1])
+                fl = (results.get("floor") or {}).get("write_us_median")
+                floor_note = f" (kernel floor {fl:.1f} µs)" if fl else ""
                 rows.append([f"latency {label}: p99 ≤ ½ tokio-tungstenite's ({n})",
                              f"p99 {fmt(ms(p99), ' ms', 2)} = {fmt(r, '×', 2)} tokio's; "
-                             f"{fmt(None if p99 is None else p99 / subs, ' µs', 1)} per subscriber",
+                             f"{fmt(None if p99 is None else p99 / subs, ' µs', 1)} per subscriber{floor_note}",
                              yes(r is not None and r <= 0.5)])
     if "storm" in sc:
         for n in mine:

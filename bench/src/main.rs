@@ -6,6 +6,7 @@
 //! switchboard-bench fanout --url .. --subs N [--pubs P] [--rate R] [--secs S] [--size B] [--window W]
 //! switchboard-bench storm  --url .. --conns N [--concurrency C]
 //! switchboard-bench slow   --url .. [--subs N] [--rate R] [--size B] [--secs S]
+//! switchboard-bench floor  [--conns N] [--size B] [--rounds R]
 //! ```
 //!
 //! `--server-pid PID` (any subcommand) adds the server's CPU and RSS over the measured window,
@@ -15,6 +16,7 @@ mod args;
 mod conn;
 mod connect;
 mod fanout;
+mod floor;
 mod measure;
 
 use std::process::ExitCode;
@@ -30,6 +32,7 @@ const USAGE: &str = "usage: switchboard-bench <idle|fanout|storm|slow> --url ws:
   fanout  --subs N [--pubs 1] [--rate MSGS_PER_S=0 (as fast as the window allows)] [--secs 5]
           [--size 64] [--window 64] [--warmup 1]
   slow    [--subs 100] [--rate 500] [--size 1024] [--secs 5] [--warmup 1]
+  floor   [--conns 1000] [--size 64] [--rounds 20]   (no server: the kernel's cost per loopback write)
   common  [--server-pid PID] [--label TEXT]
 ";
 
@@ -70,6 +73,7 @@ async fn run(executor: &LocalExecutor<'static>, command: &str, mut args: Args) -
         "storm" => connect::storm(executor, &mut args).await?,
         "fanout" => fanout::fanout(executor, &mut args).await?,
         "slow" => fanout::slow(executor, &mut args).await?,
+        "floor" => floor::floor(&mut args)?,
         other => return Err(format!("unknown subcommand {other:?}\n{USAGE}")),
     };
     if let Some(label) = args.take_str("label") {

@@ -137,7 +137,7 @@ pub(crate) fn ensure_descriptors(needed: usize) -> Result<(), String> {
     if needed + headroom > available {
         return Err(format!(
             "{needed} connections need {} descriptors but RLIMIT_NOFILE is {available}: \
-             split the load across processes (the runner does) or raise the limit",
+             split the connections across processes or raise the limit",
             needed + headroom
         ));
     }
