@@ -24,6 +24,7 @@ const READ_BUFFER: usize = 64 * 1024;
 const MAX_SLICES: usize = 64;
 /// How long accepting stops when the process is out of file descriptors.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(80);
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
 /// Reads spent discarding a closed connection's unread input, so the kernel sends FIN, not RST.
 const LINGER_READS: usize = 4;
 /// How stale another worker's figures in `/metrics` and `/api/stats` may be.
@@ -57,6 +58,7 @@ pub(crate) struct Worker {
     timer: Timer,
     timer_at: Option<Instant>,
     accept_paused_until: Option<Instant>,
+    accept_warned_at: Option<Instant>,
     metrics_at: Instant,
     drain_deadline: Option<Instant>,
 }
@@ -77,6 +79,7 @@ impl Worker {
             timer: Timer::never(),
             timer_at: None,
             accept_paused_until: None,
+            accept_warned_at: None,
             metrics_at: Instant::now(),
             drain_deadline: None,
         }
@@ -182,12 +185,15 @@ impl Worker {
                 }
                 Err(e) if is_transient_accept_error(&e) => {}
                 Err(e) => {
-                    // Out of descriptors, or worse: the connection waits in the backlog, and
-                    // retrying at once would spin.
-                    if is_out_of_descriptors(&e) {
-                        self.hub.handle_accept_error();
+                    // EMFILE, ENFILE, ENOBUFS and the like: the connection waits in the backlog,
+                    // and retrying before some socket closes would spin.
+                    self.hub.handle_accept_error();
+                    // Pauses come in runs while descriptors are short; one line names the run.
+                    if self.accept_warned_at.is_none_or(|t| now >= t + ACCEPT_WARN_EVERY) {
+                        self.accept_warned_at = Some(now);
+                        let errors = self.hub.metrics().accept_errors;
+                        warn!("accept: {e}; pausing accepts for {ACCEPT_PAUSE:?} ({errors} accept errors so far)");
                     }
-                    warn!("accept: {e}; pausing accepts for {ACCEPT_PAUSE:?}");
                     self.accept_paused_until = Some(now + ACCEPT_PAUSE);
                     return;
                 }
@@ -346,12 +352,6 @@ impl Worker {
 
 fn conn_mut(conns: &mut [Option<Conn>], id: ConnId) -> Option<&mut Conn> {
     conns.get_mut(id.index()).and_then(Option::as_mut).filter(|c| c.id == id)
-}
-
-fn is_out_of_descriptors(e: &io::Error) -> bool {
-    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or the system is out of a resource that
-    // closing connections gives back.
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
 fn is_transient_accept_error(e: &io::Error) -> bool {
