@@ -1,0 +1,173 @@
+//! The hub's side of the broker: the in-process bus (commands out through `poll_broker`) or
+//! the Redis link it owns, whose two sockets the shell opens and feeds. Cluster presence and
+//! counts come back through here.
+
+use super::*;
+
+/// Who waits for a cluster presence answer.
+#[derive(Debug)]
+pub(super) enum PresenceWaiter {
+    /// A pub/sub client's `presence` op.
+    Op { conn: ConnId, request: Option<RequestId>, channel: String },
+    /// A `GET /api/presence` request.
+    Http { conn: ConnId, channel: String },
+}
+
+impl Hub {
+    /// The Redis connection the shell must open next: which one, and `host:port`.
+    pub fn poll_redis_connect(&mut self) -> Option<(LinkConn, String)> {
+        self.redis.as_mut()?.poll_connect()
+    }
+
+    /// A Redis socket the shell must drop (it reports nothing more for it).
+    pub fn poll_redis_close(&mut self) -> Option<LinkConn> {
+        self.redis.as_mut()?.poll_close()
+    }
+
+    /// The Redis connection `which` is established.
+    pub fn handle_redis_connected(&mut self, now: Instant, which: LinkConn) {
+        self.with_link(now, |link| link.handle_connected(now, which));
+    }
+
+    /// Connecting `which` failed (refused, unreachable, timed out).
+    pub fn handle_redis_connect_failed(&mut self, now: Instant, which: LinkConn) {
+        self.with_link(now, |link| link.handle_connect_failed(now, which));
+    }
+
+    /// Bytes read from Redis connection `which`.
+    pub fn handle_redis_bytes(&mut self, now: Instant, which: LinkConn, bytes: &[u8]) {
+        self.with_link(now, |link| link.handle_bytes(now, which, bytes));
+    }
+
+    /// Redis connection `which` ended or failed; the shell drops the socket.
+    pub fn handle_redis_eof(&mut self, now: Instant, which: LinkConn) {
+        self.with_link(now, |link| link.handle_eof(now, which));
+    }
+
+    /// Fills `out` with what is to be written to Redis connection `which`.
+    pub fn redis_transmit<'a>(&'a self, which: LinkConn, out: &mut [IoSlice<'a>]) -> usize {
+        self.redis.as_ref().map_or(0, |link| link.transmit(which, out))
+    }
+
+    /// `n` bytes of what `redis_transmit` offered were written.
+    pub fn redis_consume(&mut self, which: LinkConn, n: usize) {
+        if let Some(link) = &mut self.redis {
+            link.consume(which, n);
+        }
+    }
+
+    /// True while Redis connection `which` has bytes to write.
+    pub fn redis_wants_write(&self, which: LinkConn) -> bool {
+        self.redis.as_ref().is_some_and(|link| link.wants_write(which))
+    }
+
+    /// Runs `input` on the link, then takes in what it produced.
+    fn with_link(&mut self, now: Instant, input: impl FnOnce(&mut RedisLink)) {
+        self.touch(now);
+        if let Some(link) = &mut self.redis {
+            input(link);
+        }
+        self.pump_redis(now);
+    }
+
+    /// Delivers what the link received, answers presence waiters, and mirrors its state.
+    pub(super) fn pump_redis(&mut self, now: Instant) {
+        let Some(link) = &mut self.redis else { return };
+        let mut deliveries = Vec::new();
+        while let Some(envelope) = link.poll_delivery() {
+            deliveries.push(envelope);
+        }
+        let mut answers = Vec::new();
+        while let Some(answer) = link.poll_presence() {
+            answers.push(answer);
+        }
+        self.broker_state = link.state();
+        self.metrics.broker_dropped = link.dropped();
+        let open: u64 = self.metrics.connections_by_route.values().sum();
+        link.set_local_connections(open);
+        for envelope in deliveries {
+            if let Some(channel) = self.channels.find(&envelope.channel) {
+                self.deliver(now, channel, envelope.text, &envelope.payload);
+            }
+        }
+        for answer in answers {
+            if let Some(waiter) = self.presence_waiters.remove(&answer.token) {
+                self.answer_presence(waiter, &answer.members, answer.complete);
+            }
+        }
+    }
+
+    /// Hands a publish to the other hubs: the Redis link, or the in-process bus.
+    pub(super) fn broker_publish(&mut self, now: Instant, envelope: Envelope) {
+        match &mut self.redis {
+            Some(link) => {
+                if !link.publish(now, &envelope) {
+                    self.metrics.broker_dropped = link.dropped();
+                }
+            }
+            None => self.broker_out.push_back(BrokerCommand::Publish(envelope)),
+        }
+    }
+
+    /// The hub has its first local subscriber on `channel` (`joined`) or lost its last.
+    pub(super) fn broker_interest(&mut self, now: Instant, channel: &str, joined: bool) {
+        match (&mut self.redis, joined) {
+            (Some(link), true) => link.subscribe(now, channel),
+            (Some(link), false) => link.unsubscribe(now, channel),
+            (None, true) => self.broker_out.push_back(BrokerCommand::Subscribe(channel.to_owned())),
+            (None, false) => self.broker_out.push_back(BrokerCommand::Unsubscribe(channel.to_owned())),
+        }
+    }
+
+    /// Registers (or, with `info` None and `joined` false, removes) a presence member.
+    pub(super) fn broker_presence(&mut self, now: Instant, channel: &str, member: &str, joined: Option<Option<&str>>) {
+        let Some(link) = &mut self.redis else { return };
+        match joined {
+            Some(info) => link.presence_join(now, channel, member, info),
+            None => link.presence_leave(now, channel, member),
+        }
+    }
+
+    /// Answers `waiter` now with local members, or asks the cluster and answers later.
+    pub(super) fn ask_presence(&mut self, now: Instant, waiter: PresenceWaiter) {
+        let channel = match &waiter {
+            PresenceWaiter::Op { channel, .. } | PresenceWaiter::Http { channel, .. } => channel.clone(),
+        };
+        if let Some(link) = &mut self.redis {
+            self.next_token += 1;
+            let token = self.next_token;
+            self.presence_waiters.insert(token, waiter);
+            link.request_presence(now, &channel, token);
+            self.pump_redis(now);
+            return;
+        }
+        let members: Vec<(String, Option<String>)> =
+            self.presence(&channel).into_iter().map(|(name, info)| (name, info.map(String::from))).collect();
+        self.answer_presence(waiter, &members, true);
+    }
+
+    fn answer_presence(&mut self, waiter: PresenceWaiter, members: &[(String, Option<String>)], complete: bool) {
+        let listed: Vec<(String, Option<&RawValue>)> = members
+            .iter()
+            .map(|(name, info)| (name.clone(), info.as_deref().and_then(|i| serde_json::from_str(i).ok())))
+            .collect();
+        match waiter {
+            PresenceWaiter::Op { conn, request, channel } => {
+                if self.conn(conn).is_some_and(|c| c.phase == Phase::Open) {
+                    self.reply(conn, pubsub::presence(request.as_ref(), &channel, &listed));
+                }
+            }
+            PresenceWaiter::Http { conn, channel } => {
+                let mut body = pubsub::presence(None, &channel, &listed);
+                // The HTTP answer also says whether every node could be asked.
+                if body.ends_with('}') {
+                    body.pop();
+                    body.push_str(&format!(",\"complete\":{complete}}}"));
+                }
+                if self.conn(conn).is_some_and(|c| c.phase == Phase::Responding) {
+                    self.respond_http(conn, &HttpResponse::json(200, body));
+                }
+            }
+        }
+    }
+}
