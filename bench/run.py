@@ -53,13 +53,13 @@ PEERS = ("node-ws", "tokio-tungstenite")
 
 # (key, subcommand, arguments): the full run's scenarios.
 FULL = [
-    ("idle", "idle", ["--conns", "19500", "--hold", "5", "--rate", "5000"]),
+    ("idle", "idle", ["--conns", "19500", "--hold", "3", "--rate", "5000"]),
     ("storm", "storm", ["--conns", "19500", "--concurrency", "512"]),
     ("fanout-100", "fanout", ["--subs", "100", "--secs", "5", "--size", "64", "--window", "64"]),
     ("fanout-1000", "fanout", ["--subs", "1000", "--secs", "5", "--size", "64", "--window", "64"]),
     ("fanout-10000", "fanout", ["--subs", "10000", "--secs", "5", "--size", "64", "--window", "64"]),
     ("latency-1000", "fanout", ["--subs", "1000", "--rate", "20", "--secs", "10", "--size", "64"]),
-    ("latency-10000", "fanout", ["--subs", "10000", "--rate", "2", "--secs", "15", "--size", "64"]),
+    ("latency-10000", "fanout", ["--subs", "10000", "--rate", "2", "--secs", "10", "--size", "64"]),
     ("slow", "slow", ["--subs", "100", "--rate", "500", "--size", "1024", "--secs", "5"]),
 ]
 # Seconds and tiny numbers: proves every piece still runs, measures nothing.
@@ -80,6 +80,8 @@ def main():
     parser.add_argument("--scenarios", help="comma-separated subset of: " + ", ".join(k for k, _, _ in FULL))
     parser.add_argument("--out", help="results file (default bench/results/full.json, or tmp/smoke.json)")
     parser.add_argument("--no-build", action="store_true", help="use the binaries as they are")
+    parser.add_argument("--wait-quiet", type=float, metavar="LOAD",
+                        help="after building, wait until the 1-minute load average stays below LOAD for a minute")
     parser.add_argument("--report", metavar="RESULTS", help="only regenerate BENCHMARKS.md and plots from a results file")
     args = parser.parse_args()
     # A SIGTERM becomes SystemExit, so the `finally` that stops the server under test runs.
@@ -106,6 +108,8 @@ def main():
     if not args.no_build:
         build(names)
     names = available(names)
+    if args.wait_quiet:
+        wait_quiet(args.wait_quiet)
     out = args.out or os.path.join(RESULTS, "tmp" if args.smoke else "", "smoke.json" if args.smoke else "full.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     logs = os.path.join(RESULTS, "tmp", "logs")
@@ -133,9 +137,9 @@ def main():
                 status = "ok" if entry.get("ok") else "FAILED: " + entry.get("error", "")
                 print(f"run {run} {name:22} {key:14} {status} {headline(key, entry)}", flush=True)
                 failures += 0 if entry.get("ok") else 1
-                # Sockets the last scenario closed linger in TIME_WAIT; a pause keeps the
-                # next connect burst from racing the kernel's cleanup.
-                time.sleep(0.2 if args.smoke else 2)
+                # The last scenario's sockets were reset; a pause lets the kernel and the
+                # CPU caches settle before the next server starts.
+                time.sleep(0.2 if args.smoke else 1)
     results["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     with open(out, "w") as f:
         json.dump(results, f, indent=1)
@@ -162,6 +166,15 @@ def floor(smoke):
         "write_us_best": min(f["write_us_best"] for f in figures),
         "runs": len(figures),
     }
+
+
+def wait_quiet(limit):
+    calm = 0
+    while calm < 6:
+        calm = calm + 1 if loadavg() < limit else 0
+        if calm == 0:
+            print(f"bench/run: load {loadavg():.2f}, waiting for < {limit} for a minute", flush=True)
+        time.sleep(10)
 
 
 def build(names):
