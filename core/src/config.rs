@@ -789,6 +789,9 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
+/// The longest duration a setting may hold.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Parses `"25s"`, `"100ms"`, `"5m"`, `"1h"`, `"1.5s"`, `"0"` (units: ns, us, ms, s, m, h).
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let (number, unit) = split_number(s.trim())?;
@@ -866,8 +869,13 @@ mod duration_serde {
                 f.write_str("a duration string like \"25s\" or \"100ms\"")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-                parse_duration(v)
-                    .ok_or_else(|| E::custom(format!("invalid duration {v:?} (use e.g. \"25s\", \"100ms\")")))
+                let parsed = parse_duration(v)
+                    .ok_or_else(|| E::custom(format!("invalid duration {v:?} (use e.g. \"25s\", \"100ms\")")))?;
+                // Timers are instants plus these: an absurd value must not overflow a clock.
+                if parsed > super::MAX_DURATION {
+                    return Err(E::custom(format!("duration {v:?} is too long (at most 365 days)")));
+                }
+                Ok(parsed)
             }
         }
         deserializer.deserialize_str(DurationVisitor)
@@ -1045,6 +1053,9 @@ mod tests {
         assert_err("[broker.backoff]\nmin = \"10s\"\n", "broker.backoff.min", 2, 7);
         assert_err("[broker]\nkind = \"redis\"\nurl = \"http://x\"\n", "broker.url", 3, 7);
         assert_err("[broker.breaker]\nfailure_threshold = 0\n", "broker.breaker.failure_threshold", 2, 21);
+        let e =
+            assert_err("[heartbeat]\nping_interval = \"18446744073709551615s\"\n", "heartbeat.ping_interval", 2, 17);
+        assert!(e.message.contains("too long"), "{e}");
     }
 
     #[test]

@@ -86,9 +86,7 @@ impl Hub {
         let open: u64 = self.metrics.connections_by_route.values().sum();
         link.set_local_connections(open);
         for envelope in deliveries {
-            if let Some(channel) = self.channels.find(&envelope.channel) {
-                self.deliver(now, channel, envelope.text, &envelope.payload);
-            }
+            self.deliver_remote(now, &envelope);
         }
         for answer in answers {
             if let Some(waiter) = self.presence_waiters.remove(&answer.token) {

@@ -14,6 +14,17 @@ impl Hub {
         self.broker_publish(now, envelope);
     }
 
+    /// Delivers a message from another hub, which we trust no more than a client: pub/sub
+    /// data must be JSON, since it is spliced into our frames unparsed.
+    pub(super) fn deliver_remote(&mut self, now: Instant, envelope: &Envelope) {
+        let Some(channel) = self.channels.find(&envelope.channel) else { return };
+        if !is_room(&envelope.channel) && serde_json::from_slice::<&RawValue>(&envelope.payload).is_err() {
+            self.metrics.protocol_errors += 1;
+            return;
+        }
+        self.deliver(now, channel, envelope.text, &envelope.payload);
+    }
+
     /// Frames a message once (and compresses it once per window size) and queues the same
     /// bytes to every subscriber of `channel`.
     pub(super) fn deliver(&mut self, now: Instant, channel: ChannelId, text: bool, payload: &[u8]) {

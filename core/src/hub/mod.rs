@@ -71,6 +71,8 @@ enum Phase {
     Closing,
     /// An HTTP request waits for an answer from other nodes; further bytes are ignored.
     Responding,
+    /// An HTTP response is the last thing to send; further bytes are ignored.
+    Answered,
 }
 
 /// A channel the connection is subscribed to.
@@ -301,7 +303,7 @@ impl Hub {
         let Some(conn) = self.conn_mut(id) else { return };
         match conn.phase {
             Phase::Handshake => self.read_head(now, id, data),
-            Phase::Responding => {}
+            Phase::Responding | Phase::Answered => {}
             Phase::Open | Phase::Closing => self.read_frames(now, id, data),
         }
     }
@@ -323,9 +325,7 @@ impl Hub {
             return;
         }
         self.touch(now);
-        if let Some(channel) = self.channels.find(&envelope.channel) {
-            self.deliver(now, channel, envelope.text, &envelope.payload);
-        }
+        self.deliver_remote(now, &envelope);
     }
 
     /// The state of the link to other nodes, for `/healthz` and `/metrics`.
@@ -513,7 +513,7 @@ impl Hub {
     /// Sends an HTTP response and closes once it is written.
     fn respond_http(&mut self, id: ConnId, response: &HttpResponse) {
         let Some(conn) = self.conn_mut(id) else { return };
-        conn.phase = Phase::Closing;
+        conn.phase = Phase::Answered;
         conn.head = Vec::new();
         conn.close_when_flushed = true;
         if response.status >= 400 {

@@ -54,7 +54,7 @@ impl Hub {
                     self.respond_http(id, &HttpResponse::error(504, "no answer from the cluster in time"))
                 }
                 // The peer never answered our close (or never read it): give up on it.
-                Phase::Open | Phase::Closing => self.finish(id),
+                Phase::Open | Phase::Closing | Phase::Answered => self.finish(id),
             }
             return;
         }
