@@ -353,8 +353,11 @@ def versions():
         ws = json.load(open(os.path.join(NODE_DIR, "package-lock.json")))["packages"]["node_modules/ws"]["version"]
     except (OSError, KeyError, ValueError):
         pass
+    # The servers are built from the working tree, which may run ahead of the commit.
+    dirty = out(["git", "status", "--porcelain", "--", "core", "runtime-mio", "runtime-smol"])
     return {
         "git": out(["git", "rev-parse", "--short", "HEAD"]),
+        "uncommitted": [line[3:] for line in (dirty or "").splitlines()],
         "rustc": out(["rustc", "--version"]),
         "node": out(["node", "--version"]),
         "ws": ws,
@@ -434,7 +437,10 @@ def report(results, path, plots):
     w("")
     w("## Load benchmarks: Switchboard against the hubs people would otherwise pick")
     w("")
-    w(f"Run `{results['kind']}` of {results['started']} (git `{v.get('git')}`), {results['runs']} run(s) per figure, "
+    dirty = v.get("uncommitted")
+    w(f"Run `{results['kind']}` of {results['started']} (git `{v.get('git')}`"
+      f"{', servers built with uncommitted changes to ' + ', '.join(f'`{d}`' for d in dirty) if dirty else ''}), "
+      f"{results['runs']} run(s) per figure, "
       "interleaved (run 1 of every server, then run 2, ...); each cell is the **median** of the runs, and every "
       "ratio is taken within one run, then the median of those ratios is quoted.")
     w("")
