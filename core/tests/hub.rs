@@ -419,3 +419,12 @@ fn redis_broker_asks_the_shell_for_two_connections_and_publishes_through_them() 
     assert_eq!(got[0]["type"], "message");
     assert!(sim.hub.metrics().broker_dropped >= 1);
 }
+
+#[test]
+fn workers_share_the_connection_limits() {
+    let config = switchboard_core::Config::from_toml("[limits]\nmax_connections = 5\nmax_connections_per_ip = 3\n")
+        .expect("valid config");
+    let hub = switchboard_core::Hub::new(config, "n").with_share(2);
+    assert_eq!(hub.config().limits.max_connections, 3);
+    assert_eq!(hub.config().limits.max_connections_per_ip, 2);
+}

@@ -217,6 +217,18 @@ impl Hub {
         self
     }
 
+    /// Makes this hub one of `workers` sharing the node's connection limits: each enforces
+    /// its share (rounded up) of `max_connections` and `max_connections_per_ip`. Workers
+    /// don't consult each other on admission, so a node whose load is uneven across workers
+    /// may refuse a little before reaching the configured total.
+    pub fn with_share(mut self, workers: usize) -> Self {
+        let workers = workers.max(1);
+        let limits = &mut self.config.limits;
+        limits.max_connections = limits.max_connections.div_ceil(workers);
+        limits.max_connections_per_ip = limits.max_connections_per_ip.div_ceil(workers);
+        self
+    }
+
     /// The configuration this hub runs.
     pub fn config(&self) -> &Config {
         &self.config
