@@ -9,6 +9,7 @@ not be run (ERROR), or was UNIMPLEMENTED (the suite covers permessage-deflate, w
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections import Counter
 
@@ -84,4 +85,10 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # kosoku's native runtime has aborted the interpreter during its shutdown (SIGABRT, no
+    # message, once in a full run after all 517 verdicts were printed): the verdict is final
+    # here, so leave without the teardown rather than let it turn a pass into a failure.
+    os._exit(code)
