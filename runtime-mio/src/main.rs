@@ -127,7 +127,7 @@ fn serve(config: Config) -> io::Result<()> {
     }
     let mut workers = Vec::with_capacity(count);
     for (index, (listener, (poll, inbox))) in (0u32..).zip(listeners.into_iter().zip(ends)) {
-        let hub = Hub::new(config.clone(), node_id.clone()).with_worker(index);
+        let hub = Hub::new(config.clone(), node_id.clone()).with_worker(index).with_share(count);
         let worker = Worker::new(poll, listener, inbox, hub, Bus::new(index, &peers))?;
         let thread = spawn_worker(index as usize, worker, (report.clone(), Arc::clone(&done)))?;
         workers.push(WorkerHandle { peer: peers[index as usize].clone(), thread: Some(thread) });
