@@ -428,3 +428,31 @@ fn workers_share_the_connection_limits() {
     assert_eq!(hub.config().limits.max_connections, 3);
     assert_eq!(hub.config().limits.max_connections_per_ip, 2);
 }
+
+#[test]
+fn a_client_that_sends_without_reading_cannot_grow_its_queue() {
+    let mut sim = Sim::with_toml(
+        "[limits]\nsend_queue_bytes = 1000\nslow_consumer = \"drop\"\n[rate_limit]\nmessages_per_second = 0.0\n",
+    );
+    let echo = sim.open("/echo");
+    for _ in 0..50 {
+        sim.send(echo, &text(&"e".repeat(100)));
+    }
+    assert!(sim.hub.queued_bytes(echo) <= 1000, "echo queue {}", sim.hub.queued_bytes(echo));
+    assert!(sim.hub.metrics().messages_dropped > 0);
+    let ws = pubsub_client(&mut sim);
+    for _ in 0..100 {
+        sim.send(ws, &text(r#"{"op":"ping","id":1}"#));
+    }
+    assert!(sim.hub.queued_bytes(ws) <= 1000, "reply queue {}", sim.hub.queued_bytes(ws));
+    // WebSocket pings are always answered, until answering them would flood the queue.
+    let pinger = sim.open("/echo");
+    for _ in 0..20_000 {
+        sim.send(pinger, &client_frame(0x89, &[7; 100], true));
+        if sim.hub.metrics().slow_consumer_closes > 0 {
+            break;
+        }
+    }
+    assert_eq!(sim.hub.metrics().slow_consumer_closes, 1);
+    assert!(sim.hub.queued_bytes(pinger) <= 64 * 1024 + 256);
+}

@@ -45,6 +45,8 @@ impl Hub {
         let compressible = body.len() as u64 >= self.config.compression.min_bytes.0;
         let limit = self.config.limits.send_queue_bytes.as_usize();
         let mut slow = Vec::new();
+        let policies: Vec<SlowConsumerPolicy> =
+            (0..self.config.route.len()).map(|r| self.slow_consumer_policy(r)).collect();
         let Self { channels, slots, metrics, events, deflaters, config, .. } = self;
         let Some(chan) = channels.get(channel) else { return };
         for &id in &chan.subscribers {
@@ -70,9 +72,7 @@ impl Hub {
             };
             let queued = conn.out.unsent();
             if queued > 0 && queued + bytes.len() > limit {
-                let policy =
-                    config.route.get(conn.route).map_or(config.limits.slow_consumer, |r| config.slow_consumer_for(r));
-                match policy {
+                match policies.get(conn.route).copied().unwrap_or(config.limits.slow_consumer) {
                     SlowConsumerPolicy::Drop => metrics.messages_dropped += 1,
                     SlowConsumerPolicy::Close => slow.push(id),
                 }

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// Unsent bytes below which answering pings never counts as flooding, however small the
+/// configured queue limit.
+const PONG_FLOOD_FLOOR: usize = 64 * 1024;
+
 impl Hub {
     pub(super) fn read_frames(&mut self, now: Instant, id: ConnId, data: &[u8]) {
         let limits = Limits {
@@ -31,7 +35,14 @@ impl Hub {
                 }
             }
             Decoded::Ping(payload) => {
-                if open {
+                let flooded = conn.out.unsent()
+                    > self.config.limits.send_queue_bytes.as_usize().saturating_mul(2).max(PONG_FLOOD_FLOOR);
+                if open && flooded {
+                    // Pongs are never dropped, but a peer that pings without ever reading would
+                    // grow its queue forever: past twice the limit it is a slow consumer.
+                    self.metrics.slow_consumer_closes += 1;
+                    self.close(now, id, 1008, "slow consumer");
+                } else if open {
                     self.enqueue(id, frame::encode(OpCode::Control(Control::Pong), false, &payload));
                 }
             }
@@ -79,8 +90,9 @@ impl Hub {
             RouteMode::Echo => {
                 let Some(conn) = self.conn(id) else { return };
                 let frame = self.encode_message(conn.deflate, text, &data);
-                self.metrics.messages_out += 1;
-                self.enqueue(id, frame);
+                if self.enqueue_bounded(id, frame) {
+                    self.metrics.messages_out += 1;
+                }
             }
             RouteMode::Broadcast => self.fan_out(now, room_name(&path), text, Bytes::from(data)),
             RouteMode::Pubsub => self.on_pubsub(now, id, text, &data),

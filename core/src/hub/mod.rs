@@ -534,6 +534,36 @@ impl Hub {
         self.enqueue(id, response.to_bytes());
     }
 
+    /// Queues a data frame meant for this connection alone (an echo, a pub/sub reply) under
+    /// the same bound as fan-out: a client that sends without reading must not grow its queue
+    /// without limit. Returns false when the frame was dropped or the connection closed.
+    fn enqueue_bounded(&mut self, id: ConnId, bytes: Bytes) -> bool {
+        let limit = self.config.limits.send_queue_bytes.as_usize();
+        let Some(conn) = self.conn(id) else { return false };
+        let queued = conn.out.unsent();
+        if queued > 0 && queued + bytes.len() > limit {
+            match self.slow_consumer_policy(conn.route) {
+                SlowConsumerPolicy::Drop => self.metrics.messages_dropped += 1,
+                SlowConsumerPolicy::Close => {
+                    self.metrics.slow_consumer_closes += 1;
+                    // Every input sets `latest` before it can queue anything.
+                    if let Some(now) = self.latest {
+                        self.close(now, id, 1008, "slow consumer");
+                    }
+                }
+            }
+            return false;
+        }
+        self.enqueue(id, bytes);
+        true
+    }
+
+    /// The slow-consumer policy of the route at index `route`.
+    fn slow_consumer_policy(&self, route: usize) -> SlowConsumerPolicy {
+        let config = &self.config;
+        config.route.get(route).map_or(config.limits.slow_consumer, |r| config.slow_consumer_for(r))
+    }
+
     fn enqueue(&mut self, id: ConnId, bytes: Bytes) {
         let Some(conn) = self.conn_mut(id) else { return };
         let was_idle = conn.out.is_empty();

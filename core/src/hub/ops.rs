@@ -153,6 +153,6 @@ impl Hub {
     }
 
     pub(super) fn reply(&mut self, id: ConnId, json: String) {
-        self.enqueue(id, frame::encode(frame::data_opcode(true), false, json.as_bytes()));
+        self.enqueue_bounded(id, frame::encode(frame::data_opcode(true), false, json.as_bytes()));
     }
 }
