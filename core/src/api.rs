@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Kind as MetricKind, Metrics};
 
 /// `Content-Type` of the body that [`prometheus_text`] returns.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -134,73 +134,23 @@ fn push_label_value(out: &mut String, text: &str) {
 
 /// Renders `m` and `extra` in the Prometheus text exposition format 0.0.4.
 pub fn prometheus_text(m: &Metrics, extra: &NodeInfo) -> String {
-    // Destructured so that a field added to Metrics fails to compile here until it is exported.
-    let Metrics {
-        connections_accepted,
-        connections_open,
-        connections_by_route,
-        accept_errors,
-        upgrades,
-        rejections_by_status,
-        handshake_timeouts,
-        channels,
-        subscriptions,
-        messages_in,
-        messages_out,
-        bytes_in,
-        bytes_out,
-        messages_dropped,
-        slow_consumer_closes,
-        queued_bytes,
-        closes_by_code,
-        pong_timeouts,
-        idle_timeouts,
-        rate_limited,
-        protocol_errors,
-        api_publishes,
-        publishes,
-        broker_dropped,
-    } = m;
     let mut x = Exposition::default();
-    x.counter("connections_accepted", "TCP connections handed to the hub.", *connections_accepted);
-    x.gauge("connections_open", "Connections currently held, in any phase.", *connections_open);
+    for figure in m.figures() {
+        match figure.kind {
+            MetricKind::Counter => x.counter(figure.name, figure.help, figure.value),
+            MetricKind::Gauge => x.gauge(figure.name, figure.help, figure.value),
+        }
+    }
+    let route_help = "Open WebSocket connections per route.";
+    x.labelled("switchboard_connections_by_route", Kind::Gauge, route_help, "route", &m.connections_by_route);
+    let rejection_help = "Requests answered with an HTTP error, by status.";
+    x.labelled("switchboard_rejections_total", Kind::Counter, rejection_help, "status", &m.rejections_by_status);
     x.labelled(
-        "switchboard_connections_by_route",
-        Kind::Gauge,
-        "Open WebSocket connections per route.",
-        "route",
-        connections_by_route,
-    );
-    x.counter("accept_errors", "Accept errors reported by the shell.", *accept_errors);
-    x.counter("upgrades", "Successful WebSocket upgrades.", *upgrades);
-    x.labelled(
-        "switchboard_rejections_total",
+        "switchboard_closes_total",
         Kind::Counter,
-        "Requests answered with an HTTP error, by status.",
-        "status",
-        rejections_by_status,
-    );
-    x.counter("handshake_timeouts", "Handshakes not completed in time.", *handshake_timeouts);
-    x.gauge("channels", "Channels with at least one local subscriber.", *channels);
-    x.gauge("subscriptions", "Subscriptions held by local connections.", *subscriptions);
-    x.counter("messages_in", "Data messages received from clients.", *messages_in);
-    x.counter("messages_out", "Data messages queued to clients.", *messages_out);
-    x.counter("bytes_in", "Bytes read from sockets.", *bytes_in);
-    x.counter("bytes_out", "Bytes queued to sockets.", *bytes_out);
-    x.counter("messages_dropped", "Messages dropped for a full slow-consumer queue.", *messages_dropped);
-    x.counter("slow_consumer_closes", "Connections closed for a full queue.", *slow_consumer_closes);
-    x.gauge("queued_bytes", "Bytes queued and not yet written.", *queued_bytes);
-    x.labelled("switchboard_closes_total", Kind::Counter, "Connection closes by close code.", "code", closes_by_code);
-    x.counter("pong_timeouts", "Connections closed for a late pong.", *pong_timeouts);
-    x.counter("idle_timeouts", "Connections closed for silence.", *idle_timeouts);
-    x.counter("rate_limited", "Messages refused by the rate limit.", *rate_limited);
-    x.counter("protocol_errors", "Malformed or refused pub/sub requests.", *protocol_errors);
-    x.counter("api_publishes", "Messages published through the HTTP API.", *api_publishes);
-    x.counter("publishes", "Publishes accepted, before fan-out.", *publishes);
-    x.counter(
-        "broker_dropped",
-        "Publishes not sent to other nodes: broker link down or breaker open.",
-        *broker_dropped,
+        "Connection closes by close code.",
+        "code",
+        &m.closes_by_code,
     );
 
     x.gauge("uptime_seconds", "Seconds since the node started.", extra.uptime_secs);
@@ -222,66 +172,40 @@ pub fn prometheus_text(m: &Metrics, extra: &NodeInfo) -> String {
 
 /// Renders the body of `GET /api/stats`.
 pub fn stats_json(m: &Metrics, info: &NodeInfo) -> String {
-    let Metrics {
-        connections_accepted,
-        connections_open,
-        connections_by_route,
-        accept_errors,
-        upgrades,
-        rejections_by_status,
-        handshake_timeouts,
-        channels,
-        subscriptions,
-        messages_in,
-        messages_out,
-        bytes_in,
-        bytes_out,
-        messages_dropped,
-        slow_consumer_closes,
-        queued_bytes,
-        closes_by_code,
-        pong_timeouts,
-        idle_timeouts,
-        rate_limited,
-        protocol_errors,
-        api_publishes,
-        publishes,
-        broker_dropped,
-    } = m;
     json!({
         "node": info.node_id,
         "version": info.version,
         "uptime_secs": info.uptime_secs,
         "draining": info.draining,
         "connections": {
-            "open": connections_open,
-            "by_route": connections_by_route,
-            "accepted": connections_accepted,
-            "upgrades": upgrades,
+            "open": m.connections_open,
+            "by_route": m.connections_by_route,
+            "accepted": m.connections_accepted,
+            "upgrades": m.upgrades,
             "cluster": info.cluster_connections,
         },
-        "channels": channels,
-        "subscriptions": subscriptions,
+        "channels": m.channels,
+        "subscriptions": m.subscriptions,
         "messages": {
-            "in": messages_in,
-            "out": messages_out,
-            "dropped": messages_dropped,
-            "publishes": publishes,
-            "api_publishes": api_publishes,
-            "broker_dropped": broker_dropped,
+            "in": m.messages_in,
+            "out": m.messages_out,
+            "dropped": m.messages_dropped,
+            "publishes": m.publishes,
+            "api_publishes": m.api_publishes,
+            "broker_dropped": m.broker_dropped,
         },
-        "bytes": { "in": bytes_in, "out": bytes_out, "queued": queued_bytes },
-        "closes_by_code": closes_by_code,
-        "rejections_by_status": rejections_by_status,
+        "bytes": { "in": m.bytes_in, "out": m.bytes_out, "queued": m.queued_bytes },
+        "closes_by_code": m.closes_by_code,
+        "rejections_by_status": m.rejections_by_status,
         "heartbeat": {
-            "pong_timeouts": pong_timeouts,
-            "idle_timeouts": idle_timeouts,
-            "handshake_timeouts": handshake_timeouts,
+            "pong_timeouts": m.pong_timeouts,
+            "idle_timeouts": m.idle_timeouts,
+            "handshake_timeouts": m.handshake_timeouts,
         },
-        "rate_limited": rate_limited,
-        "protocol_errors": protocol_errors,
-        "slow_consumer_closes": slow_consumer_closes,
-        "accept_errors": accept_errors,
+        "rate_limited": m.rate_limited,
+        "protocol_errors": m.protocol_errors,
+        "slow_consumer_closes": m.slow_consumer_closes,
+        "accept_errors": m.accept_errors,
         "broker": info.broker.as_str(),
     })
     .to_string()

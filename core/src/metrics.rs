@@ -2,59 +2,109 @@
 
 use std::collections::BTreeMap;
 
-/// Plain counters (monotonic) and gauges (current values) of one hub.
-///
-/// Several hubs (workers) add up with [`Metrics::merge`], which is how a node reports itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Metrics {
+/// Whether a figure only grows (a counter) or goes up and down (a gauge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotonic since the hub started.
+    Counter,
+    /// A current value.
+    Gauge,
+}
+
+/// One single-valued figure of [`Metrics`], for exporters that walk them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Figure {
+    /// The field's name.
+    pub name: &'static str,
+    /// Counter or gauge.
+    pub kind: Kind,
+    /// What it counts (the field's doc).
+    pub help: &'static str,
+    /// Its value.
+    pub value: u64,
+}
+
+/// Declares `Metrics` from one list, so the struct, `merge` and `figures` cannot disagree.
+macro_rules! metrics {
+    (
+        $( #[doc = $doc:literal] $field:ident: $kind:ident, )*
+        maps: $( #[doc = $map_doc:literal] $map:ident: $key:ty, )*
+    ) => {
+        /// Plain counters and gauges of one hub.
+        ///
+        /// Several hubs (workers) add up with [`Metrics::merge`], which is how a node reports
+        /// itself.
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        pub struct Metrics {
+            $( #[doc = $doc] pub $field: u64, )*
+            $( #[doc = $map_doc] pub $map: BTreeMap<$key, u64>, )*
+        }
+
+        impl Metrics {
+            /// Every single-valued figure, in declaration order.
+            pub fn figures(&self) -> Vec<Figure> {
+                vec![$( Figure { name: stringify!($field), kind: Kind::$kind, help: $doc.trim(), value: self.$field }, )*]
+            }
+
+            /// Adds another hub's figures to these (counters and gauges alike).
+            pub fn merge(&mut self, other: &Self) {
+                $( self.$field += other.$field; )*
+                $( for (key, count) in &other.$map { *self.$map.entry(key.clone()).or_default() += count; } )*
+            }
+        }
+    };
+}
+
+metrics! {
     /// TCP connections handed to the hub.
-    pub connections_accepted: u64,
-    /// Gauge: connections currently held, in any phase.
-    pub connections_open: u64,
-    /// Gauge: open WebSocket connections per route path.
-    pub connections_by_route: BTreeMap<String, u64>,
+    connections_accepted: Counter,
+    /// Connections currently held, in any phase.
+    connections_open: Gauge,
     /// Accept errors the shell reported (EMFILE and the like).
-    pub accept_errors: u64,
+    accept_errors: Counter,
     /// Successful WebSocket upgrades.
-    pub upgrades: u64,
-    /// Requests answered with an HTTP error, by status code.
-    pub rejections_by_status: BTreeMap<u16, u64>,
+    upgrades: Counter,
     /// Handshakes that did not complete within `handshake_timeout`.
-    pub handshake_timeouts: u64,
-    /// Gauge: channels with at least one local subscriber (broadcast rooms included).
-    pub channels: u64,
-    /// Gauge: subscriptions held by local connections.
-    pub subscriptions: u64,
+    handshake_timeouts: Counter,
+    /// Channels with at least one local subscriber (broadcast rooms included).
+    channels: Gauge,
+    /// Subscriptions held by local connections.
+    subscriptions: Gauge,
     /// Data messages received from clients.
-    pub messages_in: u64,
+    messages_in: Counter,
     /// Data messages queued to clients.
-    pub messages_out: u64,
+    messages_out: Counter,
     /// Bytes read from sockets.
-    pub bytes_in: u64,
+    bytes_in: Counter,
     /// Bytes queued to sockets.
-    pub bytes_out: u64,
+    bytes_out: Counter,
     /// Messages not queued because a slow consumer's queue was full (policy `drop`).
-    pub messages_dropped: u64,
+    messages_dropped: Counter,
     /// Connections closed because their queue was full (policy `close`).
-    pub slow_consumer_closes: u64,
-    /// Gauge: bytes queued and not yet written, over all connections.
-    pub queued_bytes: u64,
-    /// Closes by close code (1006 for connections that ended without a close frame).
-    pub closes_by_code: BTreeMap<u16, u64>,
+    slow_consumer_closes: Counter,
+    /// Bytes queued and not yet written, over all connections.
+    queued_bytes: Gauge,
     /// Connections closed because a pong came too late.
-    pub pong_timeouts: u64,
+    pong_timeouts: Counter,
     /// Connections closed for silence past `idle_timeout`.
-    pub idle_timeouts: u64,
+    idle_timeouts: Counter,
     /// Messages refused by the per-connection rate limit.
-    pub rate_limited: u64,
-    /// Malformed or refused pub/sub requests.
-    pub protocol_errors: u64,
+    rate_limited: Counter,
+    /// Malformed or refused pub/sub requests (and malformed messages from other nodes).
+    protocol_errors: Counter,
     /// Messages published through `POST /api/publish`.
-    pub api_publishes: u64,
+    api_publishes: Counter,
     /// Publishes accepted from clients and the API (each counted once, before fan-out).
-    pub publishes: u64,
+    publishes: Counter,
     /// Publishes not sent to other nodes because the broker link was down or its breaker open.
-    pub broker_dropped: u64,
+    broker_dropped: Counter,
+    maps:
+    /// Open WebSocket connections per route path (gauges).
+    connections_by_route: String,
+    /// Requests answered with an HTTP error, by status code.
+    rejections_by_status: u16,
+    /// Closes by close code (1006 for connections that ended without a close frame).
+    closes_by_code: u16,
 }
 
 impl Metrics {
@@ -67,64 +117,28 @@ impl Metrics {
     pub fn count_rejection(&mut self, status: u16) {
         *self.rejections_by_status.entry(status).or_default() += 1;
     }
+}
 
-    /// Adds another hub's figures to these (counters and gauges alike).
-    pub fn merge(&mut self, other: &Self) {
-        let Self {
-            connections_accepted,
-            connections_open,
-            connections_by_route,
-            accept_errors,
-            upgrades,
-            rejections_by_status,
-            handshake_timeouts,
-            channels,
-            subscriptions,
-            messages_in,
-            messages_out,
-            bytes_in,
-            bytes_out,
-            messages_dropped,
-            slow_consumer_closes,
-            queued_bytes,
-            closes_by_code,
-            pong_timeouts,
-            idle_timeouts,
-            rate_limited,
-            protocol_errors,
-            api_publishes,
-            publishes,
-            broker_dropped,
-        } = other;
-        self.connections_accepted += connections_accepted;
-        self.connections_open += connections_open;
-        self.accept_errors += accept_errors;
-        self.upgrades += upgrades;
-        self.handshake_timeouts += handshake_timeouts;
-        self.channels += channels;
-        self.subscriptions += subscriptions;
-        self.messages_in += messages_in;
-        self.messages_out += messages_out;
-        self.bytes_in += bytes_in;
-        self.bytes_out += bytes_out;
-        self.messages_dropped += messages_dropped;
-        self.slow_consumer_closes += slow_consumer_closes;
-        self.queued_bytes += queued_bytes;
-        self.pong_timeouts += pong_timeouts;
-        self.idle_timeouts += idle_timeouts;
-        self.rate_limited += rate_limited;
-        self.protocol_errors += protocol_errors;
-        self.api_publishes += api_publishes;
-        self.publishes += publishes;
-        self.broker_dropped += broker_dropped;
-        for (route, count) in connections_by_route {
-            *self.connections_by_route.entry(route.clone()).or_default() += count;
-        }
-        for (status, count) in rejections_by_status {
-            *self.rejections_by_status.entry(*status).or_default() += count;
-        }
-        for (code, count) in closes_by_code {
-            *self.closes_by_code.entry(*code).or_default() += count;
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_adds_every_figure_and_map() {
+        let mut one = Metrics { messages_in: 2, queued_bytes: 5, ..Metrics::default() };
+        one.count_close(1000);
+        let mut two = Metrics { messages_in: 3, broker_dropped: 1, ..Metrics::default() };
+        two.count_close(1000);
+        two.count_rejection(429);
+        one.merge(&two);
+        assert_eq!((one.messages_in, one.queued_bytes, one.broker_dropped), (5, 5, 1));
+        assert_eq!(one.closes_by_code.get(&1000), Some(&2));
+        assert_eq!(one.rejections_by_status.get(&429), Some(&1));
+        let figures = one.figures();
+        assert_eq!(
+            figures.iter().find(|f| f.name == "messages_in").map(|f| (f.kind, f.value)),
+            Some((Kind::Counter, 5))
+        );
+        assert!(figures.iter().all(|f| !f.help.is_empty() && !f.help.starts_with(' ')));
     }
 }
