@@ -1,16 +1,16 @@
 //! The in-process bus: how the workers of one process reach each other. Every publish goes to
 //! every other worker, whose hub delivers it to its own subscribers; every second each worker
 //! sends its figures so that `/metrics` and `/api/stats` on any worker show the whole node.
+//! With `broker.kind = "redis"` the hubs publish through Redis instead and this carries only
+//! drains and figures.
 
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::Waker;
 use switchboard_core::{BrokerCommand, Envelope, Hub, Metrics};
-
-/// How stale another worker's figures in `/metrics` and `/api/stats` may be.
-const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+use switchboard_shell::METRICS_INTERVAL;
 
 /// Messages to a worker from outside its thread; each send is followed by a wake.
 #[derive(Debug)]

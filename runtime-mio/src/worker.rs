@@ -8,24 +8,18 @@ use log::{debug, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use switchboard_core::{ConnId, Event, Hub};
+use switchboard_shell::{Accepting, MAX_SLICES, READ_BUFFER};
 
 use crate::bus::{Bus, Control};
+use crate::redis::Redis;
 
-/// Connections use their hub index as token; these two sit where no slab index reaches.
+/// Connections use their hub index as token; these sit where no slab index reaches.
 const LISTENER: Token = Token(usize::MAX);
 /// The token of the worker's `mio::Waker`: a message waits in the control channel.
 pub(crate) const WAKER: Token = Token(usize::MAX - 1);
-
-/// One buffer serves every read of the worker: the hub copies what it keeps.
-const READ_BUFFER: usize = 64 * 1024;
-/// Frames offered to one `write_vectored`; Linux takes at most 1024 (`IOV_MAX`).
-const MAX_SLICES: usize = 64;
-/// How long accepting stops when the process is out of file descriptors.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(80);
-/// Least time between two warnings about running out of descriptors.
-const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
-/// Reads spent discarding a closed connection's unread input, so the kernel sends FIN, not RST.
-const LINGER_READS: usize = 4;
+/// The tokens of the worker's two Redis sockets (see `redis.rs`).
+pub(crate) const REDIS_COMMAND: Token = Token(usize::MAX - 2);
+pub(crate) const REDIS_SUBSCRIBER: Token = Token(usize::MAX - 3);
 
 /// A socket the hub knows as `id`.
 #[derive(Debug)]
@@ -51,9 +45,8 @@ pub(crate) struct Worker {
     buf: Vec<u8>,
     /// Connections to write to in this turn.
     flush: Vec<ConnId>,
-    accept_paused_until: Option<Instant>,
-    accept_pauses: u64,
-    accept_warned_at: Option<Instant>,
+    accepting: Accepting,
+    redis: Redis,
     drain_deadline: Option<Instant>,
 }
 
@@ -66,6 +59,7 @@ impl Worker {
         bus: Bus,
     ) -> io::Result<Self> {
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let redis = Redis::new(poll.registry().try_clone()?);
         Ok(Self {
             poll,
             listener,
@@ -75,9 +69,8 @@ impl Worker {
             conns: Vec::new(),
             buf: vec![0; READ_BUFFER],
             flush: Vec::new(),
-            accept_paused_until: None,
-            accept_pauses: 0,
-            accept_warned_at: None,
+            accepting: Accepting::default(),
+            redis,
             drain_deadline: None,
         })
     }
@@ -85,6 +78,8 @@ impl Worker {
     /// Serves until a drain has finished; returns early only if the poller itself fails.
     pub(crate) fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        // The Redis link, if configured, starts connecting before the first client arrives.
+        self.hub.handle_timeout(Instant::now());
         loop {
             let timeout = self.poll_timeout(Instant::now());
             match self.poll.poll(&mut events, timeout) {
@@ -97,6 +92,10 @@ impl Worker {
                 match event.token() {
                     LISTENER => self.accept(now),
                     WAKER => self.read_control(now),
+                    REDIS_COMMAND | REDIS_SUBSCRIBER => {
+                        self.redis.ready(&mut self.hub, now, event, &mut self.buf);
+                        self.drain_events();
+                    }
                     Token(index) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.read(now, index);
@@ -107,22 +106,18 @@ impl Worker {
                     }
                 }
             }
-            if self.accept_paused_until.is_some_and(|t| t <= now) {
-                self.accept_paused_until = None;
-                // Edge-triggered: connections that queued up meanwhile raise no new event.
+            if self.accepting.resume(now) {
                 self.accept(now);
             }
-            if self.hub.poll_timeout().is_some_and(|t| t <= now) {
-                self.hub.handle_timeout(now);
-            }
+            switchboard_shell::run_timers(&mut self.hub, now);
             self.bus.send_metrics(now, &self.hub);
             self.drain_events();
             self.write(now);
             self.bus.send_broker(&mut self.hub);
-            if let Some(deadline) = self.drain_deadline
-                && (self.hub.connection_count() == 0 || now >= deadline)
-            {
-                debug!("drained; {} connection(s) left", self.hub.connection_count());
+            // Last, since any input above may have queued commands for Redis.
+            switchboard_shell::pump_redis(&mut self.hub, now, &mut self.redis);
+            self.drain_events();
+            if switchboard_shell::drained(&self.hub, self.drain_deadline, now) {
                 return Ok(());
             }
         }
@@ -132,7 +127,7 @@ impl Worker {
         if !self.flush.is_empty() {
             return Some(Duration::ZERO);
         }
-        [self.hub.poll_timeout(), self.accept_paused_until, self.drain_deadline, self.bus.next_metrics()]
+        [self.hub.poll_timeout(), self.accepting.resume_at(), self.drain_deadline, self.bus.next_metrics()]
             .into_iter()
             .flatten()
             .min()
@@ -140,29 +135,13 @@ impl Worker {
     }
 
     fn accept(&mut self, now: Instant) {
-        if self.accept_paused_until.is_some() {
-            return;
-        }
-        loop {
+        while self.accepting.may_accept() {
             let (mut stream, peer) = match self.listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if is_out_of_descriptors(&e) => {
-                    // The pending connection stays in the backlog; retrying now would spin.
-                    self.hub.handle_accept_error();
-                    self.accept_pauses += 1;
-                    self.accept_paused_until = Some(now + ACCEPT_PAUSE);
-                    // The condition lasts until clients leave: one line per interval, not per pause.
-                    if self.accept_warned_at.is_none_or(|at| now.duration_since(at) >= ACCEPT_WARN_EVERY) {
-                        self.accept_warned_at = Some(now);
-                        warn!("accept: {e}; pausing accepts ({} pause(s) so far)", self.accept_pauses);
-                    }
-                    return;
-                }
-                Err(e) if is_transient_accept_error(&e) => continue,
                 Err(e) => {
-                    warn!("accept: {e}");
-                    return;
+                    self.accepting.failed(now, &e, &mut self.hub);
+                    continue;
                 }
             };
             // Messages are small and latency matters more than packet count.
@@ -310,29 +289,11 @@ impl Worker {
         }
         let Some(mut conn) = slot.take() else { return };
         let _ = self.poll.registry().deregister(&mut conn.stream);
-        // Unread input makes close() send RST, which can destroy the response still in flight
-        // (an HTTP error, our close frame) before the peer reads it.
-        for _ in 0..LINGER_READS {
-            match conn.stream.read(&mut self.buf) {
-                Ok(n) if n > 0 => {}
-                _ => break,
-            }
-        }
+        switchboard_shell::linger(&mut conn.stream, &mut self.buf);
         debug!("closed {id:?}");
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
         self.conns.get_mut(id.index()).and_then(Option::as_mut).filter(|c| c.id == id)
     }
-}
-
-fn is_out_of_descriptors(e: &io::Error) -> bool {
-    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or the system is out of a resource that
-    // closing connections gives back.
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
-}
-
-fn is_transient_accept_error(e: &io::Error) -> bool {
-    // The peer gave up between SYN and accept; the next connection in the backlog is fine.
-    matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted)
 }

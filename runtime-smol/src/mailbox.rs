@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
-use switchboard_core::{ConnId, Envelope, Metrics};
+use switchboard_core::{ConnId, Envelope, LinkConn, Metrics};
 
 /// A message from another thread of the process.
 #[derive(Debug)]
@@ -23,6 +23,7 @@ pub(crate) enum Message {
 pub(crate) enum Ready {
     Listener,
     Conn(ConnId),
+    Redis(LinkConn),
 }
 
 /// What piled up since the worker last looked.

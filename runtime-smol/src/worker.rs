@@ -9,26 +9,16 @@ use std::net::{TcpListener, TcpStream};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_io::{Async, Timer};
 use futures_lite::future;
 use log::{debug, warn};
 use switchboard_core::{BrokerCommand, ConnId, Event, Hub};
+use switchboard_shell::{Accepting, MAX_SLICES, METRICS_INTERVAL, READ_BUFFER};
 
 use crate::mailbox::{Inbox, Mailbox, Message, Ready};
-
-/// One buffer serves every read of the worker: the hub copies what it keeps.
-const READ_BUFFER: usize = 64 * 1024;
-/// Frames offered to one `write_vectored`; Linux takes at most 1024 (`IOV_MAX`).
-const MAX_SLICES: usize = 64;
-/// How long accepting stops when the process is out of file descriptors.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(80);
-const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
-/// Reads spent discarding a closed connection's unread input, so the kernel sends FIN, not RST.
-const LINGER_READS: usize = 4;
-/// How stale another worker's figures in `/metrics` and `/api/stats` may be.
-const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+use crate::redis::Redis;
 
 /// A socket the hub knows as `id`.
 #[derive(Debug)]
@@ -57,8 +47,8 @@ pub(crate) struct Worker {
     flush: Vec<ConnId>,
     timer: Timer,
     timer_at: Option<Instant>,
-    accept_paused_until: Option<Instant>,
-    accept_warned_at: Option<Instant>,
+    accepting: Accepting,
+    redis: Redis,
     metrics_at: Instant,
     drain_deadline: Option<Instant>,
 }
@@ -71,6 +61,7 @@ impl Worker {
             hub,
             listener,
             listener_waker: mailbox.waker(Ready::Listener),
+            redis: Redis::new(&mailbox),
             mailbox,
             peers,
             conns: Vec::new(),
@@ -78,8 +69,7 @@ impl Worker {
             flush: Vec::new(),
             timer: Timer::never(),
             timer_at: None,
-            accept_paused_until: None,
-            accept_warned_at: None,
+            accepting: Accepting::default(),
             metrics_at: Instant::now(),
             drain_deadline: None,
         }
@@ -88,6 +78,8 @@ impl Worker {
     /// Serves until a drain has finished.
     pub(crate) async fn run(mut self) {
         let mut inbox = Inbox::default();
+        // The Redis link, if configured, starts connecting before the first client arrives.
+        self.hub.handle_timeout(Instant::now());
         self.accept(Instant::now());
         loop {
             let now = Instant::now();
@@ -102,15 +94,16 @@ impl Worker {
                         self.read(now, id, false);
                         self.resume_write(id);
                     }
+                    Ready::Redis(which) => {
+                        self.redis.ready(&mut self.hub, now, which, &mut self.buf);
+                        self.drain_events();
+                    }
                 }
             }
-            if self.accept_paused_until.is_some_and(|t| t <= now) {
-                self.accept_paused_until = None;
+            if self.accepting.resume(now) {
                 self.accept(now);
             }
-            if self.hub.poll_timeout().is_some_and(|t| t <= now) {
-                self.hub.handle_timeout(now);
-            }
+            switchboard_shell::run_timers(&mut self.hub, now);
             if now >= self.metrics_at {
                 self.metrics_at = now + METRICS_INTERVAL;
                 self.send_metrics();
@@ -118,10 +111,10 @@ impl Worker {
             self.drain_events();
             self.write(now);
             self.send_broker();
-            if let Some(deadline) = self.drain_deadline
-                && (self.hub.connection_count() == 0 || now >= deadline)
-            {
-                debug!("drained; {} connection(s) left", self.hub.connection_count());
+            // Last, since any input above may have queued commands for Redis.
+            switchboard_shell::pump_redis(&mut self.hub, now, &mut self.redis);
+            self.drain_events();
+            if switchboard_shell::drained(&self.hub, self.drain_deadline, now) {
                 return;
             }
             if self.flush.is_empty() {
@@ -132,7 +125,7 @@ impl Worker {
 
     /// Sleeps until the mailbox has something or the next deadline passes.
     async fn wait(&mut self) {
-        let next = [self.hub.poll_timeout(), self.accept_paused_until, self.drain_deadline]
+        let next = [self.hub.poll_timeout(), self.accepting.resume_at(), self.drain_deadline]
             .into_iter()
             .flatten()
             .chain((self.peers.len() > 1).then_some(self.metrics_at))
@@ -172,10 +165,7 @@ impl Worker {
 
     /// Accepts until the listener would block, then re-arms its readiness.
     fn accept(&mut self, now: Instant) {
-        if self.accept_paused_until.is_some() {
-            return;
-        }
-        loop {
+        while self.accepting.may_accept() {
             match self.listener.get_ref().accept() {
                 Ok((stream, peer)) => self.admit(now, stream, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -183,19 +173,8 @@ impl Worker {
                         return;
                     }
                 }
-                Err(e) if is_transient_accept_error(&e) => {}
                 Err(e) => {
-                    // EMFILE, ENFILE, ENOBUFS and the like: the connection waits in the backlog,
-                    // and retrying before some socket closes would spin.
-                    self.hub.handle_accept_error();
-                    // Pauses come in runs while descriptors are short; one line names the run.
-                    if self.accept_warned_at.is_none_or(|t| now >= t + ACCEPT_WARN_EVERY) {
-                        self.accept_warned_at = Some(now);
-                        let errors = self.hub.metrics().accept_errors;
-                        warn!("accept: {e}; pausing accepts for {ACCEPT_PAUSE:?} ({errors} accept errors so far)");
-                    }
-                    self.accept_paused_until = Some(now + ACCEPT_PAUSE);
-                    return;
+                    self.accepting.failed(now, &e, &mut self.hub);
                 }
             }
         }
@@ -313,14 +292,7 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(id.index()).and_then(|slot| slot.take_if(|c| c.id == id)) else {
             return;
         };
-        // Unread input makes close() send RST, which can destroy the response still in flight
-        // (an HTTP error, our close frame) before the peer reads it.
-        for _ in 0..LINGER_READS {
-            match conn.stream.get_ref().read(&mut self.buf) {
-                Ok(n) if n > 0 => {}
-                _ => break,
-            }
-        }
+        switchboard_shell::linger(conn.stream.get_ref(), &mut self.buf);
         debug!("closed {id:?}");
     }
 
@@ -352,9 +324,4 @@ impl Worker {
 
 fn conn_mut(conns: &mut [Option<Conn>], id: ConnId) -> Option<&mut Conn> {
     conns.get_mut(id.index()).and_then(Option::as_mut).filter(|c| c.id == id)
-}
-
-fn is_transient_accept_error(e: &io::Error) -> bool {
-    // The peer gave up between SYN and accept; the next connection in the backlog is fine.
-    matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted)
 }

@@ -1,17 +1,17 @@
 //! Listening sockets: one per worker, all on the same port through `SO_REUSEPORT`.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 
-use mio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Deep enough for a burst of thousands of connects while workers are busy; the kernel caps
 /// it at `net.core.somaxconn`.
 const BACKLOG: i32 = 4096;
 
-/// Binds `count` listeners. The first one decides the port, so `127.0.0.1:0` works: the others
-/// join the port it was given and the kernel spreads new connections across them.
+/// Binds `count` non-blocking listeners. The first one decides the port, so `127.0.0.1:0`
+/// works: the others join the port it was given and the kernel spreads new connections
+/// across them.
 pub(crate) fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener>> {
     let first = bind_one(addr)?;
     let local = first.local_addr()?;
@@ -31,5 +31,5 @@ fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
-    Ok(TcpListener::from_std(socket.into()))
+    Ok(socket.into())
 }

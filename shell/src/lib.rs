@@ -1,0 +1,170 @@
+//! What the Switchboard shells (`switchboard-mio`, `switchboard-smol`) have in common and is not
+//! protocol: the startup flow, the listening sockets, what an accept error does, and the Redis
+//! sockets' side of the hub's link. The shells keep only what their runtime decides: how readiness
+//! arrives and how a worker sleeps.
+
+mod accept;
+mod listen;
+mod redis;
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::ExitCode;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, error, info};
+use switchboard_core::cli::{self, Command};
+use switchboard_core::{Config, Hub};
+
+pub use accept::Accepting;
+pub use redis::{Flush, RedisSockets, pump_redis, read_redis, resolve, write_redis};
+
+/// One buffer serves every read of a worker: the hub copies what it keeps.
+pub const READ_BUFFER: usize = 64 * 1024;
+/// Frames offered to one `write_vectored`; Linux takes at most 1024 (`IOV_MAX`).
+pub const MAX_SLICES: usize = 64;
+/// How stale another worker's figures in `/metrics` and `/api/stats` may be.
+pub const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+/// Reads spent discarding a closed connection's unread input, so the kernel sends FIN, not RST.
+const LINGER_READS: usize = 4;
+
+/// Everything decided before the first worker starts.
+#[derive(Debug)]
+pub struct Node {
+    /// The binary's name, for messages.
+    pub program: &'static str,
+    /// The effective configuration.
+    pub config: Config,
+    /// `broker.node_id`, or a random one when the config leaves it empty.
+    pub node_id: String,
+    /// Worker threads to run (`server.workers`, 0 resolved to the core count).
+    pub workers: usize,
+    /// One non-blocking listener per worker, all on the same port.
+    pub listeners: Vec<TcpListener>,
+    /// The address the listeners got (the port is known even for `:0`).
+    pub local: SocketAddr,
+}
+
+impl Node {
+    /// The hub of worker `index`: it enforces its share of the node's connection limits.
+    pub fn hub(&self, index: u32) -> Hub {
+        Hub::new(self.config.clone(), self.node_id.clone()).with_worker(index).with_share(self.workers)
+    }
+
+    /// Prints `listening on ADDR`, the line tests and scripts wait for. Call it once signals
+    /// are handled, so that a signal sent right after it is a drain.
+    pub fn announce(&self) -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        writeln!(out, "listening on {}", self.local)?;
+        out.flush()?;
+        info!(
+            "{} {}: {} worker(s) on {}, node {}",
+            self.program,
+            env!("CARGO_PKG_VERSION"),
+            self.workers,
+            self.local,
+            self.node_id
+        );
+        Ok(())
+    }
+}
+
+/// A shell's `main`: the command line, the config file, then `serve` with the listeners bound.
+pub fn main(program: &'static str, serve: impl FnOnce(Node) -> io::Result<()>) -> ExitCode {
+    let args = match cli::parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match args.command {
+        Command::Help => {
+            print!("{}", cli::help(program));
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("{program} {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Command::Serve | Command::CheckConfig | Command::PrintConfig => {}
+    }
+    let text = match args.config.as_deref().map(|path| (path, std::fs::read_to_string(path))) {
+        None => None,
+        Some((_, Ok(text))) => Some(text),
+        Some((path, Err(e))) => {
+            eprintln!("{program}: {path}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match cli::resolve(&args, text.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match args.command {
+        Command::CheckConfig => println!("{}: ok", args.config.as_deref().unwrap_or("built-in defaults")),
+        Command::PrintConfig => print!("{}", config.to_toml()),
+        _ => {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+            if let Err(e) = prepare(program, config).and_then(serve) {
+                error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn prepare(program: &'static str, config: Config) -> io::Result<Node> {
+    let addr: SocketAddr = config
+        .server
+        .listen
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("server.listen: {e}")))?;
+    let workers = match config.server.workers {
+        0 => thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let listeners = listen::bind(addr, workers)?;
+    let local = listeners.first().map(TcpListener::local_addr).transpose()?.unwrap_or(addr);
+    let node_id = if config.broker.node_id.is_empty() { random_node_id() } else { config.broker.node_id.clone() };
+    Ok(Node { program, config, node_id, workers, listeners, local })
+}
+
+/// Distinct across restarts and across processes on one host, which is all a node id needs.
+fn random_node_id() -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{:x}-{nanos:x}", std::process::id())
+}
+
+/// Runs the hub's timers when they are due.
+pub fn run_timers(hub: &mut Hub, now: Instant) {
+    if hub.poll_timeout().is_some_and(|t| t <= now) {
+        hub.handle_timeout(now);
+    }
+}
+
+/// True once a drain has finished: nothing left, or its deadline passed.
+pub fn drained(hub: &Hub, deadline: Option<Instant>, now: Instant) -> bool {
+    let done = deadline.is_some_and(|deadline| hub.connection_count() == 0 || now >= deadline);
+    if done {
+        debug!("drained; {} connection(s) left", hub.connection_count());
+    }
+    done
+}
+
+/// Reads and discards what a closed connection's peer still sent. Unread input makes close()
+/// send RST, which can destroy the response still in flight (an HTTP error, our close frame)
+/// before the peer reads it.
+pub fn linger(mut stream: impl Read, buf: &mut [u8]) {
+    for _ in 0..LINGER_READS {
+        match stream.read(buf) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+}
