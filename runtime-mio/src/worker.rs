@@ -111,10 +111,13 @@ impl Worker {
             }
             switchboard_shell::run_timers(&mut self.hub, now);
             self.bus.send_metrics(now, &self.hub);
+            // Before the clients' writes, so a publish is on its way to Redis when its ack or
+            // `202` leaves.
+            switchboard_shell::pump_redis(&mut self.hub, now, &mut self.redis);
             self.drain_events();
             self.write(now);
             self.bus.send_broker(&mut self.hub);
-            // Last, since any input above may have queued commands for Redis.
+            // Again, since writing may have ended connections, which leave channels and presence.
             switchboard_shell::pump_redis(&mut self.hub, now, &mut self.redis);
             self.drain_events();
             if switchboard_shell::drained(&self.hub, self.drain_deadline, now) {

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 pub use tungstenite::Message;
 
+pub mod cluster;
+
 /// The shells under test, by binary name.
 pub const SHELLS: &[&str] = &["switchboard-mio", "switchboard-smol"];
 
@@ -70,6 +72,11 @@ pub struct Settings {
     pub api_key: &'static str,
     /// `drain.timeout`.
     pub drain_timeout: &'static str,
+    /// `broker.node_id`.
+    pub node_id: String,
+    /// More lines for the `[broker]` section (and its subsections), e.g. from
+    /// [`cluster::broker_toml`]; empty keeps the in-process broker.
+    pub broker: String,
 }
 
 impl Default for Settings {
@@ -86,14 +93,15 @@ impl Default for Settings {
             heartbeat: ("25s", "10s", "300s"),
             api_key: "",
             drain_timeout: "5s",
+            node_id: NODE_ID.to_owned(),
+            broker: String::new(),
         }
     }
 }
 
 impl Settings {
     /// The config file: rate limits off (tests open many connections from one address quickly)
-    /// and one route per behaviour under test. The node id is fixed so that a pub/sub
-    /// `welcome` names the worker holding the connection (see [`PubSub::worker`]).
+    /// and one route per behaviour under test.
     pub fn to_toml(&self) -> String {
         let (rate, burst) = self.connect_rate;
         let (ping, pong, idle) = self.heartbeat;
@@ -126,7 +134,8 @@ bytes_per_second = 0
 api_key = "{api_key}"
 
 [broker]
-node_id = "{NODE_ID}"
+node_id = "{node_id}"
+{broker}
 
 [drain]
 timeout = "{drain}"
@@ -167,11 +176,13 @@ mode = "pubsub"
             queue = self.send_queue,
             api_key = self.api_key,
             drain = self.drain_timeout,
+            node_id = self.node_id,
+            broker = self.broker,
         )
     }
 }
 
-/// `broker.node_id` of every test server.
+/// `broker.node_id` of test servers unless [`Settings::node_id`] says otherwise.
 pub const NODE_ID: &str = "t";
 
 /// A running server; killed and reaped on drop.
@@ -639,9 +650,18 @@ impl PubSub {
 
     /// The worker holding this connection, from `conn_id` (`node-worker-slot.generation`).
     pub fn worker(&self) -> u32 {
-        let rest = self.conn_id.strip_prefix(NODE_ID).and_then(|r| r.strip_prefix('-'));
-        let worker = rest.and_then(|r| r.split('-').next()).and_then(|w| w.parse().ok());
-        worker.unwrap_or_else(|| panic!("conn_id {:?} does not name a worker", self.conn_id))
+        self.hub().1
+    }
+
+    /// The node and worker holding this connection, from `conn_id`; the node id may hold
+    /// dashes itself, so the fields are taken from the right.
+    pub fn hub(&self) -> (String, u32) {
+        let mut fields = self.conn_id.rsplitn(3, '-');
+        let (_slot, worker, node) = (fields.next(), fields.next(), fields.next());
+        match (node, worker.and_then(|w| w.parse().ok())) {
+            (Some(node), Some(worker)) => (node.to_owned(), worker),
+            _ => panic!("conn_id {:?} does not name a hub", self.conn_id),
+        }
     }
 
     /// Sends one text message as is.

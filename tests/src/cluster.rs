@@ -1,0 +1,352 @@
+//! Several nodes sharing a real `redis-server`: the server's process, a few Redis commands, node
+//! configs, and a subscriber that reads on a thread of its own so that a test can watch many
+//! at once.
+//!
+//! `scripts/test` installs `redis-server` when it is missing. Outside it, a test without Redis
+//! is skipped with a message, unless `SWITCHBOARD_REQUIRE_REDIS` is set.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::{Message, PubSub, Server, Settings, body, http, status};
+
+/// Leases are checked at this scale: short, so a dead node leaves presence quickly.
+pub const LEASE_TTL: Duration = Duration::from_secs(2);
+/// `broker.breaker.open_for`.
+pub const OPEN_FOR: Duration = Duration::from_secs(1);
+/// `broker.backoff.max`.
+pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// `http.api_key` of cluster nodes (presence and `/api/publish` need it).
+pub const API_KEY: &str = "cluster-key";
+/// The oldest Redis the link works with (`SET .. GET`).
+const MIN_VERSION: (u32, u32) = (6, 2);
+/// How long Redis may take to answer its first PING.
+const REDIS_START: Duration = Duration::from_secs(10);
+
+/// The `[broker]` lines of a node of the cluster around the Redis on `port`.
+pub fn broker_toml(port: u16) -> String {
+    format!(
+        r#"kind = "redis"
+url = "redis://127.0.0.1:{port}"
+lease_ttl = "{lease}ms"
+
+[broker.backoff]
+min = "50ms"
+max = "{backoff}ms"
+
+[broker.breaker]
+failure_threshold = 2
+open_for = "{open}ms"
+"#,
+        lease = LEASE_TTL.as_millis(),
+        backoff = BACKOFF_MAX.as_millis(),
+        open = OPEN_FOR.as_millis(),
+    )
+}
+
+/// Starts node `n1`, `n2`, … of a cluster around the Redis on `port`, each with `workers`.
+pub fn start_nodes(bin: &Path, port: u16, count: usize, workers: usize) -> Vec<Server> {
+    (1..=count)
+        .map(|n| {
+            let settings = Settings {
+                workers,
+                api_key: API_KEY,
+                node_id: format!("n{n}"),
+                broker: broker_toml(port),
+                ..Settings::default()
+            };
+            Server::with(bin, &settings)
+        })
+        .collect()
+}
+
+/// A `redis-server` on a free port of 127.0.0.1, without persistence; killed on drop.
+#[derive(Debug)]
+pub struct Redis {
+    child: Option<Child>,
+    /// Its port, kept across restarts.
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Starts one, or returns `None` (after saying why) when `redis-server` is not installed
+    /// and the run does not insist on it.
+    pub fn start() -> Option<Self> {
+        if let Err(why) = check_version() {
+            assert!(std::env::var_os("SWITCHBOARD_REQUIRE_REDIS").is_none(), "{why}");
+            eprintln!("skipped: {why}");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mut redis = Self { child: None, port: 0, dir };
+        // The port is free when chosen; another process could take it before Redis binds.
+        for _ in 0..3 {
+            redis.port = free_port();
+            if redis.spawn().is_ok() {
+                return Some(redis);
+            }
+        }
+        panic!("redis-server did not start; its log:\n{}", redis.log());
+    }
+
+    /// Kills the server with SIGKILL (no shutdown, as in a crash) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn().unwrap_or_else(|e| panic!("restarting redis-server on {}: {e}\n{}", self.port, self.log()));
+    }
+
+    /// The process id of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends one command and returns its reply.
+    pub fn command(&self, args: &[&str]) -> io::Result<Reply> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(request.as_bytes())?;
+        read_reply(&mut BufReader::new(stream))
+    }
+
+    /// How many connections are subscribed to Redis channel `key`.
+    pub fn subscribers(&self, key: &str) -> i64 {
+        match self.command(&["PUBSUB", "NUMSUB", key]) {
+            Ok(Reply::Array(items)) => match items.get(1) {
+                Some(Reply::Integer(n)) => *n,
+                _ => 0,
+            },
+            _ => 0,
+        }
+    }
+
+    fn spawn(&mut self) -> io::Result<()> {
+        let log = std::fs::File::create(self.dir.path().join("redis.log"))?;
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + REDIS_START;
+        loop {
+            if matches!(self.command(&["PING"]), Ok(Reply::Simple(ref pong)) if pong == "PONG") {
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                return Err(io::Error::other(format!("redis-server exited: {status}")));
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(io::Error::other("redis-server did not answer PING"));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A Redis reply, as far as the tests read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `+OK`
+    Simple(String),
+    /// `-ERR …`
+    Error(String),
+    /// `:1`
+    Integer(i64),
+    /// `$n` (None for `$-1`)
+    Bulk(Option<String>),
+    /// `*n` (empty for `*-1`)
+    Array(Vec<Self>),
+}
+
+fn read_reply(reader: &mut impl BufRead) -> io::Result<Reply> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+    }
+    let line = line.trim_end_matches("\r\n");
+    let (kind, rest) = line.split_at_checked(1).unwrap_or(("", ""));
+    let number = || rest.parse::<i64>().map_err(|_| io::Error::other(format!("bad RESP line {line:?}")));
+    match kind {
+        "+" => Ok(Reply::Simple(rest.to_owned())),
+        "-" => Ok(Reply::Error(rest.to_owned())),
+        ":" => Ok(Reply::Integer(number()?)),
+        "$" => {
+            let Ok(len) = usize::try_from(number()?) else { return Ok(Reply::Bulk(None)) };
+            let mut data = vec![0; len + 2];
+            reader.read_exact(&mut data)?;
+            data.truncate(len);
+            Ok(Reply::Bulk(Some(String::from_utf8_lossy(&data).into_owned())))
+        }
+        "*" => {
+            let count = usize::try_from(number()?).unwrap_or(0);
+            (0..count).map(|_| read_reply(reader)).collect::<io::Result<_>>().map(Reply::Array)
+        }
+        _ => Err(io::Error::other(format!("bad RESP line {line:?}"))),
+    }
+}
+
+/// Ok when `redis-server` is installed and recent enough; otherwise why not.
+fn check_version() -> Result<(), String> {
+    let output = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("redis-server: {e} (scripts/test installs it; or apt-get install redis-server)"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    // "Redis server v=7.0.15 sha=…"
+    let version = text.split_whitespace().find_map(|w| w.strip_prefix("v=")).unwrap_or_default();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if found < MIN_VERSION {
+        return Err(format!(
+            "redis-server {version:?} is older than {}.{} (`{}`)",
+            MIN_VERSION.0,
+            MIN_VERSION.1,
+            text.trim()
+        ));
+    }
+    Ok(())
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("local_addr: {e}"))
+}
+
+/// A pub/sub client whose messages are read on a thread and stamped with their arrival time.
+#[derive(Debug)]
+pub struct Listener {
+    /// `conn_id` from the welcome.
+    pub conn_id: String,
+    /// `n1`, `n2`, … and the worker that holds the connection.
+    pub hub: (String, u32),
+    messages: Receiver<(Instant, serde_json::Value)>,
+    _reader: JoinHandle<()>,
+}
+
+impl Listener {
+    /// Subscribes `client` to `channel` with `presence` info (JSON), then hands its reads to a thread.
+    pub fn subscribe(mut client: PubSub, channel: &str, presence: &str) -> Self {
+        client.expect_ack(&format!(r#"{{"op":"subscribe","channel":"{channel}","presence":{presence},"id":1}}"#), 1);
+        let hub = client.hub();
+        let mut ws = client.ws;
+        // Quiet stretches (Redis down) are part of the tests; the thread ends when the server goes.
+        let _ = ws.get_ref().set_read_timeout(Some(Duration::from_secs(120)));
+        let (tx, messages) = mpsc::channel();
+        let reader = thread::spawn(move || {
+            while let Ok(message) = ws.read() {
+                if let Message::Text(text) = message {
+                    let at = Instant::now();
+                    let Ok(value) = serde_json::from_str(text.as_str()) else { return };
+                    if tx.send((at, value)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Self { conn_id: client.conn_id, hub, messages, _reader: reader }
+    }
+
+    /// The next `message` frame (its arrival time and the whole frame), if one comes within `limit`.
+    pub fn next(&self, limit: Duration) -> Option<(Instant, serde_json::Value)> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.messages.recv_timeout(left) {
+                Ok((at, frame)) if frame["type"] == "message" => return Some((at, frame)),
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Every `message` frame that has arrived, without waiting.
+    pub fn drain(&self) -> Vec<serde_json::Value> {
+        self.messages.try_iter().map(|(_, frame)| frame).filter(|frame| frame["type"] == "message").collect()
+    }
+}
+
+/// `POST /api/publish` of `data` to `channel` on `addr`; returns the status.
+pub fn api_publish(addr: SocketAddr, channel: &str, data: &str) -> u16 {
+    let body = format!(r#"{{"channel":"{channel}","data":{data}}}"#);
+    let request = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    status(&http(addr, &request))
+}
+
+/// `GET /api/presence?channel=` on `addr`: the members' `conn_id`s and whether every node was asked.
+pub fn api_presence(addr: SocketAddr, channel: &str) -> (Vec<String>, bool) {
+    let request =
+        format!("GET /api/presence?channel={channel} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\r\n");
+    let response = http(addr, &request);
+    assert_eq!(status(&response), 200, "{response}");
+    let value: serde_json::Value =
+        serde_json::from_str(body(&response)).unwrap_or_else(|e| panic!("presence is not JSON ({e}): {response}"));
+    (member_ids(&value), value["complete"] == true)
+}
+
+/// The `conn_id`s of a `presence` answer, sorted.
+pub fn member_ids(presence: &serde_json::Value) -> Vec<String> {
+    let members = presence["members"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let mut ids: Vec<String> = members.iter().filter_map(|m| m["conn_id"].as_str().map(String::from)).collect();
+    ids.sort();
+    ids
+}
+
+/// The value of metric sample `series` (e.g. `switchboard_broker_state{state="open"}`) on `addr`.
+pub fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
+    let response = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    body(&response).lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// The body of `GET /healthz` on `addr`, with its status.
+pub fn healthz(addr: SocketAddr) -> (u16, serde_json::Value) {
+    let response = http(addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    (status(&response), serde_json::from_str(body(&response)).unwrap_or(serde_json::Value::Null))
+}
+
+/// Polls `check` every 20 ms until it holds; panics with `what` after `limit`. Returns the wait.
+pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
