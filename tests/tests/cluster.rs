@@ -7,7 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use switchboard_tests::cluster::{
-    BACKOFF_MAX, LEASE_TTL, Listener, OPEN_FOR, Redis, api_presence, api_publish, healthz, member_ids, metric,
+    BACKOFF_MAX, LEASE_TTL, Listener, OPEN_FOR, Redis, Reply, api_presence, api_publish, healthz, member_ids, metric,
     start_nodes, wait_until,
 };
 use switchboard_tests::{PubSub, Server, for_each_binary};
@@ -38,6 +38,34 @@ fn listeners(redis: &Redis, nodes: &[Server], per_node: usize, channel: &str) ->
         redis.subscribers(&key) == hubs.len() as i64
     });
     all
+}
+
+/// The sorted `conn_id`s of the listeners that `keep` picks.
+fn conn_ids(listeners: &[Listener], keep: impl Fn(&Listener) -> bool) -> Vec<String> {
+    let mut ids: Vec<String> = listeners.iter().filter(|l| keep(l)).map(|l| l.conn_id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+/// Publishes probes from `publisher` until every listener not on node `n1` has heard one;
+/// returns how long the slowest took, or panics after `limit`.
+fn probe_until_heard(publisher: &mut PubSub, listeners: &[Listener], tag: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    let remote: Vec<&Listener> = listeners.iter().filter(|l| l.hub.0 != "n1").collect();
+    let mut heard: BTreeMap<&str, Duration> = BTreeMap::new();
+    let mut probe = 0;
+    while heard.len() < remote.len() {
+        assert!(start.elapsed() < limit, "{tag}: cross-node delivery did not resume within {limit:?}: {heard:?}");
+        publisher.send(&format!(r#"{{"op":"publish","channel":"load","data":{{"p":"{tag}","i":{probe}}}}}"#));
+        probe += 1;
+        thread::sleep(Duration::from_millis(10));
+        for listener in &remote {
+            if listener.drain().iter().any(|f| f["data"]["p"] == tag) {
+                heard.entry(&listener.conn_id).or_insert_with(|| start.elapsed());
+            }
+        }
+    }
+    heard.values().max().copied().unwrap_or_default()
 }
 
 /// Reads `count` messages from `listener`; panics naming the listener if one is late.
@@ -88,11 +116,7 @@ fn fan_out_and_presence(bin: &std::path::Path, workers: usize) {
     let listeners = listeners(&redis, &nodes, 4, "news");
 
     // Presence: every member of the three nodes, from the HTTP API and from the op.
-    let expected: Vec<String> = {
-        let mut ids: Vec<String> = listeners.iter().map(|l| l.conn_id.clone()).collect();
-        ids.sort();
-        ids
-    };
+    let expected = conn_ids(&listeners, |_| true);
     wait_until(SETTLE, "GET /api/presence lists all three nodes' members", || {
         api_presence(nodes[1].addr, "news") == (expected.clone(), true)
     });
@@ -206,29 +230,32 @@ fn losing_redis_keeps_local_delivery_and_opens_the_breaker_then_the_cluster_heal
             assert!(late.is_empty(), "{}: got another node's message while Redis was down: {late:?}", listener.conn_id);
         }
 
-        // Redis comes back on the same port: cross-node delivery resumes within open_for (the
-        // next probe) plus twice the backoff maximum.
+        // Redis comes back on the same port: cross-node delivery resumes with the next probe
+        // of each breaker, within open_for plus twice the backoff maximum.
         redis.restart();
-        let back = Instant::now();
         let bound = OPEN_FOR + 2 * BACKOFF_MAX;
-        let mut probe = 0;
-        let mut heard: BTreeMap<String, Duration> = BTreeMap::new();
-        while heard.len() < listeners.len() - 2 && back.elapsed() < bound + Duration::from_secs(5) {
-            publishers[0].send(&format!(r#"{{"op":"publish","channel":"load","data":{{"p":"probe","i":{probe}}}}}"#));
-            probe += 1;
-            thread::sleep(Duration::from_millis(20));
-            for listener in listeners.iter().filter(|l| l.hub.0 != "n1") {
-                if listener.drain().iter().any(|f| f["data"]["p"] == "probe") {
-                    heard.entry(listener.conn_id.clone()).or_insert_with(|| back.elapsed());
-                }
-            }
-        }
-        let slowest = heard.values().max().copied().unwrap_or_default();
-        eprintln!("cross-node delivery resumed {slowest:?} after Redis came back (bound {bound:?})");
-        assert_eq!(heard.len(), listeners.len() - 2, "cross-node delivery did not resume: {heard:?}");
-        assert!(slowest <= bound, "resumed after {slowest:?}, more than {bound:?}");
+        let took = probe_until_heard(&mut publishers[0], &listeners, "back", bound + Duration::from_secs(5));
+        eprintln!("cross-node delivery resumed {took:?} after Redis came back (bound {bound:?})");
+        assert!(took <= bound, "resumed after {took:?}, more than {bound:?}");
         for node in &nodes {
             wait_until(Duration::from_secs(2), "the breaker closes", || healthz(node.addr).1["status"] == "ok");
+        }
+        // The new Redis knows nothing: every hub wrote its lease and members again.
+        let everyone = conn_ids(&listeners, |_| true);
+        wait_until(SETTLE, "presence is whole again", || {
+            api_presence(nodes[2].addr, "load") == (everyone.clone(), true)
+        });
+
+        // Only the subscriber connections drop (one failure each, below the threshold): the
+        // breaker stays closed and they come back after a backoff, within twice its maximum.
+        let killed = redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        assert!(matches!(killed, Ok(Reply::Integer(3))), "one subscriber connection per node: {killed:?}");
+        let bound = 2 * BACKOFF_MAX;
+        let took = probe_until_heard(&mut publishers[0], &listeners, "again", bound + Duration::from_secs(5));
+        eprintln!("cross-node delivery resumed {took:?} after the subscriber connections dropped (bound {bound:?})");
+        assert!(took <= bound, "resumed after {took:?}, more than {bound:?}");
+        for node in &nodes {
+            assert_eq!(healthz(node.addr).1["status"], "ok", "the breaker stayed closed");
         }
     });
 }
@@ -239,11 +266,7 @@ fn a_node_killed_with_sigkill_leaves_presence_within_the_lease_ttl() {
         let Some(redis) = Redis::start() else { return };
         let mut nodes = start_nodes(bin, redis.port, 3, 2);
         let listeners = listeners(&redis, &nodes, 3, "room");
-        let all: Vec<String> = {
-            let mut ids: Vec<String> = listeners.iter().map(|l| l.conn_id.clone()).collect();
-            ids.sort();
-            ids
-        };
+        let all = conn_ids(&listeners, |_| true);
         wait_until(SETTLE, "presence lists every member", || {
             api_presence(nodes[0].addr, "room") == (all.clone(), true)
         });
@@ -252,13 +275,7 @@ fn a_node_killed_with_sigkill_leaves_presence_within_the_lease_ttl() {
         victim.signal("KILL");
         let killed = Instant::now();
         assert!(victim.wait_exit(Duration::from_secs(5)).is_some(), "the node did not die");
-        let survivors: Vec<String> = listeners
-            .iter()
-            .filter(|l| l.hub.0 != "n3")
-            .map(|l| l.conn_id.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let survivors = conn_ids(&listeners, |l| l.hub.0 != "n3");
         let limit = LEASE_TTL + LEASE_MARGIN;
         wait_until(limit, "the dead node's members leave presence", || {
             api_presence(nodes[0].addr, "room") == (survivors.clone(), true)
