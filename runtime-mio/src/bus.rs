@@ -1,8 +1,8 @@
 //! The in-process bus: how the workers of one process reach each other. Every publish goes to
 //! every other worker, whose hub delivers it to its own subscribers; every second each worker
 //! sends its figures so that `/metrics` and `/api/stats` on any worker show the whole node.
-//! With `broker.kind = "redis"` the hubs publish through Redis instead and this carries only
-//! drains and figures.
+//! With `broker.kind = "redis"` it still joins the workers of this node (so they reach each
+//! other while Redis is down); Redis carries publishes to the other nodes.
 
 use std::sync::Arc;
 use std::sync::mpsc::Sender;

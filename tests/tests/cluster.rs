@@ -285,3 +285,35 @@ fn a_node_killed_with_sigkill_leaves_presence_within_the_lease_ttl() {
         assert_eq!(api_presence(nodes[1].addr, "room"), (survivors, true));
     });
 }
+
+#[test]
+fn a_node_without_redis_still_joins_its_own_workers() {
+    for_each_binary(|bin| {
+        let Some(mut redis) = Redis::start() else { return };
+        let nodes = start_nodes(bin, redis.port, 1, 2);
+        let node = &nodes[0];
+        // Connect until both workers hold listeners (SO_REUSEPORT spreads them by hash).
+        let mut listeners: Vec<Listener> = Vec::new();
+        for i in 0..64 {
+            let workers: BTreeSet<u32> = listeners.iter().map(|l| l.hub.1).collect();
+            if workers.len() == 2 && listeners.len() >= 4 {
+                break;
+            }
+            listeners.push(Listener::subscribe(PubSub::connect(node, "/ws"), "solo", &format!(r#"{{"i":{i}}}"#)));
+        }
+        let workers: BTreeSet<u32> = listeners.iter().map(|l| l.hub.1).collect();
+        assert_eq!(workers.len(), 2, "listeners on both workers");
+        redis.kill();
+        wait_until(Duration::from_secs(5), "the breaker opens", || {
+            metric(node.addr, r#"switchboard_broker_state{state="open"}"#) == Some(1.0)
+        });
+        let mut publisher = PubSub::connect(node, "/ws");
+        publisher.send(r#"{"op":"publish","channel":"solo","data":"while Redis is down"}"#);
+        for listener in &listeners {
+            let Some((_, frame)) = listener.next(ARRIVAL) else {
+                panic!("{} (worker {}) missed a publish of its own node", listener.conn_id, listener.hub.1)
+            };
+            assert_eq!(frame["data"], "while Redis is down");
+        }
+    });
+}

@@ -1,6 +1,6 @@
-//! The hub's side of the broker: the in-process bus (commands out through `poll_broker`) or
-//! the Redis link it owns, whose two sockets the shell opens and feeds. Cluster presence and
-//! counts come back through here.
+//! The hub's side of the broker: the in-process bus between the workers of a node (commands
+//! out through `poll_broker`) and, with `broker.kind = "redis"`, the Redis link to other nodes,
+//! whose two sockets the shell opens and feeds. Cluster presence and counts come back here.
 
 use super::*;
 
@@ -95,16 +95,16 @@ impl Hub {
         }
     }
 
-    /// Hands a publish to the other hubs: the Redis link, or the in-process bus.
+    /// Hands a publish to the node's other workers (the in-process bus) and, with Redis, to
+    /// the other nodes. The bus carries it even while Redis is down, so a node keeps
+    /// delivering to all of its own clients.
     pub(super) fn broker_publish(&mut self, now: Instant, envelope: Envelope) {
-        match &mut self.redis {
-            Some(link) => {
-                if !link.publish(now, &envelope) {
-                    self.metrics.broker_dropped = link.dropped();
-                }
-            }
-            None => self.broker_out.push_back(BrokerCommand::Publish(envelope)),
+        if let Some(link) = &mut self.redis
+            && !link.publish(now, &envelope)
+        {
+            self.metrics.broker_dropped = link.dropped();
         }
+        self.broker_out.push_back(BrokerCommand::Publish(envelope));
     }
 
     /// The hub has its first local subscriber on `channel` (`joined`) or lost its last.
