@@ -1582,7 +1582,8 @@ fn heard_message(client: &mut Client, publishes: &[Published], data: &[u8], stri
     match client.route {
         0 => {
             if let Some(position) = client.echoes.iter().position(|e| e == data) {
-                assert!(position == 0 || !client.trusted, "echoes came back out of order");
+                // Under the drop policy an echo past the queue bound is dropped; else none is.
+                assert!(position == 0 || !client.trusted || !strict, "an echo was lost or reordered");
                 client.echoes.drain(..=position);
             } else {
                 assert!(!client.trusted, "an echo of something never sent: {:?}", String::from_utf8_lossy(data));
