@@ -313,6 +313,7 @@ pub fn config(t0: Instant, data: &[u8]) {
         Err(e) => panic!("to_toml rendered a config that does not parse ({e}):\n{rendered}"),
     }
     let paths: Vec<String> = config.route.iter().map(|r| r.path.clone()).collect();
+    let ping_interval = config.heartbeat.ping_interval;
     let timeouts = [
         config.server.handshake_timeout,
         config.server.close_timeout,
@@ -338,9 +339,12 @@ pub fn config(t0: Instant, data: &[u8]) {
         let _ = rig.hub.broadcast(now, path, true, b"hi");
     }
     rig.pump();
-    // Each timeout is a place where `now + duration` is computed; cap so the test ends.
+    // Each timeout is a place where `now + duration` is computed. The steps are capped so a
+    // run ends: Config accepts a ping_interval of nanoseconds, and an hour of those is
+    // billions of wake-ups (each connection pinged every time).
+    let cap = ping_interval.saturating_mul(200).min(Duration::from_secs(3600));
     for timeout in timeouts {
-        rig.advance(timeout.min(Duration::from_secs(3600)));
+        rig.advance(timeout.min(cap));
     }
     for id in ids {
         rig.read_all(id);
