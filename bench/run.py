@@ -147,9 +147,7 @@ def main():
                 # CPU caches settle before the next server starts.
                 time.sleep(0.2 if args.smoke else 1)
     results["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-    with open(out, "w") as f:
-        json.dump(results, f, indent=1)
-        f.write("\n")
+    write_results(results, out)
     print(f"wrote {os.path.relpath(out, ROOT)}")
     if args.smoke:
         # The report code runs too, so it cannot rot; its output is thrown away.
@@ -384,6 +382,20 @@ def versions():
     }
 
 
+def write_results(results, path):
+    """Compact, but one scenario run per line, so two results files diff line by line."""
+    compact = {"separators": (",", ":")}
+    fields = []
+    for key, value in results.items():
+        if key == "results":
+            rows = ",\n".join("  " + json.dumps(e, **compact) for e in value)
+            fields.append(f' "results": [\n{rows}\n ]')
+        else:
+            fields.append(f" {json.dumps(key)}: {json.dumps(value, **compact)}")
+    with open(path, "w") as f:
+        f.write("{\n" + ",\n".join(fields) + "\n}\n")
+
+
 def load(path):
     with open(path) as f:
         return json.load(f)
@@ -462,7 +474,8 @@ def report(results, path, plots):
     w("")
     w(f"- Machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, Linux {m['kernel']}, `ulimit -Hn` {m['nofile']}.")
     w(f"- Load while measuring (1-minute load average at each scenario's start): median {med(loads):.2f}, "
-      f"max {max(loads):.2f}. Other builds shared the machine at times; see the note below.")
+      f"max {max(loads):.2f}. The figure counts the server and generator themselves (up to 2); anything "
+      "above that was other work on the machine; see the notes after the tables.")
     w(f"- Versions: {v.get('rustc')}; node {v.get('node')} with ws {v.get('ws')}; tokio {v.get('tokio')} with "
       f"tokio-tungstenite {v.get('tokio-tungstenite')}; load generator on smol {v.get('smol')} + "
       f"async-tungstenite {v.get('async-tungstenite')}.")
