@@ -476,6 +476,8 @@ impl Config {
         let h = &self.heartbeat;
         positive(h.ping_interval, "heartbeat.ping_interval")?;
         positive(h.pong_timeout, "heartbeat.pong_timeout")?;
+        // A ping every few microseconds is a busy loop and a ping flood, not a heartbeat.
+        check(h.ping_interval >= MIN_PING_INTERVAL, "heartbeat.ping_interval", || "must be at least 10ms".to_owned())?;
 
         let r = &self.rate_limit;
         rate(r.messages_per_second, "rate_limit.messages_per_second")?;
@@ -789,6 +791,9 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
+/// The shortest ping interval accepted.
+const MIN_PING_INTERVAL: Duration = Duration::from_millis(10);
+
 /// The longest duration a setting may hold.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -1056,6 +1061,7 @@ mod tests {
         let e =
             assert_err("[heartbeat]\nping_interval = \"18446744073709551615s\"\n", "heartbeat.ping_interval", 2, 17);
         assert!(e.message.contains("too long"), "{e}");
+        assert_err("[heartbeat]\nping_interval = \"000.0000003s\"\n", "heartbeat.ping_interval", 2, 17);
     }
 
     #[test]
