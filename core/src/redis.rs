@@ -1032,6 +1032,16 @@ impl Conn {
 }
 
 /// `redis://[host][:port][/db]` → (`host:port`, db).
+/// One step of SplitMix64: a tiny deterministic generator (jitter here, seeded simulations in
+/// the tests), so the core needs no randomness source.
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// Splits a `redis://host[:port][/db]` URL into `host:port` and the database number.
 pub fn parse_url(url: &str) -> Result<(String, u32), UrlError> {
     let error = |reason| UrlError { url: url.to_owned(), reason };
@@ -1270,11 +1280,7 @@ impl SplitMix {
     }
 
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        splitmix64(&mut self.0)
     }
 
     /// Uniform in `[0, 1)`.
