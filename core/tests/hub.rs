@@ -363,8 +363,12 @@ fn nothing_remains_after_close() {
     op(&mut sim, a, r#"{"op":"subscribe","channel":"two"}"#);
     sim.send(a, &close_frame(1000, ""));
     sim.take_output(a);
+    // b goes away with a broadcast still unread: its queue lets go of the stored frame.
+    sim.hub.broadcast(sim.now, "/chat", true, b"unread").expect("/chat is a broadcast route");
+    assert_eq!(sim.hub.stored_frames(), 1);
     sim.hub.handle_eof(sim.now, b);
     sim.pump();
+    assert_eq!(sim.hub.stored_frames(), 0);
     let m = sim.hub.metrics();
     assert_eq!((m.connections_open, m.subscriptions, m.channels, m.queued_bytes), (0, 0, 0, 0));
     assert!(m.connections_by_route.values().all(|&n| n == 0));

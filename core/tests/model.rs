@@ -213,6 +213,14 @@ impl World {
             queued_total += queued as u64;
         }
         prop_assert_eq!(metrics.queued_bytes, queued_total);
+        // Every stored frame has at least one unsent byte in some queue: none outlives its readers.
+        let stored = self.sim.hub.stored_frames() as u64;
+        prop_assert!(
+            stored <= metrics.queued_bytes,
+            "{} frames stored for {} queued bytes",
+            stored,
+            metrics.queued_bytes
+        );
         // Any message missed by a reader was counted as a drop; mark those channels.
         if metrics.messages_dropped > 0 {
             for client in &mut self.clients {

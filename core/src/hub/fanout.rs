@@ -41,37 +41,38 @@ impl Hub {
             (text, payload)
         };
         let plain = frame::encode(frame::data_opcode(text), false, body);
-        let mut compressed: [Option<Bytes>; 8] = Default::default();
+        // Stored on first use, so a frame that no subscriber takes is never stored.
+        let mut plain_frame = None;
+        let mut compressed: [Option<FrameId>; 8] = Default::default();
         let compressible = body.len() as u64 >= self.config.compression.min_bytes.0;
         let limit = self.config.limits.send_queue_bytes.as_usize();
         let mut slow = Vec::new();
         let policies: Vec<SlowConsumerPolicy> =
             (0..self.config.route.len()).map(|r| self.slow_consumer_policy(r)).collect();
-        let Self { channels, slots, metrics, events, deflaters, config, .. } = self;
+        let Self { channels, slots, metrics, events, deflaters, config, frames, .. } = self;
         let Some(chan) = channels.get(channel) else { return };
         for &id in &chan.subscribers {
             let Some(conn) = slots.get_mut(id.index as usize).and_then(|s| s.conn.as_mut()) else { continue };
             if conn.phase != Phase::Open {
                 continue;
             }
-            let bytes = match conn.deflate {
+            let frame = match conn.deflate {
                 Some(params) if compressible => {
                     let bits = params.server_max_window_bits.clamp(8, 15);
                     let slot = usize::from(bits - 8);
-                    compressed[slot]
-                        .get_or_insert_with(|| {
-                            let level = config.compression.level;
-                            let deflater = deflaters[slot].get_or_insert_with(|| Deflater::new(bits, level));
-                            let mut out = Vec::with_capacity(body.len() / 2 + 16);
-                            deflater.compress_message(body, &mut out);
-                            frame::encode(frame::data_opcode(text), true, &out)
-                        })
-                        .clone()
+                    *compressed[slot].get_or_insert_with(|| {
+                        let level = config.compression.level;
+                        let deflater = deflaters[slot].get_or_insert_with(|| Deflater::new(bits, level));
+                        let mut out = Vec::with_capacity(body.len() / 2 + 16);
+                        deflater.compress_message(body, &mut out);
+                        frames.insert(frame::encode(frame::data_opcode(text), true, &out))
+                    })
                 }
-                _ => plain.clone(),
+                _ => *plain_frame.get_or_insert_with(|| frames.insert(plain.clone())),
             };
+            let len = frames.get(frame).len();
             let queued = conn.out.unsent();
-            if queued > 0 && queued + bytes.len() > limit {
+            if queued > 0 && queued + len > limit {
                 match policies.get(conn.route).copied().unwrap_or(config.limits.slow_consumer) {
                     SlowConsumerPolicy::Drop => metrics.messages_dropped += 1,
                     SlowConsumerPolicy::Close => slow.push(id),
@@ -81,10 +82,13 @@ impl Hub {
             if queued == 0 {
                 events.push_back(Event::Transmit(id));
             }
-            metrics.bytes_out += bytes.len() as u64;
-            metrics.queued_bytes += bytes.len() as u64;
+            metrics.bytes_out += len as u64;
+            metrics.queued_bytes += len as u64;
             metrics.messages_out += 1;
-            conn.out.push(bytes);
+            conn.out.push(frames, frame);
+        }
+        for frame in compressed.into_iter().chain([plain_frame]).flatten() {
+            frames.forget_unread(frame);
         }
         for id in slow {
             self.metrics.slow_consumer_closes += 1;

@@ -30,7 +30,7 @@ use crate::handshake::{self, HeadError, HttpResponse, RequestHead};
 use crate::limits::{IpTable, TokenBucket};
 use crate::metrics::Metrics;
 use crate::pubsub::{self, ClientOp, ErrorCode, OpError, RequestId};
-use crate::queue::OutQueue;
+use crate::queue::{FrameId, FrameStore, OutQueue};
 use crate::redis::{LinkConn, RedisLink};
 
 /// How often the per-IP table forgets addresses that went quiet.
@@ -163,6 +163,8 @@ pub struct Hub {
     /// Commands for the broker, apart from `events` so socket events stay small and cheap.
     broker_out: VecDeque<BrokerCommand>,
     timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// Every queued frame, held once for all the queues that name it.
+    frames: FrameStore,
     /// One compressor per window size, shared by every connection: contexts are never kept.
     deflaters: [Option<Deflater>; 8],
     decoded: Vec<Decoded>,
@@ -194,6 +196,7 @@ impl Hub {
             events: VecDeque::new(),
             broker_out: VecDeque::new(),
             timers: BinaryHeap::new(),
+            frames: FrameStore::default(),
             deflaters: Default::default(),
             decoded: Vec::new(),
             metrics: Metrics::default(),
@@ -347,13 +350,16 @@ impl Hub {
 
     /// Fills `out` with slices of the connection's unsent bytes; returns how many were filled.
     pub fn transmit<'a>(&'a self, id: ConnId, out: &mut [IoSlice<'a>]) -> usize {
-        self.conn(id).map_or(0, |conn| conn.out.fill(out))
+        self.conn(id).map_or(0, |conn| conn.out.fill(&self.frames, out))
     }
 
     /// `n` bytes of what `transmit` offered were written to the socket.
     pub fn consume(&mut self, id: ConnId, n: usize) {
-        let Some(conn) = self.conn_mut(id) else { return };
-        let written = conn.out.consume(n);
+        let Some(slot) = self.slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation) else {
+            return;
+        };
+        let Some(conn) = slot.conn.as_mut() else { return };
+        let written = conn.out.consume(&mut self.frames, n);
         let close = conn.out.is_empty() && conn.close_when_flushed;
         self.metrics.queued_bytes -= written as u64;
         if close {
@@ -438,6 +444,11 @@ impl Hub {
     /// Number of connections held (any phase).
     pub fn connection_count(&self) -> usize {
         self.metrics.connections_open as usize
+    }
+
+    /// Frames held for unsent output (each once, however many queues name it).
+    pub fn stored_frames(&self) -> usize {
+        self.frames.live()
     }
 
     /// Publishes JSON `data` on pub/sub `channel`, to local subscribers and through the broker.
@@ -565,10 +576,14 @@ impl Hub {
     }
 
     fn enqueue(&mut self, id: ConnId, bytes: Bytes) {
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(slot) = self.slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation) else {
+            return;
+        };
+        let Some(conn) = slot.conn.as_mut() else { return };
         let was_idle = conn.out.is_empty();
         let len = bytes.len();
-        conn.out.push(bytes);
+        let frame = self.frames.insert(bytes);
+        conn.out.push(&mut self.frames, frame);
         self.metrics.bytes_out += len as u64;
         self.metrics.queued_bytes += len as u64;
         if was_idle {
@@ -585,11 +600,11 @@ impl Hub {
             self.unsubscribe_at(id, index);
         }
         let Some(slot) = self.slots.get_mut(id.index as usize) else { return };
-        let Some(conn) = slot.conn.take() else { return };
+        let Some(mut conn) = slot.conn.take() else { return };
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(id.index);
         self.metrics.connections_open -= 1;
-        self.metrics.queued_bytes -= conn.out.unsent() as u64;
+        self.metrics.queued_bytes -= conn.out.clear(&mut self.frames) as u64;
         if conn.counted {
             self.ips.release(conn.peer.ip());
             if let Some(route) = self.config.route.get(conn.route)
