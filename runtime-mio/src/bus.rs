@@ -9,7 +9,7 @@ use std::sync::mpsc::Sender;
 use std::time::Instant;
 
 use mio::Waker;
-use switchboard_core::{BrokerCommand, Envelope, Hub, Metrics};
+use switchboard_core::{Envelope, Hub, Metrics};
 use switchboard_shell::METRICS_INTERVAL;
 
 /// Messages to a worker from outside its thread; each send is followed by a wake.
@@ -49,8 +49,6 @@ pub(crate) struct Bus {
     index: u32,
     /// Every other worker of the process.
     others: Vec<Peer>,
-    /// Publishes of the current turn, sent together so a busy turn costs one wake per peer.
-    outbox: Vec<Envelope>,
     metrics_at: Instant,
 }
 
@@ -58,25 +56,12 @@ impl Bus {
     /// `peers` holds every worker's `Peer`, this one's at `index` included.
     pub(crate) fn new(index: u32, peers: &[Peer]) -> Self {
         let others = peers.iter().enumerate().filter(|&(i, _)| i != index as usize).map(|(_, p)| p.clone()).collect();
-        Self { index, others, outbox: Vec::new(), metrics_at: Instant::now() }
+        Self { index, others, metrics_at: Instant::now() }
     }
 
-    /// Hands what the hub published this turn to every other worker. Subscriptions need no
-    /// bookkeeping: a hub with no subscriber on a channel drops the envelope at once.
+    /// Hands what the hub published this turn to every other worker, one message per peer.
     pub(crate) fn send_broker(&mut self, hub: &mut Hub) {
-        while let Some(command) = hub.poll_broker() {
-            if let BrokerCommand::Publish(envelope) = command {
-                self.outbox.push(envelope);
-            }
-        }
-        if self.outbox.is_empty() {
-            return;
-        }
-        if self.others.is_empty() {
-            self.outbox.clear();
-            return;
-        }
-        let batch: Arc<[Envelope]> = self.outbox.drain(..).collect();
+        let Some(batch) = switchboard_shell::take_publishes(hub) else { return };
         for peer in &self.others {
             peer.send(Control::Envelopes(Arc::clone(&batch)));
         }

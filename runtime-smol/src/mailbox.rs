@@ -12,8 +12,8 @@ use switchboard_core::{ConnId, Envelope, LinkConn, Metrics};
 pub(crate) enum Message {
     /// Drain: close every connection with 1001 and stop once none is left or at `deadline`.
     Shutdown { deadline: Instant },
-    /// A publish from another worker's hub.
-    Envelope(Envelope),
+    /// What another worker's hub published during one of its turns, in order.
+    Envelopes(Arc<[Envelope]>),
     /// Another worker's latest figures.
     Metrics { worker: u32, metrics: Box<Metrics> },
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use async_io::{Async, Timer};
 use futures_lite::future;
 use log::{debug, warn};
-use switchboard_core::{BrokerCommand, ConnId, Event, Hub};
+use switchboard_core::{ConnId, Event, Hub};
 use switchboard_shell::{Accepting, MAX_SLICES, METRICS_INTERVAL, READ_BUFFER};
 
 use crate::mailbox::{Inbox, Mailbox, Message, Ready};
@@ -161,7 +161,11 @@ impl Worker {
                 self.drain_deadline.get_or_insert(deadline);
                 self.hub.shutdown(now, deadline);
             }
-            Message::Envelope(envelope) => self.hub.handle_broker(now, envelope),
+            Message::Envelopes(batch) => {
+                for envelope in batch.iter() {
+                    self.hub.handle_broker(now, envelope.clone());
+                }
+            }
             Message::Metrics { worker, metrics } => self.hub.handle_peer_metrics(worker, *metrics),
         }
     }
@@ -300,15 +304,11 @@ impl Worker {
     }
 
     /// The in-process bus: every publish goes to every other worker, whose hub delivers it to
-    /// its own subscribers. Subscriptions need no bookkeeping here, since a hub without
-    /// subscribers on a channel ignores it.
+    /// its own subscribers; a turn's publishes travel together (one wake per peer per turn).
     fn send_broker(&mut self) {
-        while let Some(command) = self.hub.poll_broker() {
-            if let BrokerCommand::Publish(envelope) = command {
-                for peer in self.other_peers() {
-                    peer.post(Message::Envelope(envelope.clone()));
-                }
-            }
+        let Some(batch) = switchboard_shell::take_publishes(&mut self.hub) else { return };
+        for peer in self.other_peers() {
+            peer.post(Message::Envelopes(Arc::clone(&batch)));
         }
     }
 

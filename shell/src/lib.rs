@@ -10,12 +10,13 @@ mod redis;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, error, info};
 use switchboard_core::cli::{self, Command};
-use switchboard_core::{Config, Hub};
+use switchboard_core::{BrokerCommand, Config, Envelope, Hub};
 
 pub use accept::Accepting;
 pub use redis::{Flush, RedisSockets, pump_redis, read_redis, resolve, write_redis};
@@ -148,6 +149,20 @@ pub fn run_timers(hub: &mut Hub, now: Instant) {
     }
 }
 
+/// What the hub published in this turn, for every other worker of the process in one message.
+/// One message per publish would wake a peer at the first of them, and it would then write
+/// each frame to its subscribers on its own instead of a turn's frames together.
+/// Subscriptions need no bookkeeping: a hub with no subscriber on a channel drops an envelope.
+pub fn take_publishes(hub: &mut Hub) -> Option<Arc<[Envelope]>> {
+    let batch: Arc<[Envelope]> = std::iter::from_fn(|| hub.poll_broker())
+        .filter_map(|command| match command {
+            BrokerCommand::Publish(envelope) => Some(envelope),
+            _ => None,
+        })
+        .collect();
+    (!batch.is_empty()).then_some(batch)
+}
+
 /// True once a drain has finished: nothing left, or its deadline passed.
 pub fn drained(hub: &Hub, deadline: Option<Instant>, now: Instant) -> bool {
     let done = deadline.is_some_and(|deadline| hub.connection_count() == 0 || now >= deadline);
@@ -166,5 +181,24 @@ pub fn linger(mut stream: impl Read, buf: &mut [u8]) {
             Ok(n) if n > 0 => {}
             _ => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_turns_publishes_travel_as_one_batch_in_order() {
+        let mut hub = Hub::new(Config::default(), "test");
+        let now = Instant::now();
+        assert!(take_publishes(&mut hub).is_none(), "nothing published, nothing sent");
+        for data in ["1", "2", "3"] {
+            hub.publish(now, "news", data).expect("valid channel and JSON");
+        }
+        let batch = take_publishes(&mut hub).expect("three publishes");
+        let payloads: Vec<&[u8]> = batch.iter().map(|e| &e.payload[..]).collect();
+        assert_eq!(payloads, [b"1", b"2", b"3"]);
+        assert!(take_publishes(&mut hub).is_none(), "the batch took them all");
     }
 }
