@@ -6,34 +6,30 @@
 //!
 //! # Run loop
 //!
-//! After every input, drain [`Hub::poll_event`], write what [`Hub::transmit`] offers for each
-//! connection named, and sleep until [`Hub::poll_timeout`]:
+//! A shell owns the sockets and the clock. After every input, it drains [`Hub::poll_event`],
+//! writes what [`Hub::transmit`] offers for each connection named, and sleeps until
+//! [`Hub::poll_timeout`]. One turn, for any socket type:
 //!
-//! ```no_run
+//! ```
 //! use std::collections::HashMap;
-//! use std::io::{IoSlice, Read, Write};
-//! use std::net::{TcpListener, TcpStream};
-//! use std::time::{Duration, Instant};
-//! use switchboard_core::{Config, ConnId, Event, Hub};
+//! use std::io::{ErrorKind, IoSlice, Read, Write};
+//! use std::time::Instant;
+//! use switchboard_core::{ConnId, Event, Hub};
 //!
-//! let listener = TcpListener::bind("127.0.0.1:8080")?;
-//! listener.set_nonblocking(true)?;
-//! let mut hub = Hub::new(Config::default(), "node-1");
-//! let mut sockets: HashMap<ConnId, TcpStream> = HashMap::new();
-//! let mut buf = vec![0u8; 64 * 1024];
-//! loop {
-//!     let now = Instant::now();
-//!     while let Ok((stream, peer)) = listener.accept() {
-//!         stream.set_nonblocking(true)?;
-//!         sockets.insert(hub.handle_accept(now, peer), stream);
-//!     }
-//!     let ids: Vec<ConnId> = sockets.keys().copied().collect();
-//!     for id in ids {
-//!         let Some(stream) = sockets.get_mut(&id) else { continue };
-//!         match stream.read(&mut buf) {
+//! /// `readable` names the sockets with input; `now` is the time the shell read its clock.
+//! fn turn<S: Read + Write>(
+//!     hub: &mut Hub,
+//!     now: Instant,
+//!     sockets: &mut HashMap<ConnId, S>,
+//!     readable: &[ConnId],
+//!     buf: &mut [u8],
+//! ) {
+//!     for &id in readable {
+//!         let Some(socket) = sockets.get_mut(&id) else { continue };
+//!         match socket.read(buf) {
 //!             Ok(0) => hub.handle_eof(now, id),
 //!             Ok(n) => hub.handle_bytes(now, id, &buf[..n]),
-//!             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+//!             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
 //!             Err(_) => hub.handle_eof(now, id),
 //!         }
 //!     }
@@ -41,25 +37,26 @@
 //!         hub.handle_timeout(now);
 //!     }
 //!     while let Some(event) = hub.poll_event() {
-//!         if let Event::Close(id) = event {
-//!             sockets.remove(&id);
-//!         }
-//!     }
-//!     for (id, stream) in &mut sockets {
-//!         let mut slices = [IoSlice::new(&[]); 64];
-//!         let n = hub.transmit(*id, &mut slices);
-//!         if n > 0 {
-//!             if let Ok(written) = stream.write_vectored(&slices[..n]) {
-//!                 hub.consume(*id, written);
+//!         match event {
+//!             Event::Transmit(id) => {
+//!                 let Some(socket) = sockets.get_mut(&id) else { continue };
+//!                 let mut slices = [IoSlice::new(&[]); 64];
+//!                 let n = hub.transmit(id, &mut slices);
+//!                 if let Ok(written) = socket.write_vectored(&slices[..n]) {
+//!                     hub.consume(id, written);
+//!                 }
+//!                 // What did not fit waits for writability; `wants_write` says whether any did.
+//!             }
+//!             Event::Close(id) => {
+//!                 sockets.remove(&id);
 //!             }
 //!         }
 //!     }
-//!     std::thread::sleep(Duration::from_millis(1));
 //! }
-//! # Ok::<(), std::io::Error>(())
 //! ```
 //!
-//! `core/examples/embed.rs` is the same loop, complete and runnable.
+//! `shell/examples/embed.rs` serves the default routes with such a loop over `std::net`
+//! (accepting with [`Hub::handle_accept`]), complete and runnable.
 //!
 //! Two more duties fall to a shell that runs several workers or nodes: forward what
 //! [`Hub::poll_broker`] yields to the other workers' hubs ([`Hub::handle_broker`]), and, with

@@ -103,12 +103,7 @@ impl IpTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Simulated time needs one real instant as its origin; nothing here waits on the clock.
-    #[allow(clippy::disallowed_methods)]
-    fn origin() -> Instant {
-        Instant::now()
-    }
+    use switchboard_testkit::origin;
 
     #[test]
     fn bucket_refills_at_rate_up_to_capacity() {

@@ -1295,11 +1295,7 @@ mod tests {
     use crate::config::{BreakerConfig, BrokerKind};
     use bytes::Bytes;
     use proptest::prelude::*;
-
-    #[allow(clippy::disallowed_methods)]
-    fn origin_instant() -> Instant {
-        Instant::now()
-    }
+    use switchboard_testkit::origin as origin_instant;
 
     fn config() -> BrokerConfig {
         BrokerConfig {

@@ -8,10 +8,11 @@
 //! bug is pending, the driver in `core/src/fuzzing.rs` may steer around it (say where) so the
 //! fuzzers find others.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use switchboard_core::fuzzing;
+use switchboard_testkit::{files, folders, fuzz_dir, origin, read};
 
 type Entry = fn(Instant, &[u8]);
 
@@ -28,29 +29,6 @@ const TARGETS: [(&str, Entry); 7] = [
 
 /// Folders of inputs that must keep passing.
 const KINDS: [&str; 2] = ["corpus", "regressions"];
-
-fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
-}
-
-// Replaying corpus files is what this test is for; the core itself never touches files.
-#[allow(clippy::disallowed_methods)]
-fn read(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
-
-// Same: only an origin for simulated time, which nothing here waits on.
-#[allow(clippy::disallowed_methods)]
-fn origin() -> Instant {
-    Instant::now()
-}
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
-    files.sort();
-    files
-}
 
 fn entry(target: &str) -> Entry {
     match TARGETS.iter().find(|(name, _)| *name == target) {
@@ -92,10 +70,9 @@ fn replay(target: &str) -> usize {
 #[test]
 #[ignore = "core bugs not fixed yet; run to see they still reproduce"]
 fn pending_crashes_still_reproduce() {
-    let Ok(targets) = std::fs::read_dir(fuzz_dir().join("pending")) else { return };
-    for target in targets.flatten() {
-        let name = target.file_name().to_string_lossy().into_owned();
-        for path in files(&target.path()) {
+    let pending = fuzz_dir().join("pending");
+    for name in folders(&pending) {
+        for path in files(&pending.join(&name)) {
             match run(entry(&name), &path) {
                 Ok(()) => panic!("{} passes now: move it to fuzz/regressions/{name}/", path.display()),
                 Err(message) => eprintln!("{}: still fails: {message}", path.display()),
@@ -142,9 +119,7 @@ fn resp_corpus() {
 #[test]
 fn every_corpus_folder_is_a_known_target() {
     for kind in ["corpus", "regressions", "pending"] {
-        let Ok(entries) = std::fs::read_dir(fuzz_dir().join(kind)) else { continue };
-        for entry in entries.flatten().filter(|e| e.path().is_dir()) {
-            let name = entry.file_name().to_string_lossy().into_owned();
+        for name in folders(&fuzz_dir().join(kind)) {
             assert!(TARGETS.iter().any(|(t, _)| *t == name), "fuzz/{kind}/{name} has no replay here");
         }
     }

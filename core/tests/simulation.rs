@@ -19,6 +19,7 @@ use switchboard_core::fuzzing::{
     MASK, ServerItem, ServerStream, assert_hub_empty, client_frame, peer_addr, take_output, upgrade_request,
 };
 use switchboard_core::{BrokerCommand, Config, ConnId, Envelope, Event, Hub};
+use switchboard_testkit::origin;
 
 const HUBS: usize = 3;
 /// Client slots; each slot connects, lives, leaves and comes back as a new client.
@@ -139,12 +140,6 @@ struct Cluster {
     heard: u64,
     /// Sockets the clients closed themselves, whose Close event is still to come.
     hung_up: BTreeSet<(usize, ConnId)>,
-}
-
-// Simulated time needs one real instant as its origin; nothing here waits on the clock.
-#[allow(clippy::disallowed_methods)]
-fn origin() -> Instant {
-    Instant::now()
 }
 
 fn config() -> Config {

@@ -21,10 +21,8 @@ pub struct Sim {
 }
 
 impl Sim {
-    // Simulated time needs one real instant as its origin; nothing here waits on the clock.
-    #[allow(clippy::disallowed_methods)]
     pub fn new(config: Config) -> Self {
-        let t0 = Instant::now();
+        let t0 = switchboard_testkit::origin();
         Self { hub: Hub::new(config, "test-node"), t0, now: t0, closed: Vec::new() }
     }
 

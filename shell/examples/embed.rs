@@ -1,12 +1,9 @@
 //! Serves the echo route (and the rest of the embedded defaults) from a plain `std::net`
 //! non-blocking loop: no runtime crate, just the core. Run it with
-//! `cargo run -p switchboard-core --example embed -- 127.0.0.1:9001`.
+//! `cargo run -p switchboard-shell --example embed -- 127.0.0.1:9001`.
 //!
 //! It polls every socket each turn, which is fine for a demonstration; a real shell waits on
 //! readiness (see runtime-mio).
-
-// This file is a shell, not the core: clocks and sockets are its job.
-#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, IoSlice, Read, Write};
