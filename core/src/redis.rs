@@ -53,9 +53,10 @@
 //! | 2 + n | channel (length, UTF-8 bytes) |
 //! | rest | payload, binary-safe |
 //!
-//! A receiver drops envelopes from its own node (its workers share an in-process bus), for channels it does not hold, whose Redis channel
-//! does not match their channel, and any whose sequence number is not above the last one seen from that
-//! origin in the same epoch (a new epoch restarts the count).
+//! A receiver drops envelopes from its own node (its workers share an in-process bus), for
+//! channels it does not hold, whose Redis channel does not match their channel, and any whose
+//! sequence number is not above the last one seen from that origin in the same epoch (a new
+//! epoch restarts the count).
 //!
 //! # Circuit breaker
 //!
@@ -1031,7 +1032,6 @@ impl Conn {
     }
 }
 
-/// `redis://[host][:port][/db]` → (`host:port`, db).
 /// One step of SplitMix64: a tiny deterministic generator (jitter here, seeded simulations in
 /// the tests), so the core needs no randomness source.
 pub fn splitmix64(state: &mut u64) -> u64 {

@@ -47,8 +47,6 @@ impl Hub {
         let compressible = body.len() as u64 >= self.config.compression.min_bytes.0;
         let limit = self.config.limits.send_queue_bytes.as_usize();
         let mut slow = Vec::new();
-        let policies: Vec<SlowConsumerPolicy> =
-            (0..self.config.route.len()).map(|r| self.slow_consumer_policy(r)).collect();
         let Self { channels, slots, metrics, events, deflaters, config, frames, .. } = self;
         let Some(chan) = channels.get(channel) else { return };
         for &id in &chan.subscribers {
@@ -71,15 +69,14 @@ impl Hub {
                 _ => *plain_frame.get_or_insert_with(|| frames.insert(plain.clone())),
             };
             let len = frames.get(frame).len();
-            let queued = conn.out.unsent();
-            if queued > 0 && queued + len > limit {
-                match policies.get(conn.route).copied().unwrap_or(config.limits.slow_consumer) {
+            if conn.out.would_overflow(len, limit) {
+                match slow_consumer_policy(config, conn.route) {
                     SlowConsumerPolicy::Drop => metrics.messages_dropped += 1,
                     SlowConsumerPolicy::Close => slow.push(id),
                 }
                 continue;
             }
-            if queued == 0 {
+            if conn.out.is_empty() {
                 events.push_back(Event::Transmit(id));
             }
             metrics.bytes_out += len as u64;

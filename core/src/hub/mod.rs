@@ -355,10 +355,7 @@ impl Hub {
 
     /// `n` bytes of what `transmit` offered were written to the socket.
     pub fn consume(&mut self, id: ConnId, n: usize) {
-        let Some(slot) = self.slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation) else {
-            return;
-        };
-        let Some(conn) = slot.conn.as_mut() else { return };
+        let Some(conn) = live_conn(&mut self.slots, id) else { return };
         let written = conn.out.consume(&mut self.frames, n);
         let close = conn.out.is_empty() && conn.close_when_flushed;
         self.metrics.queued_bytes -= written as u64;
@@ -551,9 +548,8 @@ impl Hub {
     fn enqueue_bounded(&mut self, id: ConnId, bytes: Bytes) -> bool {
         let limit = self.config.limits.send_queue_bytes.as_usize();
         let Some(conn) = self.conn(id) else { return false };
-        let queued = conn.out.unsent();
-        if queued > 0 && queued + bytes.len() > limit {
-            match self.slow_consumer_policy(conn.route) {
+        if conn.out.would_overflow(bytes.len(), limit) {
+            match slow_consumer_policy(&self.config, conn.route) {
                 SlowConsumerPolicy::Drop => self.metrics.messages_dropped += 1,
                 SlowConsumerPolicy::Close => {
                     self.metrics.slow_consumer_closes += 1;
@@ -569,17 +565,8 @@ impl Hub {
         true
     }
 
-    /// The slow-consumer policy of the route at index `route`.
-    fn slow_consumer_policy(&self, route: usize) -> SlowConsumerPolicy {
-        let config = &self.config;
-        config.route.get(route).map_or(config.limits.slow_consumer, |r| config.slow_consumer_for(r))
-    }
-
     fn enqueue(&mut self, id: ConnId, bytes: Bytes) {
-        let Some(slot) = self.slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation) else {
-            return;
-        };
-        let Some(conn) = slot.conn.as_mut() else { return };
+        let Some(conn) = live_conn(&mut self.slots, id) else { return };
         let was_idle = conn.out.is_empty();
         let len = bytes.len();
         let frame = self.frames.insert(bytes);
@@ -628,12 +615,23 @@ impl Hub {
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
-        let slot = self.slots.get_mut(id.index as usize)?;
-        if slot.generation != id.generation {
-            return None;
-        }
-        slot.conn.as_mut()
+        live_conn(&mut self.slots, id)
     }
+}
+
+/// The connection `id` names, if it is still the one in its slot. A free function so that a
+/// caller can hold it while it uses the hub's other fields (the frame store, the metrics).
+fn live_conn(slots: &mut [Slot], id: ConnId) -> Option<&mut Connection> {
+    let slot = slots.get_mut(id.index as usize)?;
+    if slot.generation != id.generation {
+        return None;
+    }
+    slot.conn.as_mut()
+}
+
+/// The slow-consumer policy of the route at index `route` (its override, else the global one).
+fn slow_consumer_policy(config: &Config, route: usize) -> SlowConsumerPolicy {
+    config.route.get(route).map_or(config.limits.slow_consumer, |r| config.slow_consumer_for(r))
 }
 
 #[cfg(test)]
