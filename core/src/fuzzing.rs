@@ -340,8 +340,8 @@ pub fn config(t0: Instant, data: &[u8]) {
     }
     rig.pump();
     // Each timeout is a place where `now + duration` is computed. The steps are capped so a
-    // run ends: Config accepts a ping_interval of nanoseconds, and an hour of those is
-    // billions of wake-ups (each connection pinged every time).
+    // run ends: an hour of 10ms pings (the shortest Config accepts) is 360,000 wake-ups per
+    // connection, so at most 200 ping intervals are simulated per step.
     let cap = ping_interval.saturating_mul(200).min(Duration::from_secs(3600));
     for timeout in timeouts {
         rig.advance(timeout.min(cap));
@@ -1352,8 +1352,8 @@ impl Driver {
         // An envelope of our own must be ignored: it was delivered when published.
         let mut own = envelope.clone();
         own.origin.worker = 1;
-        self.hub.handle_broker(self.now, own);
-        self.hub.handle_broker(self.now, envelope);
+        self.hub.handle_broker(self.now, &own);
+        self.hub.handle_broker(self.now, &envelope);
         self.pump();
     }
 

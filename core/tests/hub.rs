@@ -388,10 +388,10 @@ fn in_process_bus_gets_publishes_and_interest() {
     assert!(matches!(&commands[1], BrokerCommand::Publish(e) if e.channel == "news" && &e.payload[..] == b"1"));
     // An envelope from another worker reaches the local subscriber; our own is ignored.
     let BrokerCommand::Publish(mut envelope) = commands[1].clone() else { unreachable!() };
-    sim.hub.handle_broker(sim.now, envelope.clone());
+    sim.hub.handle_broker(sim.now, &envelope);
     assert!(json_frames(&sim.take_output(id)).is_empty(), "our own envelope is not delivered again");
     envelope.origin.worker = 7;
-    sim.hub.handle_broker(sim.now, envelope);
+    sim.hub.handle_broker(sim.now, &envelope);
     assert_eq!(json_frames(&sim.take_output(id))[0]["seq"], 2);
 }
 

@@ -244,7 +244,7 @@ impl Cluster {
             if let Some(publish) = number.and_then(|n| self.publishes.get_mut(n as usize)) {
                 publish.audience.extend(audience);
             }
-            self.hubs[h].handle_broker(self.now, envelope.clone());
+            self.hubs[h].handle_broker(self.now, &envelope);
         }
     }
 

@@ -61,7 +61,7 @@ impl Bus {
 
     /// Hands what the hub published this turn to every other worker, one message per peer.
     pub(crate) fn send_broker(&mut self, hub: &mut Hub) {
-        let Some(batch) = switchboard_shell::take_publishes(hub) else { return };
+        let Some(batch) = switchboard_shell::take_publishes(hub, !self.others.is_empty()) else { return };
         for peer in &self.others {
             peer.send(Control::Envelopes(Arc::clone(&batch)));
         }

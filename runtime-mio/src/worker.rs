@@ -174,7 +174,7 @@ impl Worker {
                 }
                 Ok(Control::Envelopes(batch)) => {
                     for envelope in batch.iter() {
-                        self.hub.handle_broker(now, envelope.clone());
+                        self.hub.handle_broker(now, envelope);
                     }
                 }
                 Ok(Control::Metrics { worker, metrics }) => self.hub.handle_peer_metrics(worker, *metrics),

@@ -163,7 +163,7 @@ impl Worker {
             }
             Message::Envelopes(batch) => {
                 for envelope in batch.iter() {
-                    self.hub.handle_broker(now, envelope.clone());
+                    self.hub.handle_broker(now, envelope);
                 }
             }
             Message::Metrics { worker, metrics } => self.hub.handle_peer_metrics(worker, *metrics),
@@ -306,7 +306,7 @@ impl Worker {
     /// The in-process bus: every publish goes to every other worker, whose hub delivers it to
     /// its own subscribers; a turn's publishes travel together (one wake per peer per turn).
     fn send_broker(&mut self) {
-        let Some(batch) = switchboard_shell::take_publishes(&mut self.hub) else { return };
+        let Some(batch) = switchboard_shell::take_publishes(&mut self.hub, self.peers.len() > 1) else { return };
         for peer in self.other_peers() {
             peer.post(Message::Envelopes(Arc::clone(&batch)));
         }

@@ -334,13 +334,14 @@ impl Hub {
         }
     }
 
-    /// A message from another worker or node.
-    pub fn handle_broker(&mut self, now: Instant, envelope: Envelope) {
+    /// A message from another worker or node (borrowed: a shell hands one batch to every
+    /// worker).
+    pub fn handle_broker(&mut self, now: Instant, envelope: &Envelope) {
         if envelope.origin == self.origin {
             return;
         }
         self.touch(now);
-        self.deliver_remote(now, &envelope);
+        self.deliver_remote(now, envelope);
     }
 
     /// The state of the link to other nodes, for `/healthz` and `/metrics`.
