@@ -1,6 +1,6 @@
 //! One worker: a mio `Poll`, a listener and a `Hub`. It moves bytes and time; the hub decides.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -8,7 +8,7 @@ use log::{debug, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use switchboard_core::{ConnId, Event, Hub};
-use switchboard_shell::{Accepting, MAX_SLICES, READ_BUFFER};
+use switchboard_shell::{Accepting, ClientWrite, READ_BUFFER};
 
 use crate::bus::{Bus, Control};
 use crate::redis::Redis;
@@ -241,20 +241,10 @@ impl Worker {
                 continue;
             };
             conn.scheduled = false;
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let filled = self.hub.transmit(id, &mut slices);
-            let result = if filled == 0 { Ok(0) } else { conn.stream.write_vectored(&slices[..filled]) };
-            let blocked = match result {
-                Ok(n) => {
-                    self.hub.consume(id, n);
-                    false
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
-                Err(_) => {
-                    self.hub.handle_eof(now, id);
-                    continue;
-                }
+            let blocked = match switchboard_shell::write_client(&mut self.hub, now, id, &mut conn.stream) {
+                ClientWrite::Wrote => false,
+                ClientWrite::Blocked => true,
+                ClientWrite::Failed => continue,
             };
             let backlog = self.hub.wants_write(id);
             self.set_writable(now, id, backlog);

@@ -4,7 +4,7 @@
 //! buffer.
 
 use std::future::Future;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read};
 use std::net::{TcpListener, TcpStream};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use async_io::{Async, Timer};
 use futures_lite::future;
 use log::{debug, warn};
 use switchboard_core::{ConnId, Event, Hub};
-use switchboard_shell::{Accepting, MAX_SLICES, METRICS_INTERVAL, READ_BUFFER};
+use switchboard_shell::{Accepting, ClientWrite, METRICS_INTERVAL, READ_BUFFER};
 
 use crate::mailbox::{Inbox, Mailbox, Message, Ready};
 use crate::redis::Redis;
@@ -269,22 +269,10 @@ impl Worker {
         for id in std::mem::take(&mut self.flush) {
             let Some(conn) = conn_mut(&mut self.conns, id) else { continue };
             conn.scheduled = false;
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let filled = self.hub.transmit(id, &mut slices);
-            let result = if filled == 0 { Ok(0) } else { conn.stream.get_ref().write_vectored(&slices[..filled]) };
-            let ready_again = match result {
-                Ok(n) => {
-                    self.hub.consume(id, n);
-                    true
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    conn.stream.poll_writable(&mut Context::from_waker(&conn.waker)).is_ready()
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
-                Err(_) => {
-                    self.hub.handle_eof(now, id);
-                    continue;
-                }
+            let ready_again = match switchboard_shell::write_client(&mut self.hub, now, id, conn.stream.get_ref()) {
+                ClientWrite::Wrote => true,
+                ClientWrite::Blocked => conn.stream.poll_writable(&mut Context::from_waker(&conn.waker)).is_ready(),
+                ClientWrite::Failed => continue,
             };
             if ready_again && self.hub.wants_write(id) {
                 self.schedule(id);

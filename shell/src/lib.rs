@@ -7,7 +7,7 @@ mod accept;
 mod listen;
 mod redis;
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, error, info};
 use switchboard_core::cli::{self, Command};
-use switchboard_core::{BrokerCommand, Config, Envelope, Hub};
+use switchboard_core::{BrokerCommand, Config, ConnId, Envelope, Hub};
 
 pub use accept::Accepting;
 pub use redis::{Flush, RedisSockets, pump_redis, read_redis, resolve, write_redis};
@@ -146,6 +146,40 @@ fn random_node_id() -> String {
 pub fn run_timers(hub: &mut Hub, now: Instant) {
     if hub.poll_timeout().is_some_and(|t| t <= now) {
         hub.handle_timeout(now);
+    }
+}
+
+/// How one write to a client's socket ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientWrite {
+    /// Some or all was written (or the write was interrupted): `Hub::wants_write` tells
+    /// whether to try again next turn.
+    Wrote,
+    /// The socket is full: wait for it to become writable.
+    Blocked,
+    /// The write failed; the hub was told (`handle_eof`), and its Close event follows.
+    Failed,
+}
+
+/// One `write_vectored` of what the hub queued for client `id`: one per connection per turn,
+/// so a connection with a long backlog does not hold up the others.
+pub fn write_client(hub: &mut Hub, now: Instant, id: ConnId, mut stream: impl Write) -> ClientWrite {
+    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+    let filled = hub.transmit(id, &mut slices);
+    if filled == 0 {
+        return ClientWrite::Wrote;
+    }
+    match stream.write_vectored(&slices[..filled]) {
+        Ok(n) => {
+            hub.consume(id, n);
+            ClientWrite::Wrote
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => ClientWrite::Blocked,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => ClientWrite::Wrote,
+        Err(_) => {
+            hub.handle_eof(now, id);
+            ClientWrite::Failed
+        }
     }
 }
 
