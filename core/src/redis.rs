@@ -111,6 +111,16 @@ pub enum LinkConn {
     Command,
 }
 
+impl LinkConn {
+    /// 0 or 1: where a shell keeps this connection's socket in a two-slot array.
+    pub fn index(self) -> usize {
+        match self {
+            Self::Command => 0,
+            Self::Subscriber => 1,
+        }
+    }
+}
+
 /// Why the broker URL cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UrlError {

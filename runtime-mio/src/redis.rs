@@ -26,7 +26,7 @@ struct Socket {
 #[derive(Debug)]
 pub(crate) struct Redis {
     registry: Registry,
-    /// Indexed by `slot`.
+    /// Indexed by `LinkConn::index`.
     sockets: [Option<Socket>; 2],
 }
 
@@ -39,7 +39,7 @@ impl Redis {
     /// writing. Writes themselves wait for the pump at the end of the turn.
     pub(crate) fn ready(&mut self, hub: &mut Hub, now: Instant, event: &Event, buf: &mut [u8]) {
         let which = if event.token() == REDIS_COMMAND { LinkConn::Command } else { LinkConn::Subscriber };
-        let Some(socket) = self.sockets[slot(which)].as_mut() else { return };
+        let Some(socket) = self.sockets[which.index()].as_mut() else { return };
         if !socket.connected {
             match connect_outcome(&socket.stream) {
                 Ok(false) => return,
@@ -68,7 +68,7 @@ impl Redis {
 
 impl RedisSockets for Redis {
     fn close(&mut self, which: LinkConn) {
-        if let Some(mut socket) = self.sockets[slot(which)].take() {
+        if let Some(mut socket) = self.sockets[which.index()].take() {
             let _ = self.registry.deregister(&mut socket.stream);
         }
     }
@@ -80,12 +80,12 @@ impl RedisSockets for Redis {
         self.registry.register(&mut stream, token(which), Interest::READABLE | Interest::WRITABLE)?;
         // Commands are small and a publish waits on them.
         let _ = stream.set_nodelay(true);
-        self.sockets[slot(which)] = Some(Socket { stream, connected: false, blocked: false });
+        self.sockets[which.index()] = Some(Socket { stream, connected: false, blocked: false });
         Ok(())
     }
 
     fn flush(&mut self, hub: &mut Hub, now: Instant, which: LinkConn) -> bool {
-        let Some(socket) = self.sockets[slot(which)].as_mut().filter(|s| s.connected && !s.blocked) else {
+        let Some(socket) = self.sockets[which.index()].as_mut().filter(|s| s.connected && !s.blocked) else {
             return true;
         };
         match write_redis(hub, now, which, &mut socket.stream) {
@@ -111,13 +111,6 @@ fn connect_outcome(stream: &TcpStream) -> io::Result<bool> {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
         Err(e) => Err(e),
-    }
-}
-
-fn slot(which: LinkConn) -> usize {
-    match which {
-        LinkConn::Command => 0,
-        LinkConn::Subscriber => 1,
     }
 }
 

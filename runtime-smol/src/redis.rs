@@ -29,7 +29,7 @@ enum Socket {
 }
 
 pub(crate) struct Redis {
-    /// Each names its connection in the mailbox; indexed by `slot`.
+    /// Each names its connection in the mailbox; indexed by `LinkConn::index`.
     wakers: [Waker; 2],
     sockets: [Option<Socket>; 2],
 }
@@ -57,7 +57,7 @@ impl Redis {
     /// The reactor woke `which`: the connect may have completed, or bytes arrived, or a blocked
     /// socket became writable (the pump at the end of the turn writes).
     pub(crate) fn ready(&mut self, hub: &mut Hub, now: Instant, which: LinkConn, buf: &mut [u8]) {
-        let index = slot(which);
+        let index = which.index();
         let mut cx = Context::from_waker(&self.wakers[index]);
         let stream = match &mut self.sockets[index] {
             None => return,
@@ -92,11 +92,11 @@ impl Redis {
 
 impl RedisSockets for Redis {
     fn close(&mut self, which: LinkConn) {
-        self.sockets[slot(which)] = None;
+        self.sockets[which.index()] = None;
     }
 
     fn connect(&mut self, which: LinkConn, addr: SocketAddr) -> io::Result<()> {
-        let index = slot(which);
+        let index = which.index();
         self.sockets[index] = Some(Socket::Connecting(Box::pin(Async::<TcpStream>::connect(addr))));
         // The first poll happens in the loop, like every later one.
         self.wakers[index].wake_by_ref();
@@ -104,7 +104,7 @@ impl RedisSockets for Redis {
     }
 
     fn flush(&mut self, hub: &mut Hub, now: Instant, which: LinkConn) -> bool {
-        let index = slot(which);
+        let index = which.index();
         let Some(Socket::Connected(stream)) = &self.sockets[index] else { return true };
         let mut cx = Context::from_waker(&self.wakers[index]);
         for _ in 0..WRITE_RETRIES {
@@ -120,12 +120,5 @@ impl RedisSockets for Redis {
             }
         }
         true
-    }
-}
-
-fn slot(which: LinkConn) -> usize {
-    match which {
-        LinkConn::Command => 0,
-        LinkConn::Subscriber => 1,
     }
 }
