@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use switchboard_tests::cluster::{Redis, start_nodes, wait_until};
+use switchboard_tests::cluster::{Redis, start_nodes};
 use switchboard_tests::{PubSub, binaries, decode_frame, op};
 
 /// Messages whose latency is not counted: connections and caches warm up.
@@ -103,9 +103,7 @@ fn measure(bin: &Path, options: &Options) {
             Sub { stream, buf: Vec::new(), same_node: i % 3 == 0, received: 0 }
         })
         .collect();
-    wait_until(Duration::from_secs(10), "every hub subscribed in Redis", || {
-        redis.subscribers("switchboard:ch:lat") == hubs.len() as i64
-    });
+    redis.wait_subscribed("lat", hubs.len(), Duration::from_secs(10));
 
     let mut publisher = PubSub::connect(&nodes[0], "/ws");
     let start = Instant::now();

@@ -137,6 +137,13 @@ impl Redis {
         }
     }
 
+    /// Waits up to `limit` until `hubs` hubs hold pub/sub `channel` in Redis, so a publish
+    /// from any node reaches them all.
+    pub fn wait_subscribed(&self, channel: &str, hubs: usize, limit: Duration) {
+        let key = format!("switchboard:ch:{channel}");
+        wait_until(limit, &format!("{hubs} hubs subscribed to {key}"), || self.subscribers(&key) == hubs as i64);
+    }
+
     fn spawn(&mut self) -> io::Result<()> {
         let log = std::fs::File::create(self.dir.path().join("redis.log"))?;
         let child = Command::new("redis-server")

@@ -33,10 +33,7 @@ fn listeners(redis: &Redis, nodes: &[Server], per_node: usize, channel: &str) ->
         }
     }
     let hubs: BTreeSet<_> = all.iter().map(|l| l.hub.clone()).collect();
-    let key = format!("switchboard:ch:{channel}");
-    wait_until(SETTLE, &format!("{} hubs subscribed to {key}", hubs.len()), || {
-        redis.subscribers(&key) == hubs.len() as i64
-    });
+    redis.wait_subscribed(channel, hubs.len(), SETTLE);
     all
 }
 
