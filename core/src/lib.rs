@@ -80,12 +80,14 @@ pub mod handshake;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod proxy;
 pub mod pubsub;
 pub mod queue;
 pub mod redis;
+mod time;
 
 pub use broker::{BrokerCommand, Envelope, Origin};
 pub use config::Config;
-pub use hub::{ConnId, Event, Hub, PublishError};
+pub use hub::{ConnId, Event, Footprint, Hub, PublishError};
 pub use metrics::Metrics;
 pub use redis::LinkConn;
