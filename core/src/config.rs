@@ -9,6 +9,8 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use toml::de::{DeTable, DeValue};
 
+use crate::proxy::Cidr;
+
 /// Whole-server configuration, as read from `switchboard.toml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -52,6 +54,10 @@ pub struct ServerConfig {
     pub close_timeout: Duration,
     /// Maximum size of the handshake request head in bytes (at least 256).
     pub max_header_bytes: usize,
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` headers name the client; empty trusts none.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Every connection starts with a PROXY protocol (v1 or v2) header naming the client.
+    pub proxy_protocol: bool,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +68,8 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             max_header_bytes: 8192,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
         }
     }
 }
@@ -81,7 +89,7 @@ pub enum SlowConsumerPolicy {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Maximum concurrent connections for the whole server.
+    /// Maximum concurrent connections for the whole node.
     pub max_connections: usize,
     /// Maximum concurrent connections per client IP; 0 means unlimited.
     pub max_connections_per_ip: usize,
@@ -91,25 +99,52 @@ pub struct LimitsConfig {
     pub connect_burst_per_ip: u32,
     /// Largest reassembled message accepted.
     pub max_message_bytes: Size,
-    /// Largest single frame accepted; at most `max_message_bytes`.
-    pub max_frame_bytes: Size,
+    /// Largest single frame accepted; at most `max_message_bytes`. Unset, it is the smaller of
+    /// 1 MiB and `max_message_bytes` (see [`LimitsConfig::frame_limit`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_frame_bytes: Option<Size>,
     /// Bytes that may be queued for sending to one connection.
     pub send_queue_bytes: Size,
     /// Default policy when a send queue overflows.
     pub slow_consumer: SlowConsumerPolicy,
+    /// Connections of the node not yet upgraded or answered; past it the one waiting longest
+    /// is closed to make room.
+    pub max_handshaking: usize,
+    /// Connections not yet upgraded or answered from one address; 0 means unlimited.
+    pub max_handshaking_per_ip: usize,
+    /// IPv6 clients share per-IP budgets by this prefix length (1..=128).
+    pub ipv6_prefix: u8,
+}
+
+impl LimitsConfig {
+    /// The largest frame accepted: `max_frame_bytes`, or else the smaller of 1 MiB and
+    /// `max_message_bytes`.
+    pub fn frame_limit(&self) -> Size {
+        self.max_frame_bytes.unwrap_or(Size::MIB.min(self.max_message_bytes))
+    }
+
+    /// True when any per-IP rule needs per-address state.
+    pub fn tracks_ips(&self) -> bool {
+        self.max_connections_per_ip > 0 || self.connect_rate_per_ip > 0.0 || self.max_handshaking_per_ip > 0
+    }
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
-            max_connections_per_ip: 1000,
-            connect_rate_per_ip: 100.0,
+            // Per-IP rules are off by default: behind a proxy, or in a load test from one
+            // machine, every client shares one address.
+            max_connections_per_ip: 0,
+            connect_rate_per_ip: 0.0,
             connect_burst_per_ip: 200,
             max_message_bytes: Size::MIB,
-            max_frame_bytes: Size::MIB,
+            max_frame_bytes: None,
             send_queue_bytes: Size::MIB,
             slow_consumer: SlowConsumerPolicy::Close,
+            max_handshaking: 1024,
+            max_handshaking_per_ip: 0,
+            ipv6_prefix: 64,
         }
     }
 }
@@ -413,7 +448,7 @@ impl Config {
             let (key, message) = nodes.describe_de_error(e.span(), e.message());
             ConfigError::at(src, e.span(), &key, &message)
         })?;
-        config.validate().map_err(|v| {
+        config.check_rules().map_err(|v| {
             let span = nodes.locate(&v.key, v.also);
             ConfigError::at(src, Some(span), &v.key, &v.message)
         })?;
@@ -440,7 +475,14 @@ impl Config {
         route.slow_consumer.unwrap_or(self.limits.slow_consumer)
     }
 
-    fn validate(&self) -> Result<(), Invalid> {
+    /// Checks a configuration built in code by the rules a TOML file must pass; the error names
+    /// the key (its line and column are 0: there is no file).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_rules().map_err(|v| ConfigError { key: v.key, line: 0, column: 0, message: v.message })
+    }
+
+    fn check_rules(&self) -> Result<(), Invalid> {
+        self.check_durations()?;
         let s = &self.server;
         check(s.listen.parse::<SocketAddr>().is_ok(), "server.listen", || {
             format!("{:?} is not a socket address (use e.g. \"127.0.0.1:8080\")", s.listen)
@@ -460,18 +502,24 @@ impl Config {
             "must be at least 1 while connect_rate_per_ip is set".to_owned()
         })?;
         nonzero_size(l.max_message_bytes, "limits.max_message_bytes")?;
-        nonzero_size(l.max_frame_bytes, "limits.max_frame_bytes")?;
-        nonzero_size(l.send_queue_bytes, "limits.send_queue_bytes")?;
-        if l.max_frame_bytes > l.max_message_bytes {
-            return Err(Invalid {
-                key: "limits.max_frame_bytes".to_owned(),
-                message: format!(
-                    "max_frame_bytes ({}) must not exceed max_message_bytes ({})",
-                    l.max_frame_bytes.0, l.max_message_bytes.0
-                ),
-                also: Some("limits.max_message_bytes"),
-            });
+        if let Some(frame) = l.max_frame_bytes {
+            nonzero_size(frame, "limits.max_frame_bytes")?;
+            if frame > l.max_message_bytes {
+                return Err(Invalid {
+                    key: "limits.max_frame_bytes".to_owned(),
+                    message: format!(
+                        "max_frame_bytes ({}) must not exceed max_message_bytes ({})",
+                        frame.0, l.max_message_bytes.0
+                    ),
+                    also: Some("limits.max_message_bytes"),
+                });
+            }
         }
+        nonzero_size(l.send_queue_bytes, "limits.send_queue_bytes")?;
+        check(l.max_handshaking >= 1, "limits.max_handshaking", || "must be at least 1".to_owned())?;
+        check((1..=128).contains(&l.ipv6_prefix), "limits.ipv6_prefix", || {
+            format!("must be a prefix length from 1 to 128, got {}", l.ipv6_prefix)
+        })?;
 
         let h = &self.heartbeat;
         positive(h.ping_interval, "heartbeat.ping_interval")?;
@@ -527,6 +575,29 @@ impl Config {
         check(self.drain.batch >= 1, "drain.batch", || "must be at least 1".to_owned())?;
 
         self.validate_routes()
+    }
+
+    /// Every duration stays within [`MAX_DURATION`]: timers are instants plus these. A file
+    /// cannot say more (the parser refuses it); code can.
+    fn check_durations(&self) -> Result<(), Invalid> {
+        let (s, h, b, d) = (&self.server, &self.heartbeat, &self.broker, &self.drain);
+        let durations = [
+            ("server.handshake_timeout", s.handshake_timeout),
+            ("server.close_timeout", s.close_timeout),
+            ("heartbeat.ping_interval", h.ping_interval),
+            ("heartbeat.pong_timeout", h.pong_timeout),
+            ("heartbeat.idle_timeout", h.idle_timeout),
+            ("broker.lease_ttl", b.lease_ttl),
+            ("broker.backoff.min", b.backoff.min),
+            ("broker.backoff.max", b.backoff.max),
+            ("broker.breaker.open_for", b.breaker.open_for),
+            ("drain.timeout", d.timeout),
+            ("drain.interval", d.interval),
+        ];
+        for (key, value) in durations {
+            check(value <= MAX_DURATION, key, || format!("{} is too long (at most 365 days)", format_duration(value)))?;
+        }
+        Ok(())
     }
 
     fn validate_routes(&self) -> Result<(), Invalid> {
@@ -601,7 +672,7 @@ fn rate(v: f64, key: &str) -> Result<(), Invalid> {
 pub struct ConfigError {
     /// Dotted key path such as `heartbeat.ping_interval` or `route[1].mode`; empty for syntax errors.
     pub key: String,
-    /// 1-based line of the offending key, value or table header.
+    /// 1-based line of the offending key, value or table header; 0 for a `Config` built in code.
     pub line: usize,
     /// 1-based column (in characters) on that line.
     pub column: usize,
@@ -618,7 +689,11 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "config error at line {}, column {}: ", self.line, self.column)?;
+        if self.line == 0 {
+            f.write_str("config error: ")?;
+        } else {
+            write!(f, "config error at line {}, column {}: ", self.line, self.column)?;
+        }
         if !self.key.is_empty() {
             write!(f, "{}: ", self.key)?;
         }
@@ -933,7 +1008,12 @@ mod tests {
         c.server.workers = 4;
         c.server.close_timeout = Duration::from_millis(1500);
         c.limits.connect_rate_per_ip = 0.1;
-        c.limits.max_frame_bytes = Size(1000);
+        c.limits.max_frame_bytes = Some(Size(1000));
+        c.limits.max_handshaking = 7;
+        c.limits.max_handshaking_per_ip = 3;
+        c.limits.ipv6_prefix = 56;
+        c.server.trusted_proxies = vec!["10.0.0.0/8".parse().expect("valid"), "::1".parse().expect("valid")];
+        c.server.proxy_protocol = true;
         c.limits.slow_consumer = SlowConsumerPolicy::Drop;
         c.heartbeat.idle_timeout = Duration::ZERO;
         c.heartbeat.pong_timeout = Duration::from_nanos(1_000_000_123);
@@ -1053,8 +1133,12 @@ mod tests {
         assert_err("[server]\nlisten = \"localhost\"\n", "server.listen", 2, 10);
         assert_err("[server]\nmax_header_bytes = 255\n", "server.max_header_bytes", 2, 20);
         assert_err("[server]\nworkers = 1025\n", "server.workers", 2, 11);
-        // Only the other side of a cross-field rule is written: point at it.
-        assert_err("[limits]\nmax_message_bytes = \"64KiB\"\n", "limits.max_frame_bytes", 2, 21);
+        let both = "[limits]\nmax_message_bytes = \"64KiB\"\nmax_frame_bytes = \"1MiB\"\n";
+        assert_err(both, "limits.max_frame_bytes", 3, 19);
+        assert_err("[limits]\nipv6_prefix = 0\n", "limits.ipv6_prefix", 2, 15);
+        assert_err("[limits]\nmax_handshaking = 0\n", "limits.max_handshaking", 2, 19);
+        let e = assert_err("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n", "server.trusted_proxies[0]", 2, 20);
+        assert!(e.message.contains("10.0.0.0/33"), "{e}");
         assert_err("[broker.backoff]\nmin = \"10s\"\n", "broker.backoff.min", 2, 7);
         assert_err("[broker]\nkind = \"redis\"\nurl = \"http://x\"\n", "broker.url", 3, 7);
         assert_err("[broker.breaker]\nfailure_threshold = 0\n", "broker.breaker.failure_threshold", 2, 21);
@@ -1062,6 +1146,31 @@ mod tests {
             assert_err("[heartbeat]\nping_interval = \"18446744073709551615s\"\n", "heartbeat.ping_interval", 2, 17);
         assert!(e.message.contains("too long"), "{e}");
         assert_err("[heartbeat]\nping_interval = \"000.0000003s\"\n", "heartbeat.ping_interval", 2, 17);
+    }
+
+    #[test]
+    fn frame_limit_follows_a_smaller_message_limit() {
+        let small = Config::from_toml("[limits]\nmax_message_bytes = 1024\n");
+        assert_eq!(small.map(|c| c.limits.frame_limit()), Ok(Size(1024)));
+        assert_eq!(Config::default().limits.frame_limit(), Size::MIB);
+        let big = Config::from_toml("[limits]\nmax_message_bytes = \"4MiB\"\n");
+        assert_eq!(big.map(|c| c.limits.frame_limit()), Ok(Size::MIB));
+    }
+
+    #[test]
+    fn a_config_built_in_code_is_checked_like_a_file() {
+        let mut c = Config::default();
+        c.heartbeat.ping_interval = Duration::ZERO;
+        let e = c.validate().expect_err("zero ping interval");
+        assert_eq!((e.key.as_str(), e.line), ("heartbeat.ping_interval", 0));
+        assert_eq!(e.to_string(), "config error: heartbeat.ping_interval: must be greater than 0s");
+        c.heartbeat.ping_interval = Duration::from_secs(1);
+        c.heartbeat.idle_timeout = Duration::MAX;
+        assert_eq!(c.validate().map_err(|e| e.key), Err("heartbeat.idle_timeout".to_owned()));
+        c.heartbeat.idle_timeout = Duration::ZERO;
+        c.rate_limit.messages_per_second = f64::NAN;
+        assert_eq!(c.validate().map_err(|e| e.key), Err("rate_limit.messages_per_second".to_owned()));
+        assert_eq!(Config::default().validate(), Ok(()));
     }
 
     #[test]

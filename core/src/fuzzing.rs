@@ -153,7 +153,7 @@ pub fn frames(t0: Instant, data: &[u8]) {
     let mut config = Config::default();
     if flags & 16 != 0 {
         config.limits.max_message_bytes = Size(300);
-        config.limits.max_frame_bytes = Size(100);
+        config.limits.max_frame_bytes = Some(Size(100));
         config.limits.send_queue_bytes = Size(200);
     }
     if flags & 32 != 0 {
@@ -798,7 +798,10 @@ struct Opened {
 
 impl Rig {
     fn new(config: Config, t0: Instant) -> Self {
-        Self { hub: Hub::new(config, "fuzz"), now: t0, live: BTreeSet::new() }
+        // The targets build their configs from valid parts or from TOML that parsed: a refusal
+        // here is a disagreement between parsing and validation, which is worth a crash.
+        let hub = Hub::new(config, "fuzz").unwrap_or_else(|e| panic!("a parsed config was refused: {e}"));
+        Self { hub, now: t0, live: BTreeSet::new() }
     }
 
     fn accept(&mut self, peer: u8) -> ConnId {
@@ -1006,7 +1009,10 @@ pub fn hub_ops(t0: Instant, data: &[u8]) {
     let (config, strict_gaps, trusted) = hub_ops_config(&mut input);
     let queue_limit = config.limits.send_queue_bytes.as_usize();
     let mut driver = Driver {
-        hub: Hub::new(config, "fuzz").with_worker(1),
+        hub: Hub::new(config, "fuzz")
+            .unwrap_or_else(|e| panic!("hub_ops config refused: {e}"))
+            .with_worker(1)
+            .with_workers(2),
         now: t0,
         slots: (0..SLOTS).map(|_| None).collect(),
         next_serial: 0,

@@ -1,8 +1,11 @@
-//! Token buckets and the per-IP table behind admission and per-connection rate limits.
+//! Token buckets, and the node-wide admission counts behind the connection limits.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
+
+use crate::config::LimitsConfig;
 
 /// A token bucket refilled lazily from the time of the last look.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -50,53 +53,184 @@ impl TokenBucket {
     }
 }
 
-/// What the hub remembers of one client address.
+/// How often per-address state that went quiet is forgotten.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Why admission refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Refusal {
+    /// The node holds `max_connections`.
+    Capacity,
+    /// The address holds `max_connections_per_ip`.
+    TooManyFromAddress,
+    /// The address connects faster than `connect_rate_per_ip`; a token is back after this long.
+    TooFast(Duration),
+    /// The address has `max_handshaking_per_ip` connections in their handshake.
+    TooManyHandshaking,
+}
+
+/// The node-wide side of admission: counts shared by every hub of a node, so that limits mean
+/// the same whatever the worker count and however the kernel spreads connections.
+///
+/// A hub calls it from its own thread, a handful of times per connection (never per message).
+/// A single hub owns an [`AdmissionTable`]; several hubs share one through a handle that
+/// synchronises inside (the shells' `SharedAdmission`), which keeps the core free of locks.
+pub trait Admission: Send + fmt::Debug {
+    /// A connection starts its handshake; `client` is the address per-IP rules count it by
+    /// (`None`: not counted per address, e.g. a trusted proxy). Returns the node's number of
+    /// connections handshaking, this one included.
+    fn begin_handshake(&mut self, client: Option<IpAddr>, now: Instant) -> Result<usize, Refusal>;
+    /// A connection counted by `begin_handshake` was upgraded, answered or ended.
+    fn end_handshake(&mut self, client: Option<IpAddr>);
+    /// An upgrade from `client` asks for a place among the node's connections.
+    fn open(&mut self, client: IpAddr, now: Instant) -> Result<(), Refusal>;
+    /// A connection admitted by `open` ended.
+    fn close(&mut self, client: IpAddr);
+}
+
+/// What admission remembers of one client address.
 #[derive(Debug, Clone, Copy)]
-pub struct IpState {
-    /// Open WebSocket connections from this address.
-    pub open: u32,
+struct IpState {
+    open: u32,
+    handshaking: u32,
     /// Upgrade attempts allowed (the connect rate).
-    pub connects: TokenBucket,
+    connects: TokenBucket,
 }
 
-/// Per-IP counts and connect-rate buckets. Entries vanish once nothing is open from the
-/// address and its bucket has refilled, so the table does not grow with history.
-#[derive(Debug, Default)]
-pub struct IpTable {
-    entries: HashMap<IpAddr, IpState>,
+/// Exact node-wide counts and the per-address table behind the connection limits. Entries
+/// vanish once nothing is open or handshaking from the address and its bucket has refilled,
+/// so the table does not grow with history.
+#[derive(Debug)]
+pub struct AdmissionTable {
+    max_connections: usize,
+    max_per_ip: usize,
+    rate: f64,
+    burst: f64,
+    max_handshaking_per_ip: usize,
+    tracks_ips: bool,
+    connections: usize,
+    handshaking: usize,
+    ips: HashMap<IpAddr, IpState>,
+    sweep_at: Option<Instant>,
 }
 
-impl IpTable {
-    /// The state of `ip`, created with a full bucket of `burst` tokens.
-    pub fn entry(&mut self, ip: IpAddr, now: Instant, burst: f64) -> &mut IpState {
-        self.entries.entry(ip).or_insert_with(|| IpState { open: 0, connects: TokenBucket::full(burst, now) })
-    }
-
-    /// Open connections from `ip`.
-    pub fn open(&self, ip: IpAddr) -> u32 {
-        self.entries.get(&ip).map_or(0, |s| s.open)
-    }
-
-    /// One connection from `ip` ended.
-    pub fn release(&mut self, ip: IpAddr) {
-        if let Some(state) = self.entries.get_mut(&ip) {
-            state.open = state.open.saturating_sub(1);
+impl AdmissionTable {
+    /// Empty counts under `limits`.
+    pub fn new(limits: &LimitsConfig) -> Self {
+        Self {
+            max_connections: limits.max_connections,
+            max_per_ip: limits.max_connections_per_ip,
+            rate: limits.connect_rate_per_ip,
+            burst: f64::from(limits.connect_burst_per_ip),
+            max_handshaking_per_ip: limits.max_handshaking_per_ip,
+            tracks_ips: limits.tracks_ips(),
+            connections: 0,
+            handshaking: 0,
+            ips: HashMap::new(),
+            sweep_at: None,
         }
     }
 
-    /// Forgets addresses with nothing open and a full bucket.
-    pub fn sweep(&mut self, now: Instant, rate: f64, burst: f64) {
-        self.entries.retain(|_, s| s.open > 0 || !s.connects.is_full(now, rate, burst));
+    /// Connections admitted and not yet closed.
+    pub fn connections(&self) -> usize {
+        self.connections
     }
 
-    /// Number of addresses remembered.
-    pub fn len(&self) -> usize {
-        self.entries.len()
+    /// Connections in their handshake.
+    pub fn handshaking(&self) -> usize {
+        self.handshaking
     }
 
-    /// True when no address is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+    /// Addresses remembered.
+    pub fn addresses(&self) -> usize {
+        self.ips.len()
+    }
+
+    fn entry(&mut self, ip: IpAddr, now: Instant) -> &mut IpState {
+        let burst = self.burst;
+        self.ips.entry(ip).or_insert_with(|| IpState {
+            open: 0,
+            handshaking: 0,
+            connects: TokenBucket::full(burst, now),
+        })
+    }
+
+    /// Forgets idle addresses every [`SWEEP_INTERVAL`]; called on the way in, so it costs
+    /// nothing while nothing arrives.
+    fn sweep(&mut self, now: Instant) {
+        if self.sweep_at.is_some_and(|at| now < at) {
+            return;
+        }
+        let (rate, burst) = (self.rate, self.burst);
+        self.ips.retain(|_, s| s.open > 0 || s.handshaking > 0 || !s.connects.is_full(now, rate, burst));
+        self.sweep_at = Some(now.checked_add(SWEEP_INTERVAL).unwrap_or(now));
+    }
+
+    /// Drops an entry that holds nothing and has no bucket worth remembering.
+    fn forget_if_idle(&mut self, ip: IpAddr) {
+        if self.rate > 0.0 {
+            return;
+        }
+        if self.ips.get(&ip).is_some_and(|s| s.open == 0 && s.handshaking == 0) {
+            self.ips.remove(&ip);
+        }
+    }
+}
+
+impl Admission for AdmissionTable {
+    fn begin_handshake(&mut self, client: Option<IpAddr>, now: Instant) -> Result<usize, Refusal> {
+        if let Some(ip) = client.filter(|_| self.tracks_ips) {
+            self.sweep(now);
+            let limit = self.max_handshaking_per_ip;
+            let state = self.entry(ip, now);
+            if limit > 0 && state.handshaking as usize >= limit {
+                self.forget_if_idle(ip);
+                return Err(Refusal::TooManyHandshaking);
+            }
+            state.handshaking += 1;
+        }
+        self.handshaking += 1;
+        Ok(self.handshaking)
+    }
+
+    fn end_handshake(&mut self, client: Option<IpAddr>) {
+        self.handshaking = self.handshaking.saturating_sub(1);
+        if let Some(ip) = client.filter(|_| self.tracks_ips) {
+            if let Some(state) = self.ips.get_mut(&ip) {
+                state.handshaking = state.handshaking.saturating_sub(1);
+            }
+            self.forget_if_idle(ip);
+        }
+    }
+
+    fn open(&mut self, client: IpAddr, now: Instant) -> Result<(), Refusal> {
+        if self.connections >= self.max_connections {
+            return Err(Refusal::Capacity);
+        }
+        if self.tracks_ips {
+            self.sweep(now);
+            let (per_ip, rate, burst) = (self.max_per_ip, self.rate, self.burst);
+            let state = self.entry(client, now);
+            if per_ip > 0 && state.open as usize >= per_ip {
+                return Err(Refusal::TooManyFromAddress);
+            }
+            if rate > 0.0 && !state.connects.try_take(now, rate, burst, 1.0) {
+                return Err(Refusal::TooFast(state.connects.wait_for(rate, 1.0)));
+            }
+            state.open += 1;
+        }
+        self.connections += 1;
+        Ok(())
+    }
+
+    fn close(&mut self, client: IpAddr) {
+        self.connections = self.connections.saturating_sub(1);
+        if self.tracks_ips {
+            if let Some(state) = self.ips.get_mut(&client) {
+                state.open = state.open.saturating_sub(1);
+            }
+            self.forget_if_idle(client);
+        }
     }
 }
 
@@ -121,20 +255,64 @@ mod tests {
         assert!(!bucket.try_take(later, 1.0, 2.0, 1.0));
     }
 
+    fn table(toml: &str) -> AdmissionTable {
+        let config = crate::Config::from_toml(toml).expect("valid test config");
+        AdmissionTable::new(&config.limits)
+    }
+
     #[test]
-    fn ip_table_forgets_idle_addresses() {
+    fn node_limits_are_exact() {
         let t0 = origin();
+        let mut table = table("[limits]\nmax_connections = 3\nmax_connections_per_ip = 2\n");
+        let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        assert_eq!(table.open(a, t0), Ok(()));
+        assert_eq!(table.open(a, t0), Ok(()));
+        assert_eq!(table.open(a, t0), Err(Refusal::TooManyFromAddress));
+        assert_eq!(table.open(b, t0), Ok(()));
+        assert_eq!(table.open(b, t0), Err(Refusal::Capacity));
+        table.close(a);
+        assert_eq!(table.open(b, t0), Ok(()));
+        assert_eq!(table.connections(), 3);
+    }
+
+    #[test]
+    fn connect_rate_refuses_with_the_wait() {
+        let t0 = origin();
+        let mut table = table("[limits]\nconnect_rate_per_ip = 1.0\nconnect_burst_per_ip = 2\n");
         let ip: IpAddr = [10, 0, 0, 1].into();
-        let mut table = IpTable::default();
-        let state = table.entry(ip, t0, 5.0);
-        state.open += 1;
-        assert!(state.connects.try_take(t0, 1.0, 5.0, 1.0));
-        table.sweep(t0 + Duration::from_secs(60), 1.0, 5.0);
-        assert_eq!(table.open(ip), 1, "kept while open");
-        table.release(ip);
-        table.sweep(t0 + Duration::from_millis(500), 1.0, 5.0);
-        assert_eq!(table.len(), 1, "kept while its bucket refills");
-        table.sweep(t0 + Duration::from_secs(2), 1.0, 5.0);
-        assert!(table.is_empty());
+        assert_eq!(table.open(ip, t0), Ok(()));
+        assert_eq!(table.open(ip, t0), Ok(()));
+        assert_eq!(table.open(ip, t0), Err(Refusal::TooFast(Duration::from_secs(1))));
+        assert_eq!(table.open(ip, t0 + Duration::from_secs(1)), Ok(()));
+    }
+
+    #[test]
+    fn handshaking_is_counted_per_address_and_for_the_node() {
+        let t0 = origin();
+        let mut table = table("[limits]\nmax_handshaking_per_ip = 2\n");
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        assert_eq!(table.begin_handshake(Some(ip), t0), Ok(1));
+        assert_eq!(table.begin_handshake(Some(ip), t0), Ok(2));
+        assert_eq!(table.begin_handshake(Some(ip), t0), Err(Refusal::TooManyHandshaking));
+        assert_eq!(table.begin_handshake(None, t0), Ok(3), "uncounted per address, counted for the node");
+        table.end_handshake(Some(ip));
+        assert_eq!(table.begin_handshake(Some(ip), t0), Ok(3));
+        for client in [Some(ip), Some(ip), None] {
+            table.end_handshake(client);
+        }
+        assert_eq!((table.handshaking(), table.addresses()), (0, 0), "nothing left to remember");
+    }
+
+    #[test]
+    fn idle_addresses_are_forgotten() {
+        let t0 = origin();
+        let mut table = table("[limits]\nconnect_rate_per_ip = 1.0\nconnect_burst_per_ip = 5\n");
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        assert_eq!(table.open(ip, t0), Ok(()));
+        table.close(ip);
+        assert_eq!(table.addresses(), 1, "kept while its bucket refills");
+        let other: IpAddr = [10, 0, 0, 2].into();
+        assert_eq!(table.open(other, t0 + Duration::from_secs(60)), Ok(()));
+        assert_eq!(table.addresses(), 1, "the refilled one was swept");
     }
 }

@@ -66,6 +66,14 @@ metrics! {
     upgrades: Counter,
     /// Handshakes that did not complete within `handshake_timeout`.
     handshake_timeouts: Counter,
+    /// Connections in their handshake (not yet upgraded or answered).
+    handshaking: Gauge,
+    /// Handshaking connections closed to make room past `limits.max_handshaking`.
+    handshake_evictions: Counter,
+    /// Connections closed at accept past `limits.max_handshaking_per_ip`.
+    handshake_refusals: Counter,
+    /// Connections closed for a missing or malformed PROXY protocol header.
+    proxy_header_errors: Counter,
     /// Channels with at least one local subscriber (broadcast rooms included).
     channels: Gauge,
     /// Subscriptions held by local connections.
@@ -103,14 +111,18 @@ metrics! {
     connections_by_route: String,
     /// Requests answered with an HTTP error, by status code.
     rejections_by_status: u16,
-    /// Closes by close code (1006 for connections that ended without a close frame).
-    closes_by_code: u16,
+    /// Closes by close code (1006: ended without a close frame; `other`: codes RFC 6455 leaves undefined).
+    closes_by_code: String,
 }
 
 impl Metrics {
     /// Counts one close with `code`.
     pub fn count_close(&mut self, code: u16) {
-        *self.closes_by_code.entry(code).or_default() += 1;
+        let label = match code {
+            1000..=1003 | 1005..=1015 => code.to_string(),
+            _ => "other".to_owned(),
+        };
+        *self.closes_by_code.entry(label).or_default() += 1;
     }
 
     /// Counts one HTTP rejection with `status`.
@@ -132,7 +144,10 @@ mod tests {
         two.count_rejection(429);
         one.merge(&two);
         assert_eq!((one.messages_in, one.queued_bytes, one.broker_dropped), (5, 5, 1));
-        assert_eq!(one.closes_by_code.get(&1000), Some(&2));
+        assert_eq!(one.closes_by_code.get("1000"), Some(&2));
+        one.count_close(4000);
+        one.count_close(4999);
+        assert_eq!(one.closes_by_code.get("other"), Some(&2), "app-defined codes share one label");
         assert_eq!(one.rejections_by_status.get(&429), Some(&1));
         let figures = one.figures();
         assert_eq!(

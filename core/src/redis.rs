@@ -85,6 +85,7 @@ use serde_json::value::RawValue;
 use crate::api::BrokerState;
 use crate::broker::{Envelope, Origin};
 use crate::config::{BackoffConfig, BrokerConfig};
+use crate::time::later;
 
 /// A command whose reply takes longer than this counts as a failure and costs its connection.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -811,6 +812,12 @@ impl RedisLink {
                 self.on_presence_leases(now, query, &leases)?
             }
             (Expect::StatsKeys, OwnedFrame::Array(keys)) => {
+                // A hub whose lease is gone is dead to the cluster: forget what we saw of it,
+                // so a churning cluster does not grow this map.
+                let live: BTreeSet<&[u8]> = keys.iter().filter_map(bulk).collect();
+                let prefix = &self.prefix;
+                self.last_seen
+                    .retain(|(node, worker), _| live.contains(format!("{prefix}:lease:{node}:{worker}").as_bytes()));
                 let mut args: Vec<&[u8]> = vec![b"MGET"];
                 args.extend(keys.iter().filter_map(bulk));
                 if args.len() == 1 {
@@ -1260,11 +1267,6 @@ fn glob_escape(text: &str) -> String {
     out
 }
 
-/// `now + d`, saturating far in the future instead of panicking on absurd configured durations.
-fn later(now: Instant, d: Duration) -> Instant {
-    now.checked_add(d).or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600))).unwrap_or(now)
-}
-
 /// The delay before reconnect attempt `attempt` (0-based): `min · 2^attempt` capped at `max`, times
 /// `1 ± jitter`.
 fn backoff_delay(config: &BackoffConfig, attempt: u32, rng: &mut SplitMix) -> Duration {
@@ -1592,6 +1594,24 @@ mod tests {
         let Some(wire) = encode_envelope(6, 9, &envelope(other, "room", b"spoof")) else { panic!() };
         sim.feed(LinkConn::Subscriber, &resp(&[b"message", b"sb:ch:other", &wire]));
         assert!(sim.deliveries().is_empty());
+    }
+
+    #[test]
+    fn what_we_saw_of_a_node_is_forgotten_with_its_lease() {
+        let mut sim = Sim::ready();
+        sim.link.subscribe(sim.now, "room");
+        sim.feed(LinkConn::Subscriber, &resp(&[b"subscribe", b"sb:ch:room"]));
+        sim.commands(LinkConn::Subscriber);
+        let stream = [message("room", origin("n2", 0), 5, 1, b"a"), message("room", origin("n3", 1), 5, 1, b"b")];
+        sim.feed(LinkConn::Subscriber, &stream.concat());
+        assert_eq!(sim.deliveries().len(), 2);
+        assert_eq!(sim.link.last_seen.len(), 2);
+        sim.wake();
+        sim.commands(LinkConn::Command);
+        sim.feed(LinkConn::Command, b"$3\r\n7:0\r\n");
+        sim.feed(LinkConn::Command, &resp(&[b"sb:lease:n1:0", b"sb:lease:n3:1"]));
+        let kept: Vec<&(String, u32)> = sim.link.last_seen.keys().collect();
+        assert_eq!(kept, [&("n3".to_owned(), 1)], "n2's lease expired");
     }
 
     #[test]

@@ -166,7 +166,9 @@ impl Cluster {
         let reconnect_at = (0..SLOTS).map(|_| t0 + rng.millis(0, 2_000)).collect();
         Self {
             rng,
-            hubs: (0..HUBS).map(|w| Hub::new(config(), "sim").with_worker(w as u32)).collect(),
+            hubs: (0..HUBS)
+                .map(|w| Hub::new(config(), "sim").expect("valid config").with_worker(w as u32).with_workers(HUBS))
+                .collect(),
             now: t0,
             slots: (0..SLOTS).map(|_| None).collect(),
             reconnect_at,

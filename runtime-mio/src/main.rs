@@ -10,11 +10,11 @@ mod worker;
 use std::io;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Sender};
-use std::thread::{self, JoinHandle};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 
-use log::{error, info, warn};
+use log::{info, warn};
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
 /// A running worker thread and the way to reach it.
 struct WorkerHandle {
     peer: Peer,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<bool>>,
 }
 
 fn serve(mut node: Node) -> io::Result<()> {
@@ -60,8 +60,18 @@ fn serve(mut node: Node) -> io::Result<()> {
     let mut workers = Vec::with_capacity(count);
     for (index, (listener, (poll, inbox))) in (0u32..).zip(listeners.into_iter().zip(ends)) {
         let listener = mio::net::TcpListener::from_std(listener);
-        let worker = Worker::new(poll, listener, inbox, node.hub(index), Bus::new(index, &peers))?;
-        let thread = spawn_worker(index as usize, worker, (report.clone(), Arc::clone(&done)))?;
+        let worker = Worker::new(poll, listener, inbox, node.hub(index)?, Bus::new(index, &peers))?;
+        let (report, done) = (report.clone(), Arc::clone(&done));
+        let thread = switchboard_shell::spawn_worker(
+            index as usize,
+            move || worker.run(),
+            move |ok| {
+                // `JoinHandle::is_finished` may still be false right after a wake sent from here, so
+                // the result itself travels to the main thread.
+                let _ = report.send((index as usize, ok));
+                let _ = done.wake();
+            },
+        )?;
         workers.push(WorkerHandle { peer: peers[index as usize].clone(), thread: Some(thread) });
     }
     drop(peers);
@@ -97,8 +107,7 @@ fn serve(mut node: Node) -> io::Result<()> {
                 // The worker sent its result as its last act, so this join returns at once.
                 let _ = thread.join();
             }
-            if let Err(e) = result {
-                error!("worker {index} stopped: {e}");
+            if !result {
                 failed = true;
                 // One worker down means the port serves only part of its clients: stop all.
                 drain = true;
@@ -113,16 +122,4 @@ fn serve(mut node: Node) -> io::Result<()> {
         }
     }
     if failed { Err(io::Error::other("a worker failed")) } else { Ok(()) }
-}
-
-/// Where a worker reports its end: its index and result, then a wake of the main thread.
-type Finished = (Sender<(usize, io::Result<()>)>, Arc<Waker>);
-
-fn spawn_worker(index: usize, worker: Worker, (report, done): Finished) -> io::Result<JoinHandle<()>> {
-    thread::Builder::new().name(format!("worker-{index}")).spawn(move || {
-        // `JoinHandle::is_finished` may still be false right after a wake sent from here, so the
-        // result itself travels to the main thread.
-        let _ = report.send((index, worker.run()));
-        let _ = done.wake();
-    })
 }

@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use async_io::Async;
-use log::{error, info, warn};
+use log::{info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use switchboard_shell::Node;
@@ -35,16 +35,17 @@ fn serve(mut node: Node) -> io::Result<()> {
     let peers: Arc<[Arc<Mailbox>]> = (0..node.workers).map(|_| Arc::default()).collect();
     let mut threads = Vec::with_capacity(node.workers);
     for (index, listener) in (0u32..).zip(std::mem::take(&mut node.listeners)) {
-        let worker = Worker::new(index, node.hub(index), Async::new(listener)?, Arc::clone(&peers));
+        let worker = Worker::new(index, node.hub(index)?, Async::new(listener)?, Arc::clone(&peers));
         let peers = Arc::clone(&peers);
-        threads.push(thread::Builder::new().name(format!("worker-{index}")).spawn(move || {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| async_io::block_on(worker.run())));
-            if result.is_err() {
-                error!("worker {index} panicked");
+        let body = move || {
+            async_io::block_on(worker.run());
+            Ok(())
+        };
+        threads.push(switchboard_shell::spawn_worker(index as usize, body, move |ok| {
+            if !ok {
                 // One worker down means the port serves only part of its clients: stop all.
                 shutdown(&peers, timeout);
             }
-            result.is_ok()
         })?);
     }
     node.announce()?;

@@ -17,7 +17,7 @@ fn main() -> std::io::Result<()> {
     let listener = TcpListener::bind(&addr)?;
     listener.set_nonblocking(true)?;
     println!("listening on {}", listener.local_addr()?);
-    let mut hub = Hub::new(Config::default(), "embed");
+    let mut hub = Hub::new(Config::default(), "embed").map_err(std::io::Error::other)?;
     let mut sockets: HashMap<ConnId, TcpStream> = HashMap::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {

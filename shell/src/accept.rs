@@ -72,7 +72,7 @@ mod tests {
 
     #[test]
     fn transient_errors_go_on_and_others_pause_count_and_resume() {
-        let mut hub = Hub::new(Config::default(), "n");
+        let mut hub = Hub::new(Config::default(), "n").expect("defaults are valid");
         let mut accepting = Accepting::default();
         let t0 = Instant::now();
         let reset = io::Error::from(io::ErrorKind::ConnectionReset);

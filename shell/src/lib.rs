@@ -4,6 +4,7 @@
 //! arrives and how a worker sleeps.
 
 mod accept;
+mod admission;
 mod listen;
 mod redis;
 
@@ -16,9 +17,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, error, info};
 use switchboard_core::cli::{self, Command};
+use switchboard_core::limits::AdmissionTable;
 use switchboard_core::{BrokerCommand, Config, ConnId, Envelope, Hub};
 
 pub use accept::Accepting;
+pub use admission::SharedAdmission;
 pub use redis::{Flush, RedisSockets, pump_redis, read_redis, resolve, write_redis};
 
 /// One buffer serves every read of a worker: the hub copies what it keeps.
@@ -45,12 +48,16 @@ pub struct Node {
     pub listeners: Vec<TcpListener>,
     /// The address the listeners got (the port is known even for `:0`).
     pub local: SocketAddr,
+    /// The node's connection counts, lent to every worker's hub.
+    pub admission: SharedAdmission,
 }
 
 impl Node {
-    /// The hub of worker `index`: it enforces its share of the node's connection limits.
-    pub fn hub(&self, index: u32) -> Hub {
-        Hub::new(self.config.clone(), self.node_id.clone()).with_worker(index).with_share(self.workers)
+    /// The hub of worker `index`: it counts its connections in the node's shared admission,
+    /// so the limits hold for the node whatever the worker count.
+    pub fn hub(&self, index: u32) -> io::Result<Hub> {
+        let hub = Hub::new(self.config.clone(), self.node_id.clone()).map_err(io::Error::other)?;
+        Ok(hub.with_worker(index).with_workers(self.workers).with_admission(Box::new(self.admission.clone())))
     }
 
     /// Prints `listening on ADDR`, the line tests and scripts wait for. Call it once signals
@@ -133,13 +140,56 @@ fn prepare(program: &'static str, config: Config) -> io::Result<Node> {
     let listeners = listen::bind(addr, workers)?;
     let local = listeners.first().map(TcpListener::local_addr).transpose()?.unwrap_or(addr);
     let node_id = if config.broker.node_id.is_empty() { random_node_id() } else { config.broker.node_id.clone() };
-    Ok(Node { program, config, node_id, workers, listeners, local })
+    let admission = SharedAdmission::new(AdmissionTable::new(&config.limits));
+    Ok(Node { program, config, node_id, workers, listeners, local, admission })
 }
 
 /// Distinct across restarts and across processes on one host, which is all a node id needs.
 fn random_node_id() -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     format!("{:x}-{nanos:x}", std::process::id())
+}
+
+/// Set to a worker's index, that worker panics as it starts: how the tests check the panic
+/// policy of [`spawn_worker`] against the real binaries.
+pub const PANIC_WORKER_ENV: &str = "SWITCHBOARD_TEST_PANIC_WORKER";
+
+/// Starts worker `index` on a thread of its own under the node's one failure policy: a worker
+/// whose body fails or panics is logged, and `ended(false)` tells the shell, which must then
+/// drain the other workers (one worker down means the port serves only part of its clients)
+/// and exit non-zero. `ended(true)` follows a normal end. The handle's value is the same flag.
+pub fn spawn_worker(
+    index: usize,
+    body: impl FnOnce() -> io::Result<()> + Send + 'static,
+    ended: impl FnOnce(bool) + Send + 'static,
+) -> io::Result<thread::JoinHandle<bool>> {
+    let fault = std::env::var(PANIC_WORKER_ENV).ok().and_then(|v| v.parse::<usize>().ok()) == Some(index);
+    thread::Builder::new().name(format!("worker-{index}")).spawn(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if fault {
+                panic!("{PANIC_WORKER_ENV}={index}");
+            }
+            body()
+        }));
+        let ok = match outcome {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                error!("worker {index} stopped: {e}");
+                false
+            }
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                error!("worker {index} panicked: {message}; draining the others");
+                false
+            }
+        };
+        ended(ok);
+        ok
+    })
 }
 
 /// Runs the hub's timers when they are due.
@@ -227,7 +277,7 @@ mod tests {
 
     #[test]
     fn a_turns_publishes_travel_as_one_batch_in_order() {
-        let mut hub = Hub::new(Config::default(), "test");
+        let mut hub = Hub::new(Config::default(), "test").expect("defaults are valid").with_workers(2);
         let now = Instant::now();
         assert!(take_publishes(&mut hub, true).is_none(), "nothing published, nothing sent");
         for data in ["1", "2", "3"] {

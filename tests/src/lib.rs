@@ -58,7 +58,7 @@ pub struct Settings {
     pub close_timeout: &'static str,
     /// `limits.max_message_bytes` and `limits.max_frame_bytes`.
     pub max_message: &'static str,
-    /// `limits.max_connections` (a limit of each worker's hub).
+    /// `limits.max_connections` (for the whole node).
     pub max_connections: usize,
     /// `limits.max_connections_per_ip`; 0 is unlimited.
     pub max_connections_per_ip: usize,
@@ -77,6 +77,10 @@ pub struct Settings {
     /// More lines for the `[broker]` section (and its subsections), e.g. from
     /// [`cluster::broker_toml`]; empty keeps the in-process broker.
     pub broker: String,
+    /// More lines for the `[server]` section (e.g. `trusted_proxies`, `proxy_protocol`).
+    pub server_extra: String,
+    /// More lines for the `[limits]` section (e.g. `max_handshaking`).
+    pub limits_extra: String,
 }
 
 impl Default for Settings {
@@ -95,6 +99,8 @@ impl Default for Settings {
             drain_timeout: "5s",
             node_id: NODE_ID.to_owned(),
             broker: String::new(),
+            server_extra: String::new(),
+            limits_extra: String::new(),
         }
     }
 }
@@ -111,6 +117,7 @@ listen = "127.0.0.1:1"
 workers = {workers}
 handshake_timeout = "{handshake}"
 close_timeout = "{close}"
+{server_extra}
 
 [limits]
 max_connections = {max_connections}
@@ -120,6 +127,7 @@ connect_burst_per_ip = {burst}
 max_message_bytes = "{max}"
 max_frame_bytes = "{max}"
 send_queue_bytes = "{queue}"
+{limits_extra}
 
 [heartbeat]
 ping_interval = "{ping}"
@@ -178,6 +186,8 @@ mode = "pubsub"
             drain = self.drain_timeout,
             node_id = self.node_id,
             broker = self.broker,
+            server_extra = self.server_extra,
+            limits_extra = self.limits_extra,
         )
     }
 }
@@ -205,7 +215,16 @@ impl Server {
         Self::start(bin, &settings.to_toml())
     }
 
+    /// Starts `bin` like [`Server::start`], with `env` added to its environment.
+    pub fn start_with_env(bin: &Path, config: &str, env: &[(&str, &str)]) -> Self {
+        Self::try_start_with_env(bin, config, env).unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()))
+    }
+
     fn try_start(bin: &Path, config: &str) -> io::Result<Self> {
+        Self::try_start_with_env(bin, config, &[])
+    }
+
+    fn try_start_with_env(bin: &Path, config: &str, env: &[(&str, &str)]) -> io::Result<Self> {
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join("switchboard.toml");
         std::fs::write(&config_path, config)?;
@@ -215,6 +234,7 @@ impl Server {
             .arg(&config_path)
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -287,6 +307,20 @@ impl Drop for Server {
 /// A TCP connection with bounded reads.
 pub fn tcp(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_nodelay(true);
+    stream
+}
+
+/// A TCP connection from `source` (any 127.0.0.0/8 address works on loopback), with bounded
+/// reads: how a test plays several client addresses.
+pub fn tcp_from(addr: SocketAddr, source: std::net::IpAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)
+        .unwrap_or_else(|e| panic!("socket: {e}"));
+    socket.bind(&SocketAddr::new(source, 0).into()).unwrap_or_else(|e| panic!("bind {source}: {e}"));
+    socket.connect_timeout(&addr.into(), IO_TIMEOUT).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let stream = TcpStream::from(socket);
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_nodelay(true);

@@ -15,13 +15,13 @@ fn repo() -> PathBuf {
 fn python_websockets_clients_with_and_without_deflate() {
     let python = repo().join(".venv/bin/python");
     if !python.exists() {
-        // `cargo test` alone should not need Python; the full script insists on it.
+        // A missing tool is a failure, never a quiet pass; skipping is asked for by name.
         assert!(
-            std::env::var_os("SWITCHBOARD_REQUIRE_PYTHON").is_none(),
-            "{} is missing: run scripts/python-venv",
+            std::env::var_os("SWITCHBOARD_SKIP_PYTHON").is_some(),
+            "{} is missing: run scripts/python-venv (or set SWITCHBOARD_SKIP_PYTHON=1 to skip this test)",
             python.display()
         );
-        eprintln!("skipped: {} is missing (run scripts/python-venv)", python.display());
+        eprintln!("skipped on request (SWITCHBOARD_SKIP_PYTHON): {} is missing", python.display());
         return;
     }
     let script = repo().join("scripts/python-client.py");

@@ -54,7 +54,7 @@ fn main() {
     .expect("benchmark config is valid");
     let t0 = Instant::now();
     let before = LIVE.load(Ordering::Relaxed);
-    let mut hub = Hub::new(config, "bench");
+    let mut hub = Hub::new(config, "bench").expect("the benchmark config is valid");
     let mut ids = Vec::with_capacity(connections);
     let setup = Instant::now();
     for n in 0..connections {

@@ -104,7 +104,10 @@ impl Hub {
         {
             self.metrics.broker_dropped = link.dropped();
         }
-        self.broker_out.push_back(BrokerCommand::Publish(envelope));
+        // Alone, a hub has nobody to tell, and nobody would drain the queue.
+        if self.has_peers {
+            self.broker_out.push_back(BrokerCommand::Publish(envelope));
+        }
     }
 
     /// The hub has its first local subscriber on `channel` (`joined`) or lost its last.
@@ -112,6 +115,7 @@ impl Hub {
         match (&mut self.redis, joined) {
             (Some(link), true) => link.subscribe(now, channel),
             (Some(link), false) => link.unsubscribe(now, channel),
+            (None, _) if !self.has_peers => {}
             (None, true) => self.broker_out.push_back(BrokerCommand::Subscribe(channel.to_owned())),
             (None, false) => self.broker_out.push_back(BrokerCommand::Unsubscribe(channel.to_owned())),
         }

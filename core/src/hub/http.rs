@@ -7,8 +7,29 @@ impl Hub {
     pub(super) fn read_head(&mut self, now: Instant, id: ConnId, data: &[u8]) {
         let max = self.config.server.max_header_bytes;
         let max_body = self.config.http.max_body_bytes.as_usize();
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = live_conn(&mut self.slots, id) else { return };
         conn.head.extend_from_slice(data);
+        if conn.proxy_pending {
+            match proxy::parse_proxy_header(&conn.head) {
+                ProxyHeader::Incomplete => return,
+                ProxyHeader::Invalid(_) => {
+                    // Not from the proxy we were told sits in front: nothing to answer.
+                    self.metrics.proxy_header_errors += 1;
+                    return self.finish(id);
+                }
+                ProxyHeader::Parsed { len, source } => {
+                    conn.head.drain(..len.min(conn.head.len()));
+                    conn.proxy_pending = false;
+                    let trusted = &self.config.server.trusted_proxies;
+                    // With a list, only the listed proxies may name the client.
+                    if let Some(source) = source
+                        && (trusted.is_empty() || trusted.iter().any(|cidr| cidr.contains(conn.peer.ip())))
+                    {
+                        conn.client = source.ip();
+                    }
+                }
+            }
+        }
         let head = match handshake::parse_head(&conn.head) {
             Ok(None) if conn.head.len() > max => {
                 return self.respond_http(id, &HttpResponse::error(431, "request head too large"));
@@ -23,6 +44,13 @@ impl Hub {
             }
             Err(HeadError::Malformed(reason)) => return self.respond_http(id, &HttpResponse::error(400, reason)),
         };
+        let trusted = &self.config.server.trusted_proxies;
+        conn.client = proxy::client_from_headers(
+            trusted,
+            conn.client,
+            head.header_values("forwarded"),
+            head.header_values("x-forwarded-for"),
+        );
         if head.is_upgrade() {
             let rest = conn.head.split_off(head.head_len);
             conn.head = Vec::new();
@@ -43,6 +71,8 @@ impl Hub {
             return;
         }
         let body = conn.head[head.head_len..head.head_len + body_len].to_vec();
+        // The whole request is here: it is being answered, not holding a handshake place.
+        self.end_handshake(id);
         if head.path == "/api/presence" && head.method == "GET" {
             return self.api_presence(now, id, &head);
         }
@@ -136,34 +166,24 @@ impl Hub {
         }
     }
 
-    /// Decides admission for an upgrade from `ip`; an error is the response to send.
-    pub(super) fn admit(&mut self, now: Instant, ip: IpAddr) -> Result<(), HttpResponse> {
-        let limits = &self.config.limits;
+    /// Decides admission for an upgrade from `client`; an error is the response to send.
+    pub(super) fn admit(&mut self, now: Instant, client: IpAddr) -> Result<(), HttpResponse> {
         if self.drain.is_some() {
             return Err(HttpResponse::error(503, "server is draining").with_header("Retry-After", "5"));
         }
-        let open: u64 = self.metrics.connections_by_route.values().sum();
-        if open >= limits.max_connections as u64 {
-            return Err(HttpResponse::error(503, "server at capacity").with_header("Retry-After", "5"));
-        }
-        let per_ip = limits.max_connections_per_ip;
-        let rate = limits.connect_rate_per_ip;
-        let burst = f64::from(limits.connect_burst_per_ip);
-        if per_ip > 0 && self.ips.open(ip) as usize >= per_ip {
-            return Err(
+        let key = proxy::client_key(client, self.config.limits.ipv6_prefix);
+        self.admission.open(key, now).map_err(|refusal| match refusal {
+            Refusal::Capacity => HttpResponse::error(503, "server at capacity").with_header("Retry-After", "5"),
+            Refusal::TooManyFromAddress => {
                 HttpResponse::error(429, "too many connections from this address").with_header("Retry-After", "5")
-            );
-        }
-        if rate > 0.0 {
-            let state = self.ips.entry(ip, now, burst);
-            if !state.connects.try_take(now, rate, burst, 1.0) {
-                let wait = state.connects.wait_for(rate, 1.0).as_secs_f64().ceil().max(1.0);
-                return Err(HttpResponse::error(429, "connecting too fast from this address")
-                    .with_header("Retry-After", format!("{wait}")));
             }
-            self.sweep_at.get_or_insert(now + IP_SWEEP_INTERVAL);
-        }
-        Ok(())
+            Refusal::TooFast(wait) => {
+                let wait = wait.as_secs_f64().ceil().max(1.0);
+                HttpResponse::error(429, "connecting too fast from this address")
+                    .with_header("Retry-After", format!("{wait}"))
+            }
+            Refusal::TooManyHandshaking => HttpResponse::error(429, "too many handshakes from this address"),
+        })
     }
 
     pub(super) fn upgrade(&mut self, now: Instant, id: ConnId, head: &RequestHead, rest: &[u8]) {
@@ -183,10 +203,11 @@ impl Hub {
         let protocol = handshake::select_protocol(&route.subprotocols, &request.protocols).map(str::to_owned);
         let mode = route.mode;
         let path = route.path.clone();
-        let Some(ip) = self.conn(id).map(|c| c.peer.ip()) else { return };
-        if let Err(response) = self.admit(now, ip) {
+        let Some(client) = self.conn(id).map(|c| c.client) else { return };
+        if let Err(response) = self.admit(now, client) {
             return self.respond_http(id, &response);
         }
+        self.end_handshake(id);
         let negotiated = if self.config.compression.enabled {
             deflate::negotiate(
                 head.header_values("sec-websocket-extensions"),
@@ -201,19 +222,15 @@ impl Hub {
             negotiated.as_ref().map(|(_, header)| header.as_str()),
         );
         let heartbeat = self.config.heartbeat.clone();
-        let burst = f64::from(self.config.limits.connect_burst_per_ip);
         let Some(conn) = self.conn_mut(id) else { return };
         conn.phase = Phase::Open;
         conn.route = route_index;
         conn.counted = true;
         conn.deadline = None;
         conn.last_active = now;
-        conn.next_ping = Some(now + heartbeat.ping_interval);
+        conn.next_ping = Some(later(now, heartbeat.ping_interval));
         conn.deflate = negotiated.as_ref().map(|(params, _)| *params);
         conn.decoder = Decoder::new(conn.deflate.as_ref().map(Inflater::new));
-        if self.tracks_ips() {
-            self.ips.entry(ip, now, burst).open += 1;
-        }
         *self.metrics.connections_by_route.entry(path.clone()).or_default() += 1;
         self.metrics.upgrades += 1;
         self.enqueue(id, response);

@@ -10,7 +10,7 @@ const PONG_FLOOD_FLOOR: usize = 64 * 1024;
 impl Hub {
     pub(super) fn read_frames(&mut self, now: Instant, id: ConnId, data: &[u8]) {
         let limits = Limits {
-            max_frame: self.config.limits.max_frame_bytes.0,
+            max_frame: self.config.limits.frame_limit().0,
             max_message: self.config.limits.max_message_bytes.as_usize(),
         };
         let mut decoded = std::mem::take(&mut self.decoded);

@@ -23,18 +23,17 @@ use tungstenite::protocol::frame::coding::{Control, OpCode};
 use crate::api::{self, BrokerState, NodeInfo};
 use crate::broker::{BrokerCommand, Envelope, Origin};
 use crate::channel::{ChannelId, Channels};
-use crate::config::{BrokerKind, Config, RateLimitAction, RouteMode, SlowConsumerPolicy};
+use crate::config::{BrokerKind, Config, ConfigError, RateLimitAction, RouteMode, SlowConsumerPolicy};
 use crate::deflate::{self, DeflateParams, Deflater, Inflater};
 use crate::frame::{self, Decoded, Decoder, Limits};
 use crate::handshake::{self, HeadError, HttpResponse, RequestHead};
-use crate::limits::{IpTable, TokenBucket};
+use crate::limits::{Admission, AdmissionTable, Refusal, TokenBucket};
 use crate::metrics::Metrics;
+use crate::proxy::{self, ProxyHeader};
 use crate::pubsub::{self, ClientOp, ErrorCode, OpError, RequestId};
 use crate::queue::{FrameId, FrameStore, OutQueue};
 use crate::redis::{LinkConn, RedisLink};
-
-/// How often the per-IP table forgets addresses that went quiet.
-const IP_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+use crate::time::later;
 
 /// Identifies a connection; a stale id (of a connection that has ended) is ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,10 +87,17 @@ struct Subscription {
 /// One connection: its protocol state and its outbound queue of shared frames.
 #[derive(Debug)]
 struct Connection {
+    /// The TCP peer (a proxy, when there is one).
     peer: SocketAddr,
+    /// The client as far as per-IP rules go: the peer, or whom a trusted proxy names.
+    client: IpAddr,
     phase: Phase,
+    /// Counted among the node's connections in their handshake.
+    handshaking: bool,
+    /// A PROXY protocol header is expected before the request.
+    proxy_pending: bool,
     route: usize,
-    /// Counted in the per-IP and per-route gauges (an upgraded connection).
+    /// Admitted among the node's connections, and counted in the per-route gauges.
     counted: bool,
     /// Request bytes until the head (and body) is complete; unallocated afterwards.
     head: Vec<u8>,
@@ -117,7 +123,8 @@ struct Connection {
 
 impl Connection {
     fn next_deadline(&self, idle_timeout: Duration) -> Option<Instant> {
-        let idle = (self.phase == Phase::Open && !idle_timeout.is_zero()).then(|| self.last_active + idle_timeout);
+        let idle =
+            (self.phase == Phase::Open && !idle_timeout.is_zero()).then(|| later(self.last_active, idle_timeout));
         [self.deadline, self.next_ping, self.pong_due, idle].into_iter().flatten().min()
     }
 }
@@ -148,6 +155,28 @@ pub enum PublishError {
     BadJson,
 }
 
+/// The lengths of a hub's internal tables: what a leak would grow. For tests and for an
+/// embedder hunting one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Footprint {
+    /// Connection slots, live or free.
+    pub slots: usize,
+    /// Events not yet taken by `poll_event`.
+    pub events: usize,
+    /// Commands not yet taken by `poll_broker`.
+    pub broker_commands: usize,
+    /// Wake-ups in the timer heap, stale ones included.
+    pub timers: usize,
+    /// Frames held for unsent output.
+    pub frames: usize,
+    /// Connections remembered as handshaking, ended ones not yet skipped included.
+    pub handshakes: usize,
+    /// Presence requests waiting for other nodes.
+    pub presence_waiters: usize,
+    /// Other workers whose figures are kept.
+    pub peer_metrics: usize,
+}
+
 /// The sans-IO hub: bytes and time in, bytes and events out.
 ///
 /// After every `handle_*` call (and `shutdown`, `publish`), drain `poll_event` and
@@ -170,9 +199,13 @@ pub struct Hub {
     decoded: Vec<Decoded>,
     metrics: Metrics,
     channels: Channels,
-    ips: IpTable,
+    /// The node's connection counts, shared with its other hubs.
+    admission: Box<dyn Admission>,
+    /// Connections in their handshake, oldest first (ended ones are skipped when met).
+    handshakes: VecDeque<ConnId>,
+    /// Other hubs hear this one's publishes through `poll_broker`.
+    has_peers: bool,
     started: Option<Instant>,
-    sweep_at: Option<Instant>,
     drain: Option<Drain>,
     broker_state: BrokerState,
     /// Other workers' latest figures, so any worker can report the whole node.
@@ -186,9 +219,13 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A hub serving `config`; `node_id` names this node in broker envelopes.
-    pub fn new(config: Config, node_id: impl Into<String>) -> Self {
-        Self {
+    /// A hub serving `config`, which must pass [`Config::validate`]; `node_id` names this
+    /// node in broker envelopes. Alone, the hub enforces the connection limits by itself and
+    /// queues nothing for other hubs (see `with_workers` and `with_admission`).
+    pub fn new(config: Config, node_id: impl Into<String>) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
+            admission: Box::new(AdmissionTable::new(&config.limits)),
             config,
             origin: Origin { node: node_id.into(), worker: 0 },
             slots: Vec::new(),
@@ -201,9 +238,9 @@ impl Hub {
             decoded: Vec::new(),
             metrics: Metrics::default(),
             channels: Channels::default(),
-            ips: IpTable::default(),
+            handshakes: VecDeque::new(),
+            has_peers: false,
             started: None,
-            sweep_at: None,
             drain: None,
             broker_state: BrokerState::Disabled,
             peer_metrics: Vec::new(),
@@ -211,7 +248,7 @@ impl Hub {
             presence_waiters: HashMap::new(),
             next_token: 0,
             latest: None,
-        }
+        })
     }
 
     /// Names this hub's worker within the node (envelopes carry it to avoid echoes).
@@ -220,15 +257,17 @@ impl Hub {
         self
     }
 
-    /// Makes this hub one of `workers` sharing the node's connection limits: each enforces
-    /// its share (rounded up) of `max_connections` and `max_connections_per_ip`. Workers
-    /// don't consult each other on admission, so a node whose load is uneven across workers
-    /// may refuse a little before reaching the configured total.
-    pub fn with_share(mut self, workers: usize) -> Self {
-        let workers = workers.max(1);
-        let limits = &mut self.config.limits;
-        limits.max_connections = limits.max_connections.div_ceil(workers);
-        limits.max_connections_per_ip = limits.max_connections_per_ip.div_ceil(workers);
+    /// Makes this hub one of `workers` hubs of a node: with more than one, what it publishes
+    /// is also queued for the others (`poll_broker`), which the shell must then drain.
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.has_peers = workers > 1;
+        self
+    }
+
+    /// Counts this hub's connections in `admission`, the node-wide counts its other hubs share,
+    /// so the limits hold for the whole node (see [`crate::limits::Admission`]).
+    pub fn with_admission(mut self, admission: Box<dyn Admission>) -> Self {
+        self.admission = admission;
         self
     }
 
@@ -275,9 +314,13 @@ impl Hub {
     /// A TCP connection from `peer` was accepted; its request head is expected next.
     pub fn handle_accept(&mut self, now: Instant, peer: SocketAddr) -> ConnId {
         self.touch(now);
+        let handshake = self.admission.begin_handshake(self.handshake_key(peer.ip()), now);
         let conn = Connection {
             peer,
+            client: peer.ip(),
             phase: Phase::Handshake,
+            handshaking: handshake.is_ok(),
+            proxy_pending: self.config.server.proxy_protocol,
             route: 0,
             counted: false,
             head: Vec::new(),
@@ -286,7 +329,7 @@ impl Hub {
             out: OutQueue::default(),
             close_sent: false,
             close_when_flushed: false,
-            deadline: Some(now + self.config.server.handshake_timeout),
+            deadline: Some(later(now, self.config.server.handshake_timeout)),
             next_ping: None,
             pong_due: None,
             last_active: now,
@@ -308,8 +351,69 @@ impl Hub {
         let id = ConnId { index, generation: slot.generation };
         self.metrics.connections_accepted += 1;
         self.metrics.connections_open += 1;
-        self.rearm(id);
+        match handshake {
+            Ok(handshaking) => {
+                self.metrics.handshaking += 1;
+                self.handshakes.push_back(id);
+                if handshaking > self.config.limits.max_handshaking {
+                    self.evict_oldest_handshake(id);
+                }
+                self.rearm(id);
+            }
+            Err(_) => {
+                // Past `max_handshaking_per_ip`: closed at once, before it costs a buffer.
+                self.metrics.handshake_refusals += 1;
+                self.finish(id);
+            }
+        }
         id
+    }
+
+    /// The address a connection's handshake counts against: none for a trusted proxy, whose
+    /// sockets carry many clients.
+    fn handshake_key(&self, peer: IpAddr) -> Option<IpAddr> {
+        let trusted = self.config.server.trusted_proxies.iter().any(|cidr| cidr.contains(peer));
+        (!trusted).then(|| proxy::client_key(peer, self.config.limits.ipv6_prefix))
+    }
+
+    /// The node has more connections in their handshake than `max_handshaking`: this hub's
+    /// oldest one (never `newest`) makes room, so slow sockets cannot lock real clients out.
+    /// A hub whose only handshake is the newest lets the node run over until its others act.
+    fn evict_oldest_handshake(&mut self, newest: ConnId) {
+        while let Some(&oldest) = self.handshakes.front() {
+            if oldest == newest {
+                return;
+            }
+            self.handshakes.pop_front();
+            if let Some(proxy_pending) = self.conn(oldest).filter(|c| c.handshaking).map(|c| c.proxy_pending) {
+                self.metrics.handshake_evictions += 1;
+                if proxy_pending {
+                    return self.finish(oldest);
+                }
+                let response =
+                    HttpResponse::error(503, "too many connections in their handshake").with_header("Retry-After", "1");
+                return self.respond_http(oldest, &response);
+            }
+        }
+    }
+
+    /// The connection's handshake is over (upgraded, answered or gone): the node counts it no
+    /// longer.
+    fn end_handshake(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        if !std::mem::take(&mut conn.handshaking) {
+            return;
+        }
+        let peer = conn.peer.ip();
+        self.metrics.handshaking -= 1;
+        let key = self.handshake_key(peer);
+        self.admission.end_handshake(key);
+        // Ended handshakes are skipped when met at the front; this keeps the rest from piling
+        // up behind one slow socket.
+        if self.handshakes.len() > 2 * self.metrics.handshaking as usize + 64 {
+            let slots = &self.slots;
+            self.handshakes.retain(|&id| live(slots, id).is_some_and(|c| c.handshaking));
+        }
     }
 
     /// Bytes read from the connection's socket.
@@ -390,7 +494,7 @@ impl Hub {
         let connection = self.timers.peek().map(|Reverse((at, _))| *at);
         let drain = self.drain.as_ref().map(|d| d.next_batch.min(d.deadline));
         let redis = self.redis.as_ref().and_then(RedisLink::poll_timeout);
-        [connection, drain, self.sweep_at, redis].into_iter().flatten().min()
+        [connection, drain, redis].into_iter().flatten().min()
     }
 
     /// Runs every timer due at `now`.
@@ -409,11 +513,6 @@ impl Hub {
             conn.wake_at = None;
             self.run_timers(now, id);
             self.rearm(id);
-        }
-        if self.sweep_at.is_some_and(|at| at <= now) {
-            let limits = &self.config.limits;
-            self.ips.sweep(now, limits.connect_rate_per_ip, f64::from(limits.connect_burst_per_ip));
-            self.sweep_at = (!self.ips.is_empty()).then_some(now + IP_SWEEP_INTERVAL);
         }
         self.run_drain(now);
         if let Some(link) = &mut self.redis {
@@ -442,6 +541,20 @@ impl Hub {
     /// Number of connections held (any phase).
     pub fn connection_count(&self) -> usize {
         self.metrics.connections_open as usize
+    }
+
+    /// The lengths of the hub's internal tables.
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            slots: self.slots.len(),
+            events: self.events.len(),
+            broker_commands: self.broker_out.len(),
+            timers: self.timers.len(),
+            frames: self.frames.live(),
+            handshakes: self.handshakes.len(),
+            presence_waiters: self.presence_waiters.len(),
+            peer_metrics: self.peer_metrics.len(),
+        }
     }
 
     /// Frames held for unsent output (each once, however many queues name it).
@@ -486,12 +599,6 @@ impl Hub {
         }
     }
 
-    /// Per-IP state is kept only when a per-IP rule needs it.
-    fn tracks_ips(&self) -> bool {
-        let limits = &self.config.limits;
-        limits.max_connections_per_ip > 0 || limits.connect_rate_per_ip > 0.0
-    }
-
     fn byte_burst(&self) -> f64 {
         let per_second = self.config.rate_limit.bytes_per_second.0 as f64;
         per_second.max(self.config.limits.max_message_bytes.0 as f64)
@@ -522,7 +629,7 @@ impl Hub {
         conn.next_ping = None;
         conn.pong_due = None;
         conn.decoder.set_closing();
-        conn.deadline = Some(now + close_timeout);
+        conn.deadline = Some(later(now, close_timeout));
         // A closing connection hears nothing more: it leaves every channel now.
         for index in (0..conn.subscriptions.len()).rev() {
             self.unsubscribe_at(id, index);
@@ -533,6 +640,7 @@ impl Hub {
 
     /// Sends an HTTP response and closes once it is written.
     fn respond_http(&mut self, id: ConnId, response: &HttpResponse) {
+        self.end_handshake(id);
         let Some(conn) = self.conn_mut(id) else { return };
         conn.phase = Phase::Answered;
         conn.head = Vec::new();
@@ -582,6 +690,7 @@ impl Hub {
     /// Forgets the connection (every index, counter and timer) and tells the shell to close
     /// its socket. Timer heap entries go stale and are skipped when they surface.
     fn finish(&mut self, id: ConnId) {
+        self.end_handshake(id);
         let Some(conn) = self.conn_mut(id) else { return };
         let subscriptions = conn.subscriptions.len();
         for index in (0..subscriptions).rev() {
@@ -594,25 +703,18 @@ impl Hub {
         self.metrics.connections_open -= 1;
         self.metrics.queued_bytes -= conn.out.clear(&mut self.frames) as u64;
         if conn.counted {
-            self.ips.release(conn.peer.ip());
+            self.admission.close(proxy::client_key(conn.client, self.config.limits.ipv6_prefix));
             if let Some(route) = self.config.route.get(conn.route)
                 && let Some(count) = self.metrics.connections_by_route.get_mut(&route.path)
             {
                 *count -= 1;
-            }
-            if !self.ips.is_empty() {
-                self.sweep_at.get_or_insert(conn.last_active + IP_SWEEP_INTERVAL);
             }
         }
         self.events.push_back(Event::Close(id));
     }
 
     fn conn(&self, id: ConnId) -> Option<&Connection> {
-        let slot = self.slots.get(id.index as usize)?;
-        if slot.generation != id.generation {
-            return None;
-        }
-        slot.conn.as_ref()
+        live(&self.slots, id)
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
@@ -628,6 +730,15 @@ fn live_conn(slots: &mut [Slot], id: ConnId) -> Option<&mut Connection> {
         return None;
     }
     slot.conn.as_mut()
+}
+
+/// Shared-borrow twin of [`live_conn`].
+fn live(slots: &[Slot], id: ConnId) -> Option<&Connection> {
+    let slot = slots.get(id.index as usize)?;
+    if slot.generation != id.generation {
+        return None;
+    }
+    slot.conn.as_ref()
 }
 
 /// The slow-consumer policy of the route at index `route` (its override, else the global one).

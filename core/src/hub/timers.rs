@@ -12,7 +12,7 @@ impl Hub {
             }
             if let Some(drain) = &mut self.drain {
                 drain.pending.clear();
-                drain.next_batch = drain.deadline + Duration::from_secs(3600);
+                drain.next_batch = later(drain.deadline, Duration::from_secs(3600));
                 drain.deadline = drain.next_batch;
             }
             return;
@@ -24,7 +24,7 @@ impl Hub {
         let take = batch.min(drain.pending.len());
         let ids: Vec<ConnId> = drain.pending.drain(..take).collect();
         let deadline = drain.deadline;
-        drain.next_batch = if drain.pending.is_empty() { deadline } else { now + self.config.drain.interval };
+        drain.next_batch = if drain.pending.is_empty() { deadline } else { later(now, self.config.drain.interval) };
         for id in ids {
             match self.conn(id).map(|c| c.phase) {
                 Some(Phase::Open) => self.close(now, id, 1001, "server shutting down"),
@@ -46,6 +46,12 @@ impl Hub {
         if conn.deadline.is_some_and(|d| d <= now) {
             conn.deadline = None;
             match conn.phase {
+                Phase::Handshake if conn.proxy_pending => {
+                    // No PROXY header: not from the balancer, so nothing HTTP is answered.
+                    self.metrics.handshake_timeouts += 1;
+                    self.metrics.proxy_header_errors += 1;
+                    self.finish(id);
+                }
                 Phase::Handshake => {
                     self.metrics.handshake_timeouts += 1;
                     self.respond_http(id, &HttpResponse::error(408, "handshake not completed in time"));
@@ -67,14 +73,14 @@ impl Hub {
             self.metrics.pong_timeouts += 1;
             return self.close(now, id, 1008, "pong timeout");
         }
-        if !idle_timeout.is_zero() && conn.last_active + idle_timeout <= now {
+        if !idle_timeout.is_zero() && later(conn.last_active, idle_timeout) <= now {
             self.metrics.idle_timeouts += 1;
             return self.close(now, id, 1008, "idle timeout");
         }
         if conn.next_ping.is_some_and(|p| p <= now) {
-            conn.next_ping = Some(now + heartbeat.ping_interval);
+            conn.next_ping = Some(later(now, heartbeat.ping_interval));
             if conn.pong_due.is_none() {
-                conn.pong_due = Some(now + heartbeat.pong_timeout);
+                conn.pong_due = Some(later(now, heartbeat.pong_timeout));
             }
             self.enqueue(id, frame::encode(OpCode::Control(Control::Ping), false, &[]));
         }

@@ -23,7 +23,15 @@ pub struct Sim {
 impl Sim {
     pub fn new(config: Config) -> Self {
         let t0 = switchboard_testkit::origin();
-        Self { hub: Hub::new(config, "test-node"), t0, now: t0, closed: Vec::new() }
+        Self { hub: Hub::new(config, "test-node").expect("valid config"), t0, now: t0, closed: Vec::new() }
+    }
+
+    /// A hub that is one of `workers` of its node: it queues its publishes for the others.
+    pub fn worker_of(config: Config, workers: usize) -> Self {
+        let mut sim = Self::new(config);
+        let hub = Hub::new(sim.hub.config().clone(), "test-node").expect("valid config");
+        sim.hub = hub.with_workers(workers);
+        sim
     }
 
     pub fn with_toml(toml: &str) -> Self {
