@@ -1149,6 +1149,17 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_internet_example_is_valid() {
+        let readme = include_str!("../../README.md");
+        let section = readme.split("## Exposing it to the internet").nth(1).unwrap_or_default();
+        let block = section.split("```toml\n").nth(1).and_then(|b| b.split("```").next()).unwrap_or_default();
+        let config = Config::from_toml(block);
+        let Ok(config) = config else { panic!("README example: {config:?}") };
+        assert_eq!(config.limits.max_connections_per_ip, 100);
+        assert_eq!(config.server.trusted_proxies.len(), 1);
+    }
+
+    #[test]
     fn frame_limit_follows_a_smaller_message_limit() {
         let small = Config::from_toml("[limits]\nmax_message_bytes = 1024\n");
         assert_eq!(small.map(|c| c.limits.frame_limit()), Ok(Size(1024)));
