@@ -102,6 +102,11 @@ pub fn handshake(t0: Instant, data: &[u8]) {
     let mut config = Config::default();
     config.compression.enabled = flags & 1 == 0;
     config.server.max_header_bytes = if flags & 2 == 0 { 8192 } else { 256 };
+    // A PROXY header (and the forwarding headers a trusted proxy adds) come first or not at all.
+    config.server.proxy_protocol = flags & 8 != 0;
+    if flags & 16 != 0 {
+        config.server.trusted_proxies = crate::proxy::Cidr::new(std::net::IpAddr::from([127, 0, 0, 0]), 8).into_iter().collect();
+    }
     if flags & 4 != 0 {
         for route in &mut config.route {
             route.allowed_origins = vec!["https://example.com".to_owned()];
