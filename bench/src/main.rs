@@ -7,6 +7,8 @@
 //! switchboard-bench storm  --url .. --conns N [--concurrency C]
 //! switchboard-bench slow   --url .. [--subs N] [--rate R] [--size B] [--secs S]
 //! switchboard-bench floor  [--conns N] [--size B] [--rounds R]
+//! switchboard-bench soak   --url .. --conns N --secs S --server-pid PID [--ping-every 2]
+//!                          [--reconnect-pct 1] [--report-every 30] [--warmup 120] [--rate R]
 //! ```
 //!
 //! `--server-pid PID` (any subcommand) adds the server's CPU and RSS over the measured window,
@@ -18,6 +20,7 @@ mod connect;
 mod fanout;
 mod floor;
 mod measure;
+mod soak;
 
 use std::process::ExitCode;
 
@@ -26,13 +29,16 @@ use smol::LocalExecutor;
 
 use args::Args;
 
-const USAGE: &str = "usage: switchboard-bench <idle|fanout|storm|slow> --url ws://IP:PORT/PATH [options]
+const USAGE: &str = "usage: switchboard-bench <idle|fanout|storm|slow|soak> --url ws://IP:PORT/PATH [options]
   idle    --conns N [--hold SECS=10] [--rate CONNS_PER_S=5000] [--concurrency 256]
   storm   --conns N [--concurrency 512]
   fanout  --subs N [--pubs 1] [--rate MSGS_PER_S=0 (as fast as the window allows)] [--secs 5]
           [--size 64] [--window 64] [--warmup 1]
   slow    [--subs 100] [--rate 500] [--size 1024] [--secs 5] [--warmup 1]
   floor   [--conns 1000] [--size 64] [--rounds 20]   (no server: the kernel's cost per loopback write)
+  soak    --conns N --secs S --server-pid PID [--ping-every 2] [--reconnect-pct 1] [--report-every 30]
+          [--warmup 120] [--rate CONNS_PER_S=5000 (the initial ramp)] [--concurrency 256] [--flat-pct 5]
+          (progress on stderr every --report-every seconds; \"pass\" in the summary)
   common  [--server-pid PID] [--label TEXT]
 ";
 
@@ -74,6 +80,7 @@ async fn run(executor: &LocalExecutor<'static>, command: &str, mut args: Args) -
         "fanout" => fanout::fanout(executor, &mut args).await?,
         "slow" => fanout::slow(executor, &mut args).await?,
         "floor" => floor::floor(&mut args)?,
+        "soak" => soak::soak(executor, &mut args).await?,
         other => return Err(format!("unknown subcommand {other:?}\n{USAGE}")),
     };
     if let Some(label) = args.take_str("label") {
