@@ -13,11 +13,11 @@ use serde_json::value::RawValue;
 use crate::metrics::{Kind as MetricKind, Metrics};
 
 /// `Content-Type` of the body that [`prometheus_text`] returns.
-pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// State of the circuit breaker in front of the external broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BrokerState {
+pub(crate) enum BrokerState {
     /// Broker reachable; messages flow through it.
     Closed,
     /// Broker considered down; cross-node delivery is suspended.
@@ -30,7 +30,7 @@ pub enum BrokerState {
 
 impl BrokerState {
     /// Name used in the JSON endpoints and the `state` label.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Closed => "closed",
             Self::Open => "open",
@@ -42,7 +42,7 @@ impl BrokerState {
 
 /// Facts about the node that the hub's [`Metrics`] do not hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeInfo {
+pub(crate) struct NodeInfo {
     /// Identifier of this node in the cluster.
     pub node_id: String,
     /// Version of the running build.
@@ -133,7 +133,7 @@ fn push_label_value(out: &mut String, text: &str) {
 }
 
 /// Renders `m` and `extra` in the Prometheus text exposition format 0.0.4.
-pub fn prometheus_text(m: &Metrics, extra: &NodeInfo) -> String {
+pub(crate) fn prometheus_text(m: &Metrics, extra: &NodeInfo) -> String {
     let mut x = Exposition::default();
     for figure in m.figures() {
         match figure.kind {
@@ -171,7 +171,7 @@ pub fn prometheus_text(m: &Metrics, extra: &NodeInfo) -> String {
 }
 
 /// Renders the body of `GET /api/stats`.
-pub fn stats_json(m: &Metrics, info: &NodeInfo) -> String {
+pub(crate) fn stats_json(m: &Metrics, info: &NodeInfo) -> String {
     json!({
         "node": info.node_id,
         "version": info.version,
@@ -218,7 +218,7 @@ pub fn stats_json(m: &Metrics, info: &NodeInfo) -> String {
 }
 
 /// Status code and body of `GET /healthz`.
-pub fn healthz_json(info: &NodeInfo) -> (u16, String) {
+pub(crate) fn healthz_json(info: &NodeInfo) -> (u16, String) {
     // Load balancers act on the code: draining must take the node out, a broken broker must not.
     if info.draining {
         return (503, json!({ "status": "draining" }).to_string());
@@ -233,7 +233,7 @@ pub fn healthz_json(info: &NodeInfo) -> (u16, String) {
 
 /// Where a published message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PublishTarget {
+pub(crate) enum PublishTarget {
     /// Subscribers of one channel.
     Channel(String),
     /// Every connection on one route.
@@ -242,7 +242,7 @@ pub enum PublishTarget {
 
 /// A validated body of `POST /api/publish`.
 #[derive(Debug, Clone)]
-pub struct PublishRequest {
+pub(crate) struct PublishRequest {
     /// Where the message goes.
     pub target: PublishTarget,
     /// The message, as the JSON text the caller sent.
@@ -252,7 +252,7 @@ pub struct PublishRequest {
 /// Checks the `Authorization` header of a publish against the configured API key.
 ///
 /// The scheme is matched without regard to case (`bearer` is accepted), as RFC 9110 says of auth schemes.
-pub fn check_auth(configured_key: &str, authorization: Option<&str>) -> Result<(), (u16, &'static str)> {
+pub(crate) fn check_auth(configured_key: &str, authorization: Option<&str>) -> Result<(), (u16, &'static str)> {
     if configured_key.is_empty() {
         return Err((404, "publishing is disabled: no api_key configured"));
     }
@@ -285,7 +285,7 @@ struct PublishBody {
 }
 
 /// Parses and validates the body of `POST /api/publish`.
-pub fn parse_publish(body: &[u8], max_channel_bytes: usize) -> Result<PublishRequest, String> {
+pub(crate) fn parse_publish(body: &[u8], max_channel_bytes: usize) -> Result<PublishRequest, String> {
     // Syntax is checked on its own first because serde would also read a struct from a JSON array.
     let raw: &RawValue = serde_json::from_slice(body).map_err(|e| format!("body is not valid JSON: {e}"))?;
     if !raw.get().starts_with('{') {

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use crate::hub::ConnId;
 
 /// Index of a live channel in the table.
-pub type ChannelId = u32;
+pub(crate) type ChannelId = u32;
 
 /// One channel: who is subscribed here, and the local sequence counter.
 #[derive(Debug)]
-pub struct Channel {
+pub(crate) struct Channel {
     /// The channel's name (a route's room is named `route:<path>`).
     pub name: String,
     /// Subscribers, in no particular order; a subscriber knows its position.
@@ -21,7 +21,7 @@ pub struct Channel {
 
 /// What `Channels::unsubscribe` changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Removal {
+pub(crate) struct Removal {
     /// The subscriber moved into the freed position, whose stored position must be updated.
     pub moved: Option<ConnId>,
     /// True when the channel lost its last subscriber and was dropped.
@@ -30,7 +30,7 @@ pub struct Removal {
 
 /// Every channel with at least one local subscriber.
 #[derive(Debug, Default)]
-pub struct Channels {
+pub(crate) struct Channels {
     by_name: HashMap<String, ChannelId>,
     slots: Vec<Option<Channel>>,
     free: Vec<ChannelId>,
@@ -38,23 +38,23 @@ pub struct Channels {
 
 impl Channels {
     /// The live channel called `name`.
-    pub fn find(&self, name: &str) -> Option<ChannelId> {
+    pub(crate) fn find(&self, name: &str) -> Option<ChannelId> {
         self.by_name.get(name).copied()
     }
 
     /// A live channel.
-    pub fn get(&self, id: ChannelId) -> Option<&Channel> {
+    pub(crate) fn get(&self, id: ChannelId) -> Option<&Channel> {
         self.slots.get(id as usize)?.as_ref()
     }
 
     /// A live channel, mutably.
-    pub fn get_mut(&mut self, id: ChannelId) -> Option<&mut Channel> {
+    pub(crate) fn get_mut(&mut self, id: ChannelId) -> Option<&mut Channel> {
         self.slots.get_mut(id as usize)?.as_mut()
     }
 
     /// Adds `conn` to `name` (creating the channel); returns the channel, the subscriber's
     /// position and whether the channel is new.
-    pub fn subscribe(&mut self, name: &str, conn: ConnId) -> (ChannelId, u32, bool) {
+    pub(crate) fn subscribe(&mut self, name: &str, conn: ConnId) -> (ChannelId, u32, bool) {
         let (id, created) = match self.by_name.get(name) {
             Some(id) => (*id, false),
             None => {
@@ -79,7 +79,7 @@ impl Channels {
     }
 
     /// Removes the subscriber at `position` of channel `id`.
-    pub fn unsubscribe(&mut self, id: ChannelId, position: u32) -> Removal {
+    pub(crate) fn unsubscribe(&mut self, id: ChannelId, position: u32) -> Removal {
         let Some(channel) = self.get_mut(id) else { return Removal { moved: None, emptied: false } };
         let position = position as usize;
         if position >= channel.subscribers.len() {
@@ -98,17 +98,7 @@ impl Channels {
     }
 
     /// Number of live channels.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.by_name.len()
-    }
-
-    /// True when no channel is live.
-    pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
-    }
-
-    /// Live channels, for reports.
-    pub fn iter(&self) -> impl Iterator<Item = &Channel> {
-        self.slots.iter().flatten()
     }
 }

@@ -10,7 +10,7 @@ const MAX_HEADERS: usize = 64;
 
 /// A parsed request head, owning the few fields the hub acts on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RequestHead {
+pub(crate) struct RequestHead {
     /// Request method, e.g. `GET`.
     pub method: String,
     /// Path without the query string.
@@ -27,29 +27,29 @@ pub struct RequestHead {
 
 impl RequestHead {
     /// The first value of header `name` (give it lower-case).
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     /// Every value of header `name` (give it lower-case).
-    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pub(crate) fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.headers.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     /// True when header `name` holds `token` in its comma-separated list (case-insensitive).
-    pub fn has_token(&self, name: &str, token: &str) -> bool {
+    pub(crate) fn has_token(&self, name: &str, token: &str) -> bool {
         self.header_values(name).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token))
     }
 
     /// True when the client asks for a WebSocket upgrade (validated later).
-    pub fn is_upgrade(&self) -> bool {
+    pub(crate) fn is_upgrade(&self) -> bool {
         self.has_token("upgrade", "websocket")
     }
 }
 
 /// Why a request head could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeadError {
+pub(crate) enum HeadError {
     /// Not HTTP: answered with 400.
     Malformed(&'static str),
     /// Too many headers: answered with 431.
@@ -57,7 +57,7 @@ pub enum HeadError {
 }
 
 /// Parses a request head from `buf`; `Ok(None)` when more bytes are needed.
-pub fn parse_head(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let head_len = match request.parse(buf) {
@@ -89,7 +89,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
 
 /// An HTTP response the core writes: status, extra headers and a body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpResponse {
+pub(crate) struct HttpResponse {
     /// Status code.
     pub status: u16,
     /// Extra headers (beyond Content-Type, Content-Length and Connection).
@@ -102,7 +102,7 @@ pub struct HttpResponse {
 
 impl HttpResponse {
     /// A plain-text error whose body names what was wrong.
-    pub fn error(status: u16, reason: &str) -> Self {
+    pub(crate) fn error(status: u16, reason: &str) -> Self {
         Self {
             status,
             headers: Vec::new(),
@@ -112,18 +112,18 @@ impl HttpResponse {
     }
 
     /// A JSON response.
-    pub fn json(status: u16, body: String) -> Self {
+    pub(crate) fn json(status: u16, body: String) -> Self {
         Self { status, headers: Vec::new(), content_type: "application/json", body: body.into_bytes() }
     }
 
     /// Adds a header.
-    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+    pub(crate) fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
         self
     }
 
     /// Serialises the response; the connection is closed after it, so it says so.
-    pub fn to_bytes(&self) -> Bytes {
+    pub(crate) fn to_bytes(&self) -> Bytes {
         let mut head = format!("HTTP/1.1 {} {}\r\n", self.status, reason_phrase(self.status));
         for (name, value) in &self.headers {
             let _ = write!(head, "{name}: {value}\r\n");
@@ -166,7 +166,7 @@ fn reason_phrase(status: u16) -> &'static str {
 
 /// What an upgrade request asked for, once it passed RFC 6455 §4.2.1.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upgrade {
+pub(crate) struct Upgrade {
     /// The `Sec-WebSocket-Key`.
     pub key: String,
     /// Subprotocols the client offered, in its order.
@@ -176,7 +176,7 @@ pub struct Upgrade {
 }
 
 /// Checks the upgrade rules of RFC 6455 §4.2.1; an error is the response to send.
-pub fn validate_upgrade(head: &RequestHead) -> Result<Upgrade, HttpResponse> {
+pub(crate) fn validate_upgrade(head: &RequestHead) -> Result<Upgrade, HttpResponse> {
     if head.method != "GET" {
         return Err(HttpResponse::error(405, "WebSocket upgrade requires GET").with_header("Allow", "GET"));
     }
@@ -220,12 +220,12 @@ fn is_valid_key(key: &str) -> bool {
 }
 
 /// Picks the first of the server's `supported` subprotocols that the client offered.
-pub fn select_protocol<'a>(supported: &'a [String], offered: &[String]) -> Option<&'a str> {
+pub(crate) fn select_protocol<'a>(supported: &'a [String], offered: &[String]) -> Option<&'a str> {
     supported.iter().find(|s| offered.iter().any(|o| o == *s)).map(String::as_str)
 }
 
 /// The `101 Switching Protocols` response.
-pub fn accept_response(key: &str, protocol: Option<&str>, extensions: Option<&str>) -> Bytes {
+pub(crate) fn accept_response(key: &str, protocol: Option<&str>, extensions: Option<&str>) -> Bytes {
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut head = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"

@@ -1,29 +1,33 @@
 //! Switchboard's sans-IO core: the whole WebSocket hub as a state machine.
 //!
 //! The core never reads a clock, opens a socket or starts a thread. Bytes and time come in as
-//! arguments; bytes to write and events to act on come out. A shell (mio, smol, or your own
-//! loop) only moves them.
+//! arguments (`handle_*`, each with the current `Instant`); what to do comes out of one queue,
+//! [`Hub::poll_output`]. A shell (mio, smol, or your own loop) only moves bytes and time.
 //!
 //! # Run loop
 //!
-//! A shell owns the sockets and the clock. After every input, it drains [`Hub::poll_event`],
-//! writes what [`Hub::transmit`] offers for each connection named, and sleeps until
-//! [`Hub::poll_timeout`]. One turn, for any socket type:
+//! **After every input, poll until [`Output::Timeout`].** Following that rule leaves nothing
+//! undrained: client writes, closes, messages for other workers and the Redis sockets all come
+//! through the same queue. Writing is itself an input ([`Hub::handle_written`]), and so is the
+//! clock ([`Hub::handle_timeout`], due at the instant `Timeout` names). One turn, for any
+//! socket type:
 //!
 //! ```
 //! use std::collections::HashMap;
 //! use std::io::{ErrorKind, IoSlice, Read, Write};
 //! use std::time::Instant;
-//! use switchboard_core::{ConnId, Event, Hub};
+//! use switchboard_core::{ConnId, Hub, Output};
 //!
 //! /// `readable` names the sockets with input; `now` is the time the shell read its clock.
+//! /// Returns when the hub next wants `handle_timeout`.
 //! fn turn<S: Read + Write>(
 //!     hub: &mut Hub,
 //!     now: Instant,
+//!     due: Option<Instant>,
 //!     sockets: &mut HashMap<ConnId, S>,
 //!     readable: &[ConnId],
 //!     buf: &mut [u8],
-//! ) {
+//! ) -> Option<Instant> {
 //!     for &id in readable {
 //!         let Some(socket) = sockets.get_mut(&id) else { continue };
 //!         match socket.read(buf) {
@@ -33,61 +37,74 @@
 //!             Err(_) => hub.handle_eof(now, id),
 //!         }
 //!     }
-//!     if hub.poll_timeout().is_some_and(|t| t <= now) {
+//!     if due.is_some_and(|at| at <= now) {
 //!         hub.handle_timeout(now);
 //!     }
-//!     while let Some(event) = hub.poll_event() {
-//!         match event {
-//!             Event::Transmit(id) => {
+//!     loop {
+//!         match hub.poll_output() {
+//!             Output::Transmit(id) => {
 //!                 let Some(socket) = sockets.get_mut(&id) else { continue };
 //!                 let mut slices = [IoSlice::new(&[]); 64];
 //!                 let n = hub.transmit(id, &mut slices);
 //!                 if let Ok(written) = socket.write_vectored(&slices[..n]) {
-//!                     hub.consume(id, written);
+//!                     hub.handle_written(now, id, written);
 //!                 }
 //!                 // What did not fit waits for writability; `wants_write` says whether any did.
 //!             }
-//!             Event::Close(id) => {
+//!             Output::Close(id) => {
 //!                 sockets.remove(&id);
 //!             }
+//!             // Several workers: hand publishes to the others' `handle_broker`. With
+//!             // `broker.kind = "redis"`: open, write and drop the two Redis sockets.
+//!             Output::Broker(_) | Output::RedisOpen { .. } | Output::RedisTransmit(_) | Output::RedisClose(_) => {}
+//!             Output::Timeout(at) => return at,
 //!         }
 //!     }
 //! }
 //! ```
 //!
 //! `shell/examples/embed.rs` serves the default routes with such a loop over `std::net`
-//! (accepting with [`Hub::handle_accept`]), complete and runnable.
+//! (accepting with [`Hub::handle_accept`]), complete and runnable. A hub alone (the default)
+//! asks for no broker or Redis work; [`Hub::with_workers`] and `broker.kind = "redis"` do.
 //!
-//! Two more duties fall to a shell that runs several workers or nodes: forward what
-//! [`Hub::poll_broker`] yields to the other workers' hubs ([`Hub::handle_broker`]), and, with
-//! `broker.kind = "redis"`, open the sockets [`Hub::poll_redis_connect`] names and move their
-//! bytes (`handle_redis_*`, `redis_transmit`, `redis_consume`). Call [`Hub::handle_timeout`]
-//! once at start so the Redis link begins connecting before the first client arrives.
+//! # What is public
+//!
+//! [`Hub`] and its inputs and [`Output`]; [`Config`] and its sections ([`config`]); the node-wide
+//! [`Admission`] a shell shares between hubs; [`Metrics`]; the broker [`Envelope`]; and, in
+//! [`codec`], the WebSocket frame decoder and permessage-deflate for reuse on their own.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod api;
-pub mod broker;
-pub mod channel;
-#[cfg(feature = "cli")]
-pub mod cli;
+mod api;
+mod broker;
+mod channel;
 pub mod config;
-pub mod deflate;
-pub mod frame;
+mod deflate;
+mod frame;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod handshake;
-pub mod hub;
-pub mod limits;
-pub mod metrics;
-pub mod proxy;
-pub mod pubsub;
-pub mod queue;
-pub mod redis;
+mod handshake;
+mod hub;
+mod limits;
+mod metrics;
+mod proxy;
+mod pubsub;
+mod queue;
+mod redis;
 mod time;
 
 pub use broker::{BrokerCommand, Envelope, Origin};
-pub use config::Config;
-pub use hub::{ConnId, Event, Footprint, Hub, PublishError};
-pub use metrics::Metrics;
+pub use config::{Config, ConfigError};
+pub use hub::{ConnId, Footprint, Hub, Output, PublishError};
+pub use limits::{Admission, AdmissionTable, Refusal};
+pub use metrics::{Figure, Kind as FigureKind, Metrics};
+pub use proxy::{Cidr, CidrError};
 pub use redis::LinkConn;
+
+/// The WebSocket codec on its own: a streaming frame decoder with the RFC 6455 rules on top of
+/// tungstenite's frame types, frame encoding, and permessage-deflate (RFC 7692).
+pub mod codec {
+    pub use crate::deflate::{DeflateParams, Deflater, InflateError, Inflater, negotiate};
+    pub use crate::frame::{Decoded, Decoder, Limits, Violation, data_opcode, encode, encode_close, unmask};
+}

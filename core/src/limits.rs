@@ -9,19 +9,19 @@ use crate::config::LimitsConfig;
 
 /// A token bucket refilled lazily from the time of the last look.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     tokens: f64,
     at: Instant,
 }
 
 impl TokenBucket {
     /// A full bucket of `capacity` tokens at `now`.
-    pub fn full(capacity: f64, now: Instant) -> Self {
+    pub(crate) fn full(capacity: f64, now: Instant) -> Self {
         Self { tokens: capacity, at: now }
     }
 
     /// Refills at `rate` per second up to `capacity`, then takes `cost` if that many are there.
-    pub fn try_take(&mut self, now: Instant, rate: f64, capacity: f64, cost: f64) -> bool {
+    pub(crate) fn try_take(&mut self, now: Instant, rate: f64, capacity: f64, cost: f64) -> bool {
         self.refill(now, rate, capacity);
         if self.tokens >= cost {
             self.tokens -= cost;
@@ -32,7 +32,7 @@ impl TokenBucket {
     }
 
     /// How long until `cost` tokens are available (zero when they already are).
-    pub fn wait_for(&self, rate: f64, cost: f64) -> Duration {
+    pub(crate) fn wait_for(&self, rate: f64, cost: f64) -> Duration {
         if self.tokens >= cost || rate <= 0.0 {
             return Duration::ZERO;
         }
@@ -40,7 +40,7 @@ impl TokenBucket {
     }
 
     /// True when the bucket would be full at `now`.
-    pub fn is_full(&self, now: Instant, rate: f64, capacity: f64) -> bool {
+    pub(crate) fn is_full(&self, now: Instant, rate: f64, capacity: f64) -> bool {
         let mut probe = *self;
         probe.refill(now, rate, capacity);
         probe.tokens >= capacity

@@ -151,7 +151,7 @@ impl std::error::Error for CidrError {}
 /// first `ipv6_prefix` bits (clamped to 128), because one subscriber usually holds a whole /64
 /// and could otherwise claim a fresh budget per address.
 #[must_use]
-pub fn client_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+pub(crate) fn client_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(mask_v6(v6.to_bits(), ipv6_prefix.min(128)))),
         v4 => v4,
@@ -173,7 +173,7 @@ const MAX_HOPS: usize = 64;
 /// at the trusted hop to its right, because nothing further left can be vouched for. When every
 /// entry is trusted the leftmost one is the client. Only the last 64 entries are considered.
 #[must_use]
-pub fn client_from_headers<'a>(
+pub(crate) fn client_from_headers<'a>(
     trusted: &[Cidr],
     peer: IpAddr,
     forwarded: impl IntoIterator<Item = &'a str>,
@@ -320,7 +320,7 @@ fn node_port(s: &str, obfuscated_ok: bool) -> Option<()> {
 /// What the start of a connection says about its PROXY protocol header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use]
-pub enum ProxyHeader {
+pub(crate) enum ProxyHeader {
     /// A complete header of `len` bytes; `source` is the client's address, `None` for a LOCAL (v2)
     /// or UNKNOWN (v1) connection (a health check: use the TCP peer).
     Parsed {
@@ -348,7 +348,7 @@ const V2_MAX_PAYLOAD: usize = 2048;
 ///
 /// Every byte is checked as soon as it arrives, so a connection that does not start with a header
 /// (an HTTP request, say) is refused at its first byte rather than after a timeout.
-pub fn parse_proxy_header(buf: &[u8]) -> ProxyHeader {
+pub(crate) fn parse_proxy_header(buf: &[u8]) -> ProxyHeader {
     match buf.first() {
         None => ProxyHeader::Incomplete,
         Some(b'P') => parse_v1(buf),

@@ -16,13 +16,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// Largest accepted `presence` info, counted in bytes of JSON text as received.
-pub const MAX_PRESENCE_BYTES: usize = 1024;
+pub(crate) const MAX_PRESENCE_BYTES: usize = 1024;
 
 /// Longest accepted string `id`, in bytes.
-pub const MAX_ID_BYTES: usize = 64;
+pub(crate) const MAX_ID_BYTES: usize = 64;
 
 /// The characters a channel name may use, as quoted to clients in error messages.
-pub const CHANNEL_CHARSET: &str = "[A-Za-z0-9_.:-]";
+pub(crate) const CHANNEL_CHARSET: &str = "[A-Za-z0-9_.:-]";
 
 /// Longest piece of client text (op or field name) quoted back in an error message.
 const MAX_QUOTED_BYTES: usize = 64;
@@ -30,7 +30,7 @@ const MAX_QUOTED_BYTES: usize = 64;
 /// A client-chosen request id, echoed in the reply to the op that carried it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
-pub enum RequestId {
+pub(crate) enum RequestId {
     /// A non-negative integer id.
     Number(u64),
     /// A string id of at most [`MAX_ID_BYTES`] bytes.
@@ -39,7 +39,7 @@ pub enum RequestId {
 
 /// One client → server op, validated.
 #[derive(Clone, Debug)]
-pub enum ClientOp {
+pub(crate) enum ClientOp {
     /// Join a channel, optionally with presence info shown to other members.
     Subscribe {
         /// Request id to echo in the reply.
@@ -80,8 +80,9 @@ pub enum ClientOp {
 }
 
 impl ClientOp {
+    #[cfg(any(test, feature = "fuzzing"))]
     /// The request id the client sent with this op, if any.
-    pub fn id(&self) -> Option<&RequestId> {
+    pub(crate) fn id(&self) -> Option<&RequestId> {
         match self {
             Self::Subscribe { id, .. }
             | Self::Unsubscribe { id, .. }
@@ -91,8 +92,9 @@ impl ClientOp {
         }
     }
 
+    #[cfg(any(test, feature = "fuzzing"))]
     /// The channel this op names; `None` for `ping`.
-    pub fn channel(&self) -> Option<&str> {
+    pub(crate) fn channel(&self) -> Option<&str> {
         match self {
             Self::Subscribe { channel, .. }
             | Self::Unsubscribe { channel, .. }
@@ -102,8 +104,9 @@ impl ClientOp {
         }
     }
 
+    #[cfg(test)]
     /// The op's wire name, e.g. `"subscribe"`.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Self::Subscribe { .. } => "subscribe",
             Self::Unsubscribe { .. } => "unsubscribe",
@@ -116,7 +119,7 @@ impl ClientOp {
 
 /// Why an op was refused; each has a stable wire string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
+pub(crate) enum ErrorCode {
     /// The text is not JSON or not a JSON object.
     BadJson,
     /// The `op` field names no known op.
@@ -140,8 +143,9 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    #[cfg(test)]
     /// Every code, in declaration order.
-    pub const ALL: [Self; 10] = [
+    pub(crate) const ALL: [Self; 10] = [
         Self::BadJson,
         Self::UnknownOp,
         Self::BadRequest,
@@ -155,7 +159,7 @@ impl ErrorCode {
     ];
 
     /// The stable wire string, e.g. `"bad_channel"`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::BadJson => "bad_json",
             Self::UnknownOp => "unknown_op",
@@ -171,7 +175,7 @@ impl ErrorCode {
     }
 
     /// True for malformed-input codes, which count towards `max_protocol_errors`.
-    pub fn is_strike(self) -> bool {
+    pub(crate) fn is_strike(self) -> bool {
         // Only input no correct client would send is a strike; the rest are state or policy
         // refusals a well-behaved client can hit by racing the server.
         matches!(self, Self::BadJson | Self::UnknownOp | Self::BadRequest | Self::BadChannel)
@@ -186,7 +190,7 @@ impl fmt::Display for ErrorCode {
 
 /// A refused op: the reply to send, with the request id when one could be recovered.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OpError {
+pub(crate) struct OpError {
     /// The op's request id; `None` when absent or unreadable.
     pub id: Option<RequestId>,
     /// What went wrong.
@@ -197,12 +201,13 @@ pub struct OpError {
 
 impl OpError {
     /// Builds an error reply.
-    pub fn new(id: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(id: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Self {
         Self { id, code, message: message.into() }
     }
 
+    #[cfg(any(test, feature = "fuzzing"))]
     /// Encodes this error as an `error` frame.
-    pub fn to_frame(&self) -> String {
+    pub(crate) fn to_frame(&self) -> String {
         error(self.id.as_ref(), self.code, &self.message)
     }
 }
@@ -216,7 +221,7 @@ impl fmt::Display for OpError {
 impl std::error::Error for OpError {}
 
 /// True when `name` is 1..=`max` bytes of `[A-Za-z0-9_.:-]`.
-pub fn valid_channel(name: &str, max: usize) -> bool {
+pub(crate) fn valid_channel(name: &str, max: usize) -> bool {
     (1..=max).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
@@ -225,7 +230,7 @@ pub fn valid_channel(name: &str, max: usize) -> bool {
 ///
 /// The error carries the request id whenever the text is a JSON object with exactly one valid
 /// `id`, so the client can match the error to its request even if the rest is wrong.
-pub fn parse_op(text: &str, max_channel_bytes: usize) -> Result<ClientOp, OpError> {
+pub(crate) fn parse_op(text: &str, max_channel_bytes: usize) -> Result<ClientOp, OpError> {
     let members = Members::parse(text)?;
     let id = members.request_id()?;
     let req = Request { members: &members, id: &id };
@@ -459,7 +464,7 @@ fn open(kind: &str, id: Option<&RequestId>, extra: usize) -> String {
 }
 
 /// Encodes the `welcome` frame sent first on every pub/sub connection.
-pub fn welcome(
+pub(crate) fn welcome(
     conn_id: &str,
     ping_interval_ms: u64,
     pong_timeout_ms: u64,
@@ -482,14 +487,14 @@ pub fn welcome(
 }
 
 /// Encodes an `ack` frame for a successful op that carried `id`.
-pub fn ack(id: &RequestId) -> String {
+pub(crate) fn ack(id: &RequestId) -> String {
     let mut out = open("ack", Some(id), 0);
     out.push('}');
     out
 }
 
 /// Encodes an `error` frame; `id` is omitted when `None`.
-pub fn error(id: Option<&RequestId>, code: ErrorCode, message: &str) -> String {
+pub(crate) fn error(id: Option<&RequestId>, code: ErrorCode, message: &str) -> String {
     let mut out = open("error", id, 32 + message.len());
     out.push_str(",\"code\":\"");
     out.push_str(code.as_str());
@@ -499,13 +504,14 @@ pub fn error(id: Option<&RequestId>, code: ErrorCode, message: &str) -> String {
     out
 }
 
+#[cfg(test)]
 /// Encodes a `message` frame carrying `data` byte-for-byte.
-pub fn message(channel: &str, seq: u64, data: &RawValue) -> String {
+pub(crate) fn message(channel: &str, seq: u64, data: &RawValue) -> String {
     message_from_raw(channel, seq, data.get())
 }
 
 /// Encodes a `message` frame from JSON text the caller has already validated (e.g. a `RawValue`'s text).
-pub fn message_from_raw(channel: &str, seq: u64, data: &str) -> String {
+pub(crate) fn message_from_raw(channel: &str, seq: u64, data: &str) -> String {
     debug_assert!(serde_json::from_str::<&RawValue>(data).is_ok(), "message data must be valid JSON");
     let mut out = open("message", None, 48 + channel.len() + data.len());
     out.push_str(",\"channel\":");
@@ -519,14 +525,14 @@ pub fn message_from_raw(channel: &str, seq: u64, data: &str) -> String {
 }
 
 /// Encodes a `pong` frame; `id` is omitted when `None`.
-pub fn pong(id: Option<&RequestId>) -> String {
+pub(crate) fn pong(id: Option<&RequestId>) -> String {
     let mut out = open("pong", id, 0);
     out.push('}');
     out
 }
 
 /// Encodes a `presence` frame listing `(conn_id, info)` members; absent info is `null`.
-pub fn presence(id: Option<&RequestId>, channel: &str, members: &[(String, Option<&RawValue>)]) -> String {
+pub(crate) fn presence(id: Option<&RequestId>, channel: &str, members: &[(String, Option<&RawValue>)]) -> String {
     let size: usize = members.iter().map(|(conn, info)| 24 + conn.len() + info.map_or(4, |i| i.get().len())).sum();
     let mut out = open("presence", id, 32 + channel.len() + size);
     out.push_str(",\"channel\":");

@@ -8,14 +8,14 @@ use bytes::Bytes;
 
 /// Names a frame in a [`FrameStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrameId(u32);
+pub(crate) struct FrameId(u32);
 
 /// The frames queued on a hub's connections, each held once however many queues name it.
 /// A hub is single-threaded, so a plain count of readers replaces `Bytes`' atomic one: at
 /// 1,000 subscribers the atomic increment on enqueue and decrement on write were a tenth of
 /// a broadcast's user-space time.
 #[derive(Debug, Default)]
-pub struct FrameStore {
+pub(crate) struct FrameStore {
     frames: Vec<StoredFrame>,
     free: Vec<u32>,
 }
@@ -30,7 +30,7 @@ struct StoredFrame {
 impl FrameStore {
     /// Stores a frame no queue holds yet; it is freed once the last queue that takes it lets go,
     /// or by [`FrameStore::forget_unread`] if none took it.
-    pub fn insert(&mut self, bytes: Bytes) -> FrameId {
+    pub(crate) fn insert(&mut self, bytes: Bytes) -> FrameId {
         let frame = StoredFrame { bytes, readers: 0 };
         if let Some(index) = self.free.pop() {
             self.frames[index as usize] = frame;
@@ -43,18 +43,18 @@ impl FrameStore {
     }
 
     /// The frame's bytes.
-    pub fn get(&self, id: FrameId) -> &[u8] {
+    pub(crate) fn get(&self, id: FrameId) -> &[u8] {
         &self.frames[id.0 as usize].bytes
     }
 
     /// Frames some queue still holds.
-    pub fn live(&self) -> usize {
+    pub(crate) fn live(&self) -> usize {
         self.frames.len() - self.free.len()
     }
 
     /// Frees `id`, just inserted, if no queue took it (every reader was over its bound). Only
     /// for a frame no queue has yet let go of: a freed one has no readers either.
-    pub fn forget_unread(&mut self, id: FrameId) {
+    pub(crate) fn forget_unread(&mut self, id: FrameId) {
         let frame = &mut self.frames[id.0 as usize];
         if frame.readers == 0 {
             frame.bytes = Bytes::new();
@@ -83,7 +83,7 @@ impl FrameStore {
 /// A queue holds its frames in the hub's [`FrameStore`]: it must be emptied with
 /// [`OutQueue::clear`] before it is dropped, or its frames stay stored.
 #[derive(Debug, Default)]
-pub struct OutQueue {
+pub(crate) struct OutQueue {
     front: Option<FrameId>,
     rest: VecDeque<FrameId>,
     /// Bytes of the front frame already written.
@@ -94,7 +94,7 @@ pub struct OutQueue {
 
 impl OutQueue {
     /// Appends a stored frame.
-    pub fn push(&mut self, store: &mut FrameStore, frame: FrameId) {
+    pub(crate) fn push(&mut self, store: &mut FrameStore, frame: FrameId) {
         store.retain(frame);
         self.unsent += store.get(frame).len();
         if self.front.is_none() {
@@ -105,23 +105,23 @@ impl OutQueue {
     }
 
     /// Unsent bytes.
-    pub fn unsent(&self) -> usize {
+    pub(crate) fn unsent(&self) -> usize {
         self.unsent
     }
 
     /// True when queueing `len` more bytes would take a non-empty queue past `limit` bytes
     /// (an empty queue always takes one frame, however large, so a big message still goes out).
-    pub fn would_overflow(&self, len: usize, limit: usize) -> bool {
+    pub(crate) fn would_overflow(&self, len: usize, limit: usize) -> bool {
         self.unsent > 0 && self.unsent + len > limit
     }
 
     /// True when everything was written.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.front.is_none()
     }
 
     /// Fills `out` with the unsent bytes in order; returns how many slices were filled.
-    pub fn fill<'a>(&self, store: &'a FrameStore, out: &mut [IoSlice<'a>]) -> usize {
+    pub(crate) fn fill<'a>(&self, store: &'a FrameStore, out: &mut [IoSlice<'a>]) -> usize {
         let Some(front) = self.front else { return 0 };
         let frames = std::iter::once(&store.get(front)[self.offset..]).chain(self.rest.iter().map(|&f| store.get(f)));
         let mut filled = 0;
@@ -133,7 +133,7 @@ impl OutQueue {
     }
 
     /// Marks `n` bytes as written; returns how many were (never more than were unsent).
-    pub fn consume(&mut self, store: &mut FrameStore, n: usize) -> usize {
+    pub(crate) fn consume(&mut self, store: &mut FrameStore, n: usize) -> usize {
         let n = n.min(self.unsent);
         self.unsent -= n;
         let mut left = n;
@@ -155,7 +155,7 @@ impl OutQueue {
     }
 
     /// Lets go of every unsent frame; returns how many bytes were unsent.
-    pub fn clear(&mut self, store: &mut FrameStore) -> usize {
+    pub(crate) fn clear(&mut self, store: &mut FrameStore) -> usize {
         let unsent = self.unsent;
         for frame in self.front.take().into_iter().chain(std::mem::take(&mut self.rest)) {
             store.release(frame);

@@ -156,7 +156,8 @@ fn ping_cadence_and_pong_timeout_closes_exactly_once() {
     assert_eq!(sim.hub.metrics().pong_timeouts, 1);
     assert_eq!(sim.hub.metrics().closes_by_code.get("1008"), Some(&1));
     assert_eq!(sim.hub.connection_count(), 0);
-    assert_eq!(sim.hub.poll_timeout(), None, "no timer left behind");
+    sim.pump();
+    assert_eq!(sim.timeout, None, "no timer left behind");
 }
 
 #[test]
@@ -298,7 +299,7 @@ fn drain_closes_in_batches_then_at_the_deadline() {
         })
         .collect();
     let closed_1001 = |sim: &mut Sim| ids.iter().filter(|&&id| close_code(&sim.take_output(id)) == Some(1001)).count();
-    sim.hub.shutdown(sim.now, sim.now + Duration::from_secs(1));
+    sim.hub.handle_shutdown(sim.now, sim.now + Duration::from_secs(1));
     sim.pump();
     assert_eq!(closed_1001(&mut sim), 2);
     sim.advance(Duration::from_millis(99));
@@ -364,7 +365,7 @@ fn nothing_remains_after_close() {
     sim.send(a, &close_frame(1000, ""));
     sim.take_output(a);
     // b goes away with a broadcast still unread: its queue lets go of the stored frame.
-    sim.hub.broadcast(sim.now, "/chat", true, b"unread").expect("/chat is a broadcast route");
+    sim.hub.handle_broadcast(sim.now, "/chat", true, b"unread").expect("/chat is a broadcast route");
     assert_eq!(sim.hub.stored_frames(), 1);
     sim.hub.handle_eof(sim.now, b);
     sim.pump();
@@ -373,7 +374,8 @@ fn nothing_remains_after_close() {
     assert_eq!((m.connections_open, m.subscriptions, m.channels, m.queued_bytes), (0, 0, 0, 0));
     assert!(m.connections_by_route.values().all(|&n| n == 0));
     sim.advance(Duration::from_secs(120));
-    assert_eq!(sim.hub.poll_timeout(), None, "no timer, no per-IP entry left");
+    sim.pump();
+    assert_eq!(sim.timeout, None, "no timer, no per-IP entry left");
 }
 
 #[test]
@@ -383,7 +385,8 @@ fn in_process_bus_gets_publishes_and_interest() {
     let id = pubsub_client(&mut sim);
     op(&mut sim, id, r#"{"op":"subscribe","channel":"news"}"#);
     op(&mut sim, id, r#"{"op":"publish","channel":"news","data":1}"#);
-    let commands: Vec<BrokerCommand> = std::iter::from_fn(|| sim.hub.poll_broker()).collect();
+    sim.pump();
+    let commands: Vec<BrokerCommand> = std::mem::take(&mut sim.broker);
     assert!(matches!(&commands[0], BrokerCommand::Subscribe(c) if c == "news"), "{commands:?}");
     assert!(matches!(&commands[1], BrokerCommand::Publish(e) if e.channel == "news" && &e.payload[..] == b"1"));
     // An envelope from another worker reaches the local subscriber; our own is ignored.
@@ -397,20 +400,22 @@ fn in_process_bus_gets_publishes_and_interest() {
 
 #[test]
 fn redis_broker_asks_the_shell_for_two_connections_and_publishes_through_them() {
-    use switchboard_core::redis::LinkConn;
+    use switchboard_core::LinkConn;
     let config = "[broker]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:7777\"\nprefix = \"t\"\n";
     let mut sim = Sim::worker_of(switchboard_core::Config::from_toml(config).expect("valid config"), 2);
     let id = pubsub_client(&mut sim);
-    let mut wanted: Vec<(LinkConn, String)> = std::iter::from_fn(|| sim.hub.poll_redis_connect()).collect();
+    sim.pump();
+    let mut wanted: Vec<(LinkConn, String)> = std::mem::take(&mut sim.redis_opens);
     wanted.sort();
     assert_eq!(
         wanted,
         vec![(LinkConn::Subscriber, "127.0.0.1:7777".to_owned()), (LinkConn::Command, "127.0.0.1:7777".to_owned())]
     );
-    assert!(sim.hub.poll_broker().is_none(), "interest goes to Redis, not to the bus");
+    assert!(sim.broker.is_empty(), "interest goes to Redis, not to the bus");
     // Redis never answers: the breaker opens after enough failures and /healthz says degraded.
     for _ in 0..20 {
-        for (which, _) in std::iter::from_fn(|| sim.hub.poll_redis_connect()).collect::<Vec<_>>() {
+        sim.pump();
+        for (which, _) in std::mem::take(&mut sim.redis_opens) {
             sim.hub.handle_redis_connect_failed(sim.now, which);
         }
         sim.advance(Duration::from_secs(1));
@@ -424,8 +429,8 @@ fn redis_broker_asks_the_shell_for_two_connections_and_publishes_through_them() 
     assert_eq!(got[0]["type"], "message");
     assert!(sim.hub.metrics().broker_dropped >= 1);
     // The node's other workers still hear it, through the in-process bus.
-    let published =
-        std::iter::from_fn(|| sim.hub.poll_broker()).any(|c| matches!(c, switchboard_core::BrokerCommand::Publish(_)));
+    sim.pump();
+    let published = sim.broker.iter().any(|c| matches!(c, switchboard_core::BrokerCommand::Publish(_)));
     assert!(published);
 }
 

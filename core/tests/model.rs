@@ -123,7 +123,7 @@ impl World {
             Op::ApiPublish(c) => {
                 let number = self.record_publish(c);
                 let now = self.sim.now;
-                self.sim.hub.publish(now, CHANNELS[c], &format!(r#"{{"p":{number}}}"#)).expect("valid publish");
+                self.sim.hub.handle_publish(now, CHANNELS[c], &format!(r#"{{"p":{number}}}"#)).expect("valid publish");
                 self.sim.pump();
             }
             Op::Close(k) => {

@@ -4,7 +4,7 @@ mod support;
 
 use proptest::prelude::*;
 use support::*;
-use switchboard_core::frame::{self, Decoded, Decoder, Limits};
+use switchboard_core::codec::{self as frame, Decoded, Decoder, Limits};
 use tungstenite::protocol::frame::coding::{Control, OpCode};
 
 const LIMITS: Limits = Limits { max_frame: 1 << 20, max_message: 1 << 20 };

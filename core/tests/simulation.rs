@@ -18,7 +18,7 @@ use switchboard_core::config::{RouteConfig, RouteMode, Size, SlowConsumerPolicy}
 use switchboard_core::fuzzing::{
     MASK, ServerItem, ServerStream, assert_hub_empty, client_frame, peer_addr, take_output, upgrade_request,
 };
-use switchboard_core::{BrokerCommand, Config, ConnId, Envelope, Event, Hub};
+use switchboard_core::{BrokerCommand, Config, ConnId, Envelope, Hub, Output};
 use switchboard_testkit::origin;
 
 const HUBS: usize = 3;
@@ -35,7 +35,7 @@ struct Rng(u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        switchboard_core::redis::splitmix64(&mut self.0)
+        switchboard_core::fuzzing::splitmix64(&mut self.0)
     }
 
     fn below(&mut self, n: u64) -> u64 {
@@ -124,6 +124,8 @@ struct Broker {
 struct Cluster {
     rng: Rng,
     hubs: Vec<Hub>,
+    /// Each hub's last `Output::Timeout`.
+    timeouts: Vec<Option<Instant>>,
     now: Instant,
     slots: Vec<Option<Client>>,
     /// When an empty slot connects again.
@@ -169,6 +171,7 @@ impl Cluster {
             hubs: (0..HUBS)
                 .map(|w| Hub::new(config(), "sim").expect("valid config").with_worker(w as u32).with_workers(HUBS))
                 .collect(),
+            timeouts: vec![None; HUBS],
             now: t0,
             slots: (0..SLOTS).map(|_| None).collect(),
             reconnect_at,
@@ -202,7 +205,7 @@ impl Cluster {
 
     /// The earliest of every hub's timer, the broker's next delivery and the clients' next move.
     fn next_wakeup(&self) -> Instant {
-        let hubs = self.hubs.iter().filter_map(Hub::poll_timeout);
+        let hubs = self.timeouts.iter().flatten().copied();
         let broker = self.broker.in_flight.iter().map(|(due, _, _)| *due);
         let clients = self.slots.iter().zip(&self.reconnect_at).map(|(slot, at)| match slot {
             Some(client) => client.next_action,
@@ -214,7 +217,7 @@ impl Cluster {
     fn tick(&mut self) {
         let now = self.now;
         for h in 0..HUBS {
-            if self.hubs[h].poll_timeout().is_some_and(|t| t <= now) {
+            if self.timeouts[h].is_some_and(|t| t <= now) {
                 self.hubs[h].handle_timeout(now);
             }
         }
@@ -282,7 +285,7 @@ impl Cluster {
         let extra = if deflate { "Sec-WebSocket-Extensions: permessage-deflate\r\n" } else { "" };
         self.hubs[hub].handle_bytes(self.now, id, upgrade_request(route.path(), extra).as_bytes());
         let mut stream = ServerStream::new();
-        let items = stream.read(&take_output(&mut self.hubs[hub], id, usize::MAX));
+        let items = stream.read(&take_output(&mut self.hubs[hub], self.now, id, usize::MAX));
         assert!(matches!(items.first(), Some(ServerItem::Response { status: 101, .. })), "upgrade refused: {items:?}");
         let next_action = self.now + self.rng.millis(10, 500);
         self.slots[slot] = Some(Client {
@@ -392,7 +395,7 @@ impl Cluster {
         let publisher = u64::MAX - hub as u64;
         let data = format!("{{\"n\":{number},\"p\":{publisher},\"i\":{}}}", self.api_counter);
         let before = self.hubs[hub].metrics().publishes;
-        let result = self.hubs[hub].publish(self.now, channel, &data);
+        let result = self.hubs[hub].handle_publish(self.now, channel, &data);
         assert!(result.is_ok(), "API publish refused: {result:?}");
         self.settle_publish(hub, before, number);
     }
@@ -441,7 +444,7 @@ impl Cluster {
     /// The client reads up to `max` bytes and reacts (pong, close reply).
     fn read(&mut self, slot: usize, max: usize) {
         let Some(client) = &mut self.slots[slot] else { return };
-        let bytes = take_output(&mut self.hubs[client.hub], client.id, max);
+        let bytes = take_output(&mut self.hubs[client.hub], self.now, client.id, max);
         let items = client.stream.read(&bytes);
         for item in items {
             self.on_item(slot, item);
@@ -485,15 +488,20 @@ impl Cluster {
         loop {
             let mut moved = false;
             for h in 0..HUBS {
-                while let Some(event) = self.hubs[h].poll_event() {
-                    moved = true;
-                    if let Event::Close(id) = event {
-                        self.closed_by_hub(h, id);
+                loop {
+                    match self.hubs[h].poll_output() {
+                        Output::Timeout(at) => {
+                            self.timeouts[h] = at;
+                            break;
+                        }
+                        Output::Close(id) => self.closed_by_hub(h, id),
+                        Output::Broker(command) => self.broker_command(h, command),
+                        Output::Transmit(_)
+                        | Output::RedisOpen { .. }
+                        | Output::RedisTransmit(_)
+                        | Output::RedisClose(_) => {}
                     }
-                }
-                while let Some(command) = self.hubs[h].poll_broker() {
                     moved = true;
-                    self.broker_command(h, command);
                 }
             }
             for slot in 0..SLOTS {
@@ -579,7 +587,7 @@ impl Cluster {
         }
         self.settle();
         let end = self.now + Duration::from_secs(3600);
-        while let Some(at) = self.hubs.iter().filter_map(Hub::poll_timeout).min().filter(|t| *t <= end) {
+        while let Some(at) = self.timeouts.iter().flatten().copied().min().filter(|t| *t <= end) {
             self.now = self.now.max(at);
             for hub in &mut self.hubs {
                 hub.handle_timeout(self.now);
@@ -592,7 +600,7 @@ impl Cluster {
         assert_eq!(published, self.accepted, "publish counters vs publishes accepted");
         for (h, hub) in self.hubs.iter().enumerate() {
             assert_hub_empty(hub);
-            assert_eq!(hub.poll_timeout(), None, "empty hub {h} still asks to be woken");
+            assert_eq!(self.timeouts[h], None, "empty hub {h} still asks to be woken");
             assert!(
                 self.broker.subscriptions[h].is_empty(),
                 "hub {h} still subscribed to {:?}",

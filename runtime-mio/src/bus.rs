@@ -60,8 +60,8 @@ impl Bus {
     }
 
     /// Hands what the hub published this turn to every other worker, one message per peer.
-    pub(crate) fn send_broker(&mut self, hub: &mut Hub) {
-        let Some(batch) = switchboard_shell::take_publishes(hub, !self.others.is_empty()) else { return };
+    pub(crate) fn send_publishes(&mut self, publishes: &mut Vec<Envelope>) {
+        let Some(batch) = switchboard_shell::take_publishes(publishes) else { return };
         for peer in &self.others {
             peer.send(Control::Envelopes(Arc::clone(&batch)));
         }

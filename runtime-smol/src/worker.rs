@@ -14,8 +14,8 @@ use std::time::Instant;
 use async_io::{Async, Timer};
 use futures_lite::future;
 use log::{debug, warn};
-use switchboard_core::{ConnId, Event, Hub};
-use switchboard_shell::{Accepting, ClientWrite, METRICS_INTERVAL, READ_BUFFER};
+use switchboard_core::{ConnId, Envelope, Hub, LinkConn};
+use switchboard_shell::{Accepting, ClientWrite, METRICS_INTERVAL, READ_BUFFER, RedisSockets, Sockets};
 
 use crate::mailbox::{Inbox, Mailbox, Message, Ready};
 use crate::redis::Redis;
@@ -31,6 +31,17 @@ struct Conn {
     scheduled: bool,
 }
 
+/// The worker's sockets: what the hub's outputs act on.
+#[derive(Debug)]
+struct Io {
+    /// Indexed by `ConnId::index`, which the hub keeps dense.
+    conns: Vec<Option<Conn>>,
+    buf: Vec<u8>,
+    /// Connections to write to in this turn.
+    flush: Vec<ConnId>,
+    redis: Redis,
+}
+
 #[derive(Debug)]
 pub(crate) struct Worker {
     index: u32,
@@ -40,17 +51,16 @@ pub(crate) struct Worker {
     mailbox: Arc<Mailbox>,
     /// Every worker's mailbox, this one's included, indexed by worker.
     peers: Arc<[Arc<Mailbox>]>,
-    /// Indexed by `ConnId::index`, which the hub keeps dense.
-    conns: Vec<Option<Conn>>,
-    buf: Vec<u8>,
-    /// Connections to write to in this turn.
-    flush: Vec<ConnId>,
+    io: Io,
     timer: Timer,
     timer_at: Option<Instant>,
     accepting: Accepting,
-    redis: Redis,
     metrics_at: Instant,
     drain_deadline: Option<Instant>,
+    /// The hub's last word on when its timers are due.
+    timeout: Option<Instant>,
+    /// This turn's publishes, for the other workers.
+    publishes: Vec<Envelope>,
 }
 
 impl Worker {
@@ -61,17 +71,16 @@ impl Worker {
             hub,
             listener,
             listener_waker: mailbox.waker(Ready::Listener),
-            redis: Redis::new(&mailbox),
+            io: Io { conns: Vec::new(), buf: vec![0; READ_BUFFER], flush: Vec::new(), redis: Redis::new(&mailbox) },
             mailbox,
             peers,
-            conns: Vec::new(),
-            buf: vec![0; READ_BUFFER],
-            flush: Vec::new(),
             timer: Timer::never(),
             timer_at: None,
             accepting: Accepting::default(),
             metrics_at: Instant::now(),
             drain_deadline: None,
+            timeout: None,
+            publishes: Vec::new(),
         }
     }
 
@@ -80,6 +89,7 @@ impl Worker {
         let mut inbox = Inbox::default();
         // The Redis link, if configured, starts connecting before the first client arrives.
         self.hub.handle_timeout(Instant::now());
+        self.drain_outputs(Instant::now());
         self.accept(Instant::now());
         loop {
             let now = Instant::now();
@@ -87,6 +97,7 @@ impl Worker {
             for message in inbox.messages.drain(..) {
                 self.handle_message(now, message);
             }
+            self.drain_outputs(now);
             for ready in inbox.ready.drain(..) {
                 match ready {
                     Ready::Listener => self.accept(now),
@@ -95,32 +106,29 @@ impl Worker {
                         self.resume_write(id);
                     }
                     Ready::Redis(which) => {
-                        self.redis.ready(&mut self.hub, now, which, &mut self.buf);
-                        self.drain_events();
+                        self.io.redis.ready(&mut self.hub, now, which, &mut self.io.buf);
+                        switchboard_shell::resume_redis(&mut self.hub, now, &mut self.io, which);
+                        self.drain_outputs(now);
                     }
                 }
             }
             if self.accepting.resume(now) {
                 self.accept(now);
             }
-            switchboard_shell::run_timers(&mut self.hub, now);
+            switchboard_shell::run_timers(&mut self.hub, now, self.timeout);
             if now >= self.metrics_at {
                 self.metrics_at = now + METRICS_INTERVAL;
                 self.send_metrics();
             }
             // Before the clients' writes, so a publish is on its way to Redis when its ack or
             // `202` leaves.
-            switchboard_shell::pump_redis(&mut self.hub, now, &mut self.redis);
-            self.drain_events();
+            self.drain_outputs(now);
             self.write(now);
             self.send_broker();
-            // Again, since writing may have ended connections, which leave channels and presence.
-            switchboard_shell::pump_redis(&mut self.hub, now, &mut self.redis);
-            self.drain_events();
             if switchboard_shell::drained(&self.hub, self.drain_deadline, now) {
                 return;
             }
-            if self.flush.is_empty() {
+            if self.io.flush.is_empty() {
                 self.wait().await;
             }
         }
@@ -128,7 +136,7 @@ impl Worker {
 
     /// Sleeps until the mailbox has something or the next deadline passes.
     async fn wait(&mut self) {
-        let next = [self.hub.poll_timeout(), self.accepting.resume_at(), self.drain_deadline]
+        let next = [self.timeout, self.accepting.resume_at(), self.drain_deadline]
             .into_iter()
             .flatten()
             .chain((self.peers.len() > 1).then_some(self.metrics_at))
@@ -159,7 +167,7 @@ impl Worker {
         match message {
             Message::Shutdown { deadline } => {
                 self.drain_deadline.get_or_insert(deadline);
-                self.hub.shutdown(now, deadline);
+                self.hub.handle_shutdown(now, deadline);
             }
             Message::Envelopes(batch) => {
                 for envelope in batch.iter() {
@@ -198,13 +206,16 @@ impl Worker {
             }
         };
         let id = self.hub.handle_accept(now, peer);
-        if self.conns.len() <= id.index() {
-            self.conns.resize_with(id.index() + 1, || None);
+        let conns = &mut self.io.conns;
+        if conns.len() <= id.index() {
+            conns.resize_with(id.index() + 1, || None);
         }
         let waker = self.mailbox.waker(Ready::Conn(id));
         // A stale socket in the slot belongs to a connection the hub already forgot.
-        self.conns[id.index()] = Some(Conn { id, stream, waker, scheduled: false });
+        conns[id.index()] = Some(Conn { id, stream, waker, scheduled: false });
         debug!("accepted {peer} as {id:?}");
+        // The hub may already have refused it (too many handshakes from its address).
+        self.drain_outputs(now);
         // The request is often here already.
         self.read(now, id, true);
     }
@@ -215,59 +226,46 @@ impl Worker {
     fn read(&mut self, now: Instant, id: ConnId, eager: bool) {
         let mut ready = eager;
         loop {
-            let Some(conn) = conn_mut(&mut self.conns, id) else { return };
+            let Some(conn) = conn_mut(&mut self.io.conns, id) else { return };
             if !ready && conn.stream.poll_readable(&mut Context::from_waker(&conn.waker)).is_pending() {
                 return;
             }
             ready = true;
-            match conn.stream.get_ref().read(&mut self.buf) {
-                Ok(n) if n > 0 => self.hub.handle_bytes(now, id, &self.buf[..n]),
+            match conn.stream.get_ref().read(&mut self.io.buf) {
+                Ok(n) if n > 0 => self.hub.handle_bytes(now, id, &self.io.buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(_) | Err(_) => {
                     self.hub.handle_eof(now, id);
-                    self.drain_events();
+                    self.drain_outputs(now);
                     return;
                 }
             }
             // A close the hub decided on removes the socket here, which ends the loop.
-            self.drain_events();
+            self.drain_outputs(now);
         }
     }
 
     /// Writing waits for the reactor only after a blocked write; this picks it up again.
     fn resume_write(&mut self, id: ConnId) {
-        if let Some(conn) = conn_mut(&mut self.conns, id)
+        if let Some(conn) = conn_mut(&mut self.io.conns, id)
             && self.hub.wants_write(id)
             && conn.stream.poll_writable(&mut Context::from_waker(&conn.waker)).is_ready()
         {
-            self.schedule(id);
+            self.io.schedule(id);
         }
     }
 
-    fn drain_events(&mut self) {
-        while let Some(event) = self.hub.poll_event() {
-            match event {
-                Event::Transmit(id) => self.schedule(id),
-                Event::Close(id) => self.close(id),
-            }
-        }
-    }
-
-    fn schedule(&mut self, id: ConnId) {
-        if let Some(conn) = conn_mut(&mut self.conns, id)
-            && !conn.scheduled
-        {
-            conn.scheduled = true;
-            self.flush.push(id);
-        }
+    /// Everything the hub asked for since the last input, up to its next timeout.
+    fn drain_outputs(&mut self, now: Instant) {
+        self.timeout = switchboard_shell::drain_outputs(&mut self.hub, now, &mut self.io, &mut self.publishes);
     }
 
     /// One `write_vectored` per scheduled connection. A blocked socket arms writability and
     /// comes back through the mailbox; a short write without blocking is retried next turn.
     fn write(&mut self, now: Instant) {
-        for id in std::mem::take(&mut self.flush) {
-            let Some(conn) = conn_mut(&mut self.conns, id) else { continue };
+        for id in std::mem::take(&mut self.io.flush) {
+            let Some(conn) = conn_mut(&mut self.io.conns, id) else { continue };
             conn.scheduled = false;
             let ready_again = match switchboard_shell::write_client(&mut self.hub, now, id, conn.stream.get_ref()) {
                 ClientWrite::Wrote => true,
@@ -275,26 +273,17 @@ impl Worker {
                 ClientWrite::Failed => continue,
             };
             if ready_again && self.hub.wants_write(id) {
-                self.schedule(id);
+                self.io.schedule(id);
             }
         }
-        // `consume` finishes connections whose last bytes (an HTTP error, a close reply) went out.
-        self.drain_events();
-    }
-
-    /// Closes the socket of a connection the hub has forgotten.
-    fn close(&mut self, id: ConnId) {
-        let Some(conn) = self.conns.get_mut(id.index()).and_then(|slot| slot.take_if(|c| c.id == id)) else {
-            return;
-        };
-        switchboard_shell::linger(conn.stream.get_ref(), &mut self.buf);
-        debug!("closed {id:?}");
+        // Writing finishes connections whose last bytes (an HTTP error, a close reply) went out.
+        self.drain_outputs(now);
     }
 
     /// The in-process bus: every publish goes to every other worker, whose hub delivers it to
     /// its own subscribers; a turn's publishes travel together (one wake per peer per turn).
     fn send_broker(&mut self) {
-        let Some(batch) = switchboard_shell::take_publishes(&mut self.hub, self.peers.len() > 1) else { return };
+        let Some(batch) = switchboard_shell::take_publishes(&mut self.publishes) else { return };
         for peer in self.other_peers() {
             peer.post(Message::Envelopes(Arc::clone(&batch)));
         }
@@ -310,6 +299,46 @@ impl Worker {
     fn other_peers(&self) -> impl Iterator<Item = &Arc<Mailbox>> {
         let me = self.index as usize;
         self.peers.iter().enumerate().filter(move |&(i, _)| i != me).map(|(_, peer)| peer)
+    }
+}
+
+impl Io {
+    fn schedule(&mut self, id: ConnId) {
+        if let Some(conn) = conn_mut(&mut self.conns, id)
+            && !conn.scheduled
+        {
+            conn.scheduled = true;
+            self.flush.push(id);
+        }
+    }
+}
+
+impl Sockets for Io {
+    fn transmit(&mut self, id: ConnId) {
+        self.schedule(id);
+    }
+
+    /// Closes the socket of a connection the hub has forgotten.
+    fn close_client(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id.index()).and_then(|slot| slot.take_if(|c| c.id == id)) else {
+            return;
+        };
+        switchboard_shell::linger(conn.stream.get_ref(), &mut self.buf);
+        debug!("closed {id:?}");
+    }
+}
+
+impl RedisSockets for Io {
+    fn close(&mut self, which: LinkConn) {
+        self.redis.close(which);
+    }
+
+    fn connect(&mut self, which: LinkConn, addr: std::net::SocketAddr) -> io::Result<()> {
+        self.redis.connect(which, addr)
+    }
+
+    fn flush(&mut self, hub: &mut Hub, now: Instant, which: LinkConn) -> bool {
+        self.redis.flush(hub, now, which)
     }
 }
 

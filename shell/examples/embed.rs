@@ -10,7 +10,7 @@ use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use switchboard_core::{Config, ConnId, Event, Hub};
+use switchboard_core::{Config, ConnId, Hub, Output};
 
 fn main() -> std::io::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9001".to_owned());
@@ -20,6 +20,7 @@ fn main() -> std::io::Result<()> {
     let mut hub = Hub::new(Config::default(), "embed").map_err(std::io::Error::other)?;
     let mut sockets: HashMap<ConnId, TcpStream> = HashMap::new();
     let mut buf = vec![0u8; 64 * 1024];
+    let mut timeout: Option<Instant> = None;
     loop {
         let now = Instant::now();
         let mut busy = false;
@@ -54,37 +55,49 @@ fn main() -> std::io::Result<()> {
                 }
             }
         }
-        if hub.poll_timeout().is_some_and(|at| at <= now) {
-            hub.handle_timeout(now);
-        }
-        // Write before acting on close events, so a final close frame or HTTP error goes out.
+        // A socket that could not take everything is tried again each turn.
         for (&id, stream) in &mut sockets {
-            while hub.wants_write(id) {
+            if hub.wants_write(id) {
+                busy = true;
                 let mut slices = [IoSlice::new(&[]); 64];
                 let n = hub.transmit(id, &mut slices);
-                match stream.write_vectored(&slices[..n]) {
-                    Ok(written) => hub.consume(id, written),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        hub.handle_eof(now, id);
-                        break;
+                if let Ok(written) = stream.write_vectored(&slices[..n]) {
+                    hub.handle_written(now, id, written);
+                }
+            }
+        }
+        if timeout.is_some_and(|at| at <= now) {
+            hub.handle_timeout(now);
+        }
+        // After every input, poll until `Timeout`: nothing is left behind then. Writing is an
+        // input too (`handle_written`), so the loop goes on until the hub has nothing to say.
+        loop {
+            match hub.poll_output() {
+                Output::Transmit(id) => {
+                    busy = true;
+                    let Some(stream) = sockets.get_mut(&id) else { continue };
+                    let mut slices = [IoSlice::new(&[]); 64];
+                    let n = hub.transmit(id, &mut slices);
+                    match stream.write_vectored(&slices[..n]) {
+                        Ok(written) => hub.handle_written(now, id, written),
+                        // Left queued: `wants_write` says so, and the next turn tries again.
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                        Err(_) => hub.handle_eof(now, id),
                     }
                 }
-            }
-        }
-        while let Some(event) = hub.poll_event() {
-            match event {
-                Event::Close(id) => {
+                Output::Close(id) => {
                     sockets.remove(&id);
                 }
-                Event::Transmit(_) => busy = true,
+                // One hub, no other node: a lone hub asks for neither.
+                Output::Broker(_) | Output::RedisOpen { .. } | Output::RedisTransmit(_) | Output::RedisClose(_) => {}
+                Output::Timeout(at) => {
+                    timeout = at;
+                    break;
+                }
             }
         }
-        // One hub and no other node: broker commands have nowhere to go.
-        while hub.poll_broker().is_some() {}
         if !busy {
-            let until_timer =
-                hub.poll_timeout().map_or(Duration::from_millis(5), |at| at.saturating_duration_since(now));
+            let until_timer = timeout.map_or(Duration::from_millis(5), |at| at.saturating_duration_since(now));
             std::thread::sleep(until_timer.min(Duration::from_millis(5)));
         }
     }

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use switchboard_core::limits::{Admission, AdmissionTable, Refusal};
+use switchboard_core::{Admission, AdmissionTable, Refusal};
 
 /// One [`AdmissionTable`] for the whole node, lent to each hub. Admission is a few map
 /// operations per connection (never per message), so one short lock serves every worker and

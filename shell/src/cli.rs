@@ -4,7 +4,7 @@
 //! [`Args::config`] itself, and hands its text to [`resolve`], which applies the flag overrides:
 //!
 //! ```
-//! use switchboard_core::cli::{self, Command};
+//! use switchboard_shell::cli::{self, Command};
 //!
 //! let args = cli::parse(["--listen", "127.0.0.1:0", "--workers", "2"].map(String::from))?;
 //! assert_eq!(args.command, Command::Serve);
@@ -13,7 +13,7 @@
 //! # Ok::<(), String>(())
 //! ```
 
-use crate::config::Config;
+use switchboard_core::Config;
 
 /// What the process was asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -5,8 +5,10 @@
 
 mod accept;
 mod admission;
+pub mod cli;
 mod listen;
 mod redis;
+mod turn;
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -15,14 +17,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use cli::Command;
 use log::{debug, error, info};
-use switchboard_core::cli::{self, Command};
-use switchboard_core::limits::AdmissionTable;
-use switchboard_core::{BrokerCommand, Config, ConnId, Envelope, Hub};
+use switchboard_core::{AdmissionTable, Config, ConnId, Envelope, Hub};
 
 pub use accept::Accepting;
 pub use admission::SharedAdmission;
-pub use redis::{Flush, RedisSockets, pump_redis, read_redis, resolve, write_redis};
+pub use redis::{Flush, RedisSockets, read_redis, resolve, write_redis};
+pub use turn::{Sockets, drain_outputs, resume_redis};
 
 /// One buffer serves every read of a worker: the hub copies what it keeps.
 pub const READ_BUFFER: usize = 64 * 1024;
@@ -192,9 +194,9 @@ pub fn spawn_worker(
     })
 }
 
-/// Runs the hub's timers when they are due.
-pub fn run_timers(hub: &mut Hub, now: Instant) {
-    if hub.poll_timeout().is_some_and(|t| t <= now) {
+/// Runs the hub's timers when `due` (the last `Output::Timeout`) has come.
+pub fn run_timers(hub: &mut Hub, now: Instant, due: Option<Instant>) {
+    if due.is_some_and(|t| t <= now) {
         hub.handle_timeout(now);
     }
 }
@@ -221,7 +223,7 @@ pub fn write_client(hub: &mut Hub, now: Instant, id: ConnId, mut stream: impl Wr
     }
     match stream.write_vectored(&slices[..filled]) {
         Ok(n) => {
-            hub.consume(id, n);
+            hub.handle_written(now, id, n);
             ClientWrite::Wrote
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => ClientWrite::Blocked,
@@ -233,21 +235,12 @@ pub fn write_client(hub: &mut Hub, now: Instant, id: ConnId, mut stream: impl Wr
     }
 }
 
-/// What the hub published in this turn, for every other worker of the process in one message.
-/// One message per publish would wake a peer at the first of them, and it would then write
-/// each frame to its subscribers on its own instead of a turn's frames together.
-/// Subscriptions need no bookkeeping: a hub with no subscriber on a channel drops an envelope.
-/// Without peers it only drains the hub, allocating nothing.
-pub fn take_publishes(hub: &mut Hub, has_peers: bool) -> Option<Arc<[Envelope]>> {
-    let mut batch = Vec::new();
-    while let Some(command) = hub.poll_broker() {
-        if let BrokerCommand::Publish(envelope) = command
-            && has_peers
-        {
-            batch.push(envelope);
-        }
-    }
-    (!batch.is_empty()).then(|| batch.into())
+/// What the hub published in this turn (gathered by [`drain_outputs`]), for every other worker
+/// of the process in one message. One message per publish would wake a peer at the first of
+/// them, and it would then write each frame to its subscribers on its own instead of a turn's
+/// frames together. Allocates nothing when the turn published nothing.
+pub fn take_publishes(publishes: &mut Vec<Envelope>) -> Option<Arc<[Envelope]>> {
+    (!publishes.is_empty()).then(|| std::mem::take(publishes).into())
 }
 
 /// True once a drain has finished: nothing left, or its deadline passed.
@@ -275,17 +268,38 @@ pub fn linger(mut stream: impl Read, buf: &mut [u8]) {
 mod tests {
     use super::*;
 
+    /// Outputs to nobody: what a turn publishes is all that is watched.
+    struct NoSockets;
+
+    impl RedisSockets for NoSockets {
+        fn close(&mut self, _: switchboard_core::LinkConn) {}
+        fn connect(&mut self, _: switchboard_core::LinkConn, _: SocketAddr) -> io::Result<()> {
+            Err(io::Error::other("no sockets here"))
+        }
+        fn flush(&mut self, _: &mut Hub, _: Instant, _: switchboard_core::LinkConn) -> bool {
+            true
+        }
+    }
+
+    impl Sockets for NoSockets {
+        fn transmit(&mut self, _: ConnId) {}
+        fn close_client(&mut self, _: ConnId) {}
+    }
+
     #[test]
     fn a_turns_publishes_travel_as_one_batch_in_order() {
         let mut hub = Hub::new(Config::default(), "test").expect("defaults are valid").with_workers(2);
         let now = Instant::now();
-        assert!(take_publishes(&mut hub, true).is_none(), "nothing published, nothing sent");
+        let mut publishes = Vec::new();
+        drain_outputs(&mut hub, now, &mut NoSockets, &mut publishes);
+        assert!(take_publishes(&mut publishes).is_none(), "nothing published, nothing sent");
         for data in ["1", "2", "3"] {
-            hub.publish(now, "news", data).expect("valid channel and JSON");
+            hub.handle_publish(now, "news", data).expect("valid channel and JSON");
         }
-        let batch = take_publishes(&mut hub, true).expect("three publishes");
+        drain_outputs(&mut hub, now, &mut NoSockets, &mut publishes);
+        let batch = take_publishes(&mut publishes).expect("three publishes");
         let payloads: Vec<&[u8]> = batch.iter().map(|e| &e.payload[..]).collect();
         assert_eq!(payloads, [b"1", b"2", b"3"]);
-        assert!(take_publishes(&mut hub, true).is_none(), "the batch took them all");
+        assert!(take_publishes(&mut publishes).is_none(), "the batch took them all");
     }
 }

@@ -9,12 +9,6 @@ use std::time::Instant;
 use log::debug;
 use switchboard_core::{Hub, LinkConn};
 
-/// Both connections, in the order the link serves them.
-const BOTH: [LinkConn; 2] = [LinkConn::Command, LinkConn::Subscriber];
-/// Rounds of one pump: each further round only follows up a failure reported in the previous
-/// one, so a link that fails at every step still cannot hold the worker.
-const MAX_ROUNDS: usize = 4;
-
 /// A runtime's two Redis sockets (per worker).
 pub trait RedisSockets {
     /// Drops the socket `which`, or abandons its pending connect.
@@ -25,36 +19,9 @@ pub trait RedisSockets {
     fn connect(&mut self, which: LinkConn, addr: SocketAddr) -> io::Result<()>;
 
     /// Writes what the hub has for `which` if its socket is connected and not blocked (see
-    /// [`write_redis`]). Returns false when the socket failed and was dropped.
+    /// [`write_redis`]); a blocked socket writes again once writable (`resume_redis`).
+    /// Returns false when the socket failed and was dropped.
     fn flush(&mut self, hub: &mut Hub, now: Instant, which: LinkConn) -> bool;
-}
-
-/// After every turn of a worker: drops the sockets the link let go, starts the connects it
-/// asks for, and writes what it has queued.
-pub fn pump_redis(hub: &mut Hub, now: Instant, sockets: &mut impl RedisSockets) {
-    for _ in 0..MAX_ROUNDS {
-        let mut failed = false;
-        // Closes first: a reconnect of the same connection may follow in this very pump.
-        while let Some(which) = hub.poll_redis_close() {
-            sockets.close(which);
-        }
-        while let Some((which, target)) = hub.poll_redis_connect() {
-            if let Err(e) = resolve(&target).and_then(|addr| sockets.connect(which, addr)) {
-                // The link counts it and backs off; its breaker speaks for a Redis that stays away.
-                debug!("redis {which:?}: connect {target}: {e}");
-                hub.handle_redis_connect_failed(now, which);
-                failed = true;
-            }
-        }
-        for which in BOTH {
-            if hub.redis_wants_write(which) && !sockets.flush(hub, now, which) {
-                failed = true;
-            }
-        }
-        if !failed {
-            return;
-        }
-    }
 }
 
 /// The first address of `target` (`host:port`). An IP literal is parsed without a lookup; a
@@ -86,7 +53,7 @@ pub fn write_redis(hub: &mut Hub, now: Instant, which: LinkConn, mut stream: imp
         match stream.write_vectored(&slices[..filled]) {
             Ok(0) => {}
             Ok(n) => {
-                hub.redis_consume(which, n);
+                hub.handle_redis_written(now, which, n);
                 continue;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flush::Blocked,

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use switchboard_core::{Config, ConnId, Event, Hub};
+use switchboard_core::{Config, ConnId, Hub, Output};
 
 /// Counts live heap bytes so the figure is the hub's own, not the allocator's page cache.
 struct Counting;
@@ -61,10 +61,10 @@ fn main() {
         let peer = SocketAddr::from(([10, (n >> 16) as u8, (n >> 8) as u8, n as u8], 40000));
         let id = hub.handle_accept(t0, peer);
         hub.handle_bytes(t0, id, REQUEST);
-        drain(&mut hub, id);
+        drain(&mut hub, t0, id);
         ids.push(id);
     }
-    while hub.poll_event().is_some() {}
+    while !matches!(hub.poll_output(), Output::Timeout(_)) {}
     let ids_bytes = ids.capacity() * size_of::<ConnId>();
     let held = LIVE.load(Ordering::Relaxed) - before - ids_bytes;
     println!("connections: {connections} (set up in {:.2?})", setup.elapsed());
@@ -73,15 +73,19 @@ fn main() {
     let mut timings = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let start = Instant::now();
-        hub.broadcast(t0, "/chat", true, &message).expect("route exists");
+        hub.handle_broadcast(t0, "/chat", true, &message).expect("route exists");
         let elapsed = start.elapsed();
         timings.push(elapsed);
         // Not timed: the shell's side (events, writes) is measured by the load benchmarks.
         let mut transmits = 0usize;
-        while let Some(event) = hub.poll_event() {
-            if let Event::Transmit(id) = event {
-                drain(&mut hub, id);
-                transmits += 1;
+        loop {
+            match hub.poll_output() {
+                Output::Transmit(id) => {
+                    drain(&mut hub, t0, id);
+                    transmits += 1;
+                }
+                Output::Timeout(_) => break,
+                _ => {}
             }
         }
         assert_eq!(transmits, connections, "every connection got the message");
@@ -100,7 +104,7 @@ fn main() {
 }
 
 /// Takes everything queued for `id`, as a socket that accepts it all would.
-fn drain(hub: &mut Hub, id: ConnId) {
+fn drain(hub: &mut Hub, now: Instant, id: ConnId) {
     loop {
         let mut slices = [IoSlice::new(&[]); 8];
         let n = hub.transmit(id, &mut slices);
@@ -108,6 +112,6 @@ fn drain(hub: &mut Hub, id: ConnId) {
             return;
         }
         let written = slices[..n].iter().map(|s| s.len()).sum();
-        hub.consume(id, written);
+        hub.handle_written(now, id, written);
     }
 }

@@ -1,5 +1,5 @@
 //! The hub's side of the broker: the in-process bus between the workers of a node (commands
-//! out through `poll_broker`) and, with `broker.kind = "redis"`, the Redis link to other nodes,
+//! out as [`Output::Broker`]) and, with `broker.kind = "redis"`, the Redis link to other nodes,
 //! whose two sockets the shell opens and feeds. Cluster presence and counts come back here.
 
 use super::*;
@@ -14,16 +14,6 @@ pub(super) enum PresenceWaiter {
 }
 
 impl Hub {
-    /// The Redis connection the shell must open next: which one, and `host:port`.
-    pub fn poll_redis_connect(&mut self) -> Option<(LinkConn, String)> {
-        self.redis.as_mut()?.poll_connect()
-    }
-
-    /// A Redis socket the shell must drop (it reports nothing more for it).
-    pub fn poll_redis_close(&mut self) -> Option<LinkConn> {
-        self.redis.as_mut()?.poll_close()
-    }
-
     /// The Redis connection `which` is established.
     pub fn handle_redis_connected(&mut self, now: Instant, which: LinkConn) {
         self.with_link(now, |link| link.handle_connected(now, which));
@@ -50,13 +40,15 @@ impl Hub {
     }
 
     /// `n` bytes of what `redis_transmit` offered were written.
-    pub fn redis_consume(&mut self, which: LinkConn, n: usize) {
+    pub fn handle_redis_written(&mut self, now: Instant, which: LinkConn, n: usize) {
+        self.touch(now);
         if let Some(link) = &mut self.redis {
             link.consume(which, n);
         }
     }
 
-    /// True while Redis connection `which` has bytes to write.
+    /// True while Redis connection `which` has bytes to write (after a blocked write, the
+    /// shell asks again once the socket is writable).
     pub fn redis_wants_write(&self, which: LinkConn) -> bool {
         self.redis.as_ref().is_some_and(|link| link.wants_write(which))
     }

@@ -155,8 +155,8 @@ impl Hub {
         };
         self.metrics.api_publishes += 1;
         let result = match &request.target {
-            api::PublishTarget::Channel(channel) => self.publish(now, channel, request.data.get()),
-            api::PublishTarget::Route(path) => self.broadcast(now, path, true, request.data.get().as_bytes()),
+            api::PublishTarget::Channel(channel) => self.handle_publish(now, channel, request.data.get()),
+            api::PublishTarget::Route(path) => self.handle_broadcast(now, path, true, request.data.get().as_bytes()),
         };
         match result {
             Ok(()) => HttpResponse::json(202, r#"{"status":"accepted"}"#.to_owned()),
@@ -226,9 +226,9 @@ impl Hub {
         conn.phase = Phase::Open;
         conn.route = route_index;
         conn.counted = true;
-        conn.deadline = None;
+        conn.timers.stop(Timer::Handshake);
         conn.last_active = now;
-        conn.next_ping = Some(later(now, heartbeat.ping_interval));
+        conn.timers.set(Timer::Ping, later(now, heartbeat.ping_interval));
         conn.deflate = negotiated.as_ref().map(|(params, _)| *params);
         conn.decoder = Decoder::new(conn.deflate.as_ref().map(Inflater::new));
         *self.metrics.connections_by_route.entry(path.clone()).or_default() += 1;

@@ -46,7 +46,7 @@ impl Hub {
                     self.enqueue(id, frame::encode(OpCode::Control(Control::Pong), false, &payload));
                 }
             }
-            Decoded::Pong(_) => conn.pong_due = None,
+            Decoded::Pong(_) => conn.timers.stop(Timer::Pong),
             Decoded::Close(close) => {
                 conn.close_when_flushed = true;
                 if conn.close_sent {

@@ -1,11 +1,19 @@
 //! The `Hub`: every connection of one worker, and the rules that decide what happens to them.
 
 mod cluster;
+mod conn;
 mod fanout;
+mod handshakes;
 mod http;
 mod messages;
 mod ops;
+mod output;
 mod timers;
+
+pub use output::Output;
+
+use conn::{Connection, Phase, Slot, Subscription, Timer, TimerTable, live, live_conn};
+use output::Event;
 
 use cluster::PresenceWaiter;
 use fanout::{is_room, room_name};
@@ -47,93 +55,6 @@ impl ConnId {
     pub fn index(self) -> usize {
         self.index as usize
     }
-}
-
-/// Something the shell must act on, in the order given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[must_use]
-pub enum Event {
-    /// The connection has bytes to send: call `transmit` when the socket is writable.
-    Transmit(ConnId),
-    /// Close the socket. The hub has already forgotten the connection.
-    Close(ConnId),
-}
-
-/// Where a connection is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Reading the HTTP request head (and body, for the API).
-    Handshake,
-    /// WebSocket frames flow both ways.
-    Open,
-    /// A close frame was sent or received, or an HTTP response is the last thing to send.
-    Closing,
-    /// An HTTP request waits for an answer from other nodes; further bytes are ignored.
-    Responding,
-    /// An HTTP response is the last thing to send; further bytes are ignored.
-    Answered,
-}
-
-/// A channel the connection is subscribed to.
-#[derive(Debug)]
-struct Subscription {
-    channel: ChannelId,
-    /// Position in the channel's subscriber list.
-    position: u32,
-    /// What presence shows for this member (raw JSON given at subscribe).
-    info: Option<Box<str>>,
-}
-
-/// One connection: its protocol state and its outbound queue of shared frames.
-#[derive(Debug)]
-struct Connection {
-    /// The TCP peer (a proxy, when there is one).
-    peer: SocketAddr,
-    /// The client as far as per-IP rules go: the peer, or whom a trusted proxy names.
-    client: IpAddr,
-    phase: Phase,
-    /// Counted among the node's connections in their handshake.
-    handshaking: bool,
-    /// A PROXY protocol header is expected before the request.
-    proxy_pending: bool,
-    route: usize,
-    /// Admitted among the node's connections, and counted in the per-route gauges.
-    counted: bool,
-    /// Request bytes until the head (and body) is complete; unallocated afterwards.
-    head: Vec<u8>,
-    decoder: Decoder,
-    deflate: Option<DeflateParams>,
-    out: OutQueue,
-    close_sent: bool,
-    /// Close the socket as soon as the queue is flushed.
-    close_when_flushed: bool,
-    /// Handshake deadline, then the deadline for the peer's close reply.
-    deadline: Option<Instant>,
-    next_ping: Option<Instant>,
-    pong_due: Option<Instant>,
-    /// Last data message (or app-level ping) from the client, for the idle timeout.
-    last_active: Instant,
-    messages: TokenBucket,
-    bytes: TokenBucket,
-    strikes: u32,
-    subscriptions: Vec<Subscription>,
-    /// The wake-up currently in the timer heap for this connection.
-    wake_at: Option<Instant>,
-}
-
-impl Connection {
-    fn next_deadline(&self, idle_timeout: Duration) -> Option<Instant> {
-        let idle =
-            (self.phase == Phase::Open && !idle_timeout.is_zero()).then(|| later(self.last_active, idle_timeout));
-        [self.deadline, self.next_ping, self.pong_due, idle].into_iter().flatten().min()
-    }
-}
-
-/// A slab slot: the generation tells a live id from a stale one.
-#[derive(Debug, Default)]
-struct Slot {
-    generation: u32,
-    conn: Option<Connection>,
 }
 
 /// A drain in progress (see `Hub::shutdown`).
@@ -212,6 +133,8 @@ pub struct Hub {
     peer_metrics: Vec<Metrics>,
     /// The link to Redis, when `broker.kind = "redis"` (created at the first input).
     redis: Option<RedisLink>,
+    /// `Output::RedisTransmit` was given for this connection since the last input.
+    redis_told: [bool; 2],
     presence_waiters: HashMap<u64, PresenceWaiter>,
     next_token: u64,
     /// The latest time given by any input, for work that outputs like `consume` start.
@@ -245,6 +168,7 @@ impl Hub {
             broker_state: BrokerState::Disabled,
             peer_metrics: Vec::new(),
             redis: None,
+            redis_told: [false; 2],
             presence_waiters: HashMap::new(),
             next_token: 0,
             latest: None,
@@ -329,9 +253,11 @@ impl Hub {
             out: OutQueue::default(),
             close_sent: false,
             close_when_flushed: false,
-            deadline: Some(later(now, self.config.server.handshake_timeout)),
-            next_ping: None,
-            pong_due: None,
+            timers: {
+                let mut timers = TimerTable::default();
+                timers.set(Timer::Handshake, later(now, self.config.server.handshake_timeout));
+                timers
+            },
             last_active: now,
             messages: TokenBucket::full(f64::from(self.config.rate_limit.burst), now),
             bytes: TokenBucket::full(self.byte_burst(), now),
@@ -369,53 +295,6 @@ impl Hub {
         id
     }
 
-    /// The address a connection's handshake counts against: none for a trusted proxy, whose
-    /// sockets carry many clients.
-    fn handshake_key(&self, peer: IpAddr) -> Option<IpAddr> {
-        let trusted = self.config.server.trusted_proxies.iter().any(|cidr| cidr.contains(peer));
-        (!trusted).then(|| proxy::client_key(peer, self.config.limits.ipv6_prefix))
-    }
-
-    /// The node has more connections in their handshake than `max_handshaking`: this hub's
-    /// oldest one (never `newest`) makes room, so slow sockets cannot lock real clients out.
-    /// A hub whose only handshake is the newest lets the node run over until its others act.
-    fn evict_oldest_handshake(&mut self, newest: ConnId) {
-        while let Some(&oldest) = self.handshakes.front() {
-            if oldest == newest {
-                return;
-            }
-            self.handshakes.pop_front();
-            if let Some(proxy_pending) = self.conn(oldest).filter(|c| c.handshaking).map(|c| c.proxy_pending) {
-                self.metrics.handshake_evictions += 1;
-                if proxy_pending {
-                    return self.finish(oldest);
-                }
-                let response =
-                    HttpResponse::error(503, "too many connections in their handshake").with_header("Retry-After", "1");
-                return self.respond_http(oldest, &response);
-            }
-        }
-    }
-
-    /// The connection's handshake is over (upgraded, answered or gone): the node counts it no
-    /// longer.
-    fn end_handshake(&mut self, id: ConnId) {
-        let Some(conn) = self.conn_mut(id) else { return };
-        if !std::mem::take(&mut conn.handshaking) {
-            return;
-        }
-        let peer = conn.peer.ip();
-        self.metrics.handshaking -= 1;
-        let key = self.handshake_key(peer);
-        self.admission.end_handshake(key);
-        // Ended handshakes are skipped when met at the front; this keeps the rest from piling
-        // up behind one slow socket.
-        if self.handshakes.len() > 2 * self.metrics.handshaking as usize + 64 {
-            let slots = &self.slots;
-            self.handshakes.retain(|&id| live(slots, id).is_some_and(|c| c.handshaking));
-        }
-    }
-
     /// Bytes read from the connection's socket.
     pub fn handle_bytes(&mut self, now: Instant, id: ConnId, data: &[u8]) {
         self.touch(now);
@@ -448,18 +327,14 @@ impl Hub {
         self.deliver_remote(now, envelope);
     }
 
-    /// The state of the link to other nodes, for `/healthz` and `/metrics`.
-    pub fn set_broker_state(&mut self, state: BrokerState) {
-        self.broker_state = state;
-    }
-
     /// Fills `out` with slices of the connection's unsent bytes; returns how many were filled.
     pub fn transmit<'a>(&'a self, id: ConnId, out: &mut [IoSlice<'a>]) -> usize {
         self.conn(id).map_or(0, |conn| conn.out.fill(&self.frames, out))
     }
 
     /// `n` bytes of what `transmit` offered were written to the socket.
-    pub fn consume(&mut self, id: ConnId, n: usize) {
+    pub fn handle_written(&mut self, now: Instant, id: ConnId, n: usize) {
+        self.touch(now);
         let Some(conn) = live_conn(&mut self.slots, id) else { return };
         let written = conn.out.consume(&mut self.frames, n);
         let close = conn.out.is_empty() && conn.close_when_flushed;
@@ -479,18 +354,8 @@ impl Hub {
         self.conn(id).map_or(0, |c| c.out.unsent())
     }
 
-    /// The next thing the shell must do, if any.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    /// The next command for the broker (the node's other workers, or Redis), if any.
-    pub fn poll_broker(&mut self) -> Option<BrokerCommand> {
-        self.broker_out.pop_front()
-    }
-
     /// When `handle_timeout` must next be called (it may be early; that is harmless).
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    fn poll_timeout(&self) -> Option<Instant> {
         let connection = self.timers.peek().map(|Reverse((at, _))| *at);
         let drain = self.drain.as_ref().map(|d| d.next_batch.min(d.deadline));
         let redis = self.redis.as_ref().and_then(RedisLink::poll_timeout);
@@ -524,7 +389,7 @@ impl Hub {
     /// Starts a graceful drain: new upgrades get 503, open connections get close 1001 in
     /// batches of `drain.batch` every `drain.interval`, and whatever remains at `deadline`
     /// is dropped.
-    pub fn shutdown(&mut self, now: Instant, deadline: Instant) {
+    pub fn handle_shutdown(&mut self, now: Instant, deadline: Instant) {
         if self.drain.is_some() {
             return;
         }
@@ -563,7 +428,7 @@ impl Hub {
     }
 
     /// Publishes JSON `data` on pub/sub `channel`, to local subscribers and through the broker.
-    pub fn publish(&mut self, now: Instant, channel: &str, data: &str) -> Result<(), PublishError> {
+    pub fn handle_publish(&mut self, now: Instant, channel: &str, data: &str) -> Result<(), PublishError> {
         if !pubsub::valid_channel(channel, self.config.pubsub.max_channel_bytes) {
             return Err(PublishError::BadChannel);
         }
@@ -576,7 +441,7 @@ impl Hub {
     }
 
     /// Sends `data` to everyone on broadcast route `path`, and through the broker.
-    pub fn broadcast(&mut self, now: Instant, path: &str, text: bool, data: &[u8]) -> Result<(), PublishError> {
+    pub fn handle_broadcast(&mut self, now: Instant, path: &str, text: bool, data: &[u8]) -> Result<(), PublishError> {
         match self.config.route(path) {
             Some((_, route)) if route.mode == RouteMode::Broadcast => {}
             _ => return Err(PublishError::NoSuchRoute),
@@ -588,6 +453,7 @@ impl Hub {
 
     /// Notes the time of an input; the first one also starts the Redis link, if configured.
     fn touch(&mut self, now: Instant) {
+        self.redis_told = [false; 2];
         self.started.get_or_insert(now);
         self.latest = Some(self.latest.map_or(now, |latest| latest.max(now)));
         if self.config.broker.kind == BrokerKind::Redis && self.redis.is_none() {
@@ -612,7 +478,12 @@ impl Hub {
 
     /// Starts the closing handshake with `code`; the socket closes when the peer answers,
     /// or after `close_timeout`.
-    pub fn close(&mut self, now: Instant, id: ConnId, code: u16, reason: &str) {
+    pub fn handle_close(&mut self, now: Instant, id: ConnId, code: u16, reason: &str) {
+        self.touch(now);
+        self.close(now, id, code, reason);
+    }
+
+    pub(super) fn close(&mut self, now: Instant, id: ConnId, code: u16, reason: &str) {
         let Some(conn) = self.conn(id) else { return };
         if conn.close_sent || conn.phase == Phase::Handshake {
             return;
@@ -626,10 +497,10 @@ impl Hub {
         let Some(conn) = self.conn_mut(id) else { return };
         conn.close_sent = true;
         conn.phase = Phase::Closing;
-        conn.next_ping = None;
-        conn.pong_due = None;
+        conn.timers.stop(Timer::Ping);
+        conn.timers.stop(Timer::Pong);
         conn.decoder.set_closing();
-        conn.deadline = Some(later(now, close_timeout));
+        conn.timers.cap(Timer::GiveUp, later(now, close_timeout));
         // A closing connection hears nothing more: it leaves every channel now.
         for index in (0..conn.subscriptions.len()).rev() {
             self.unsubscribe_at(id, index);
@@ -641,8 +512,14 @@ impl Hub {
     /// Sends an HTTP response and closes once it is written.
     fn respond_http(&mut self, id: ConnId, response: &HttpResponse) {
         self.end_handshake(id);
+        let give_up = self.latest.map(|now| later(now, self.config.server.close_timeout));
         let Some(conn) = self.conn_mut(id) else { return };
         conn.phase = Phase::Answered;
+        conn.timers.stop(Timer::Handshake);
+        // A client that never reads its answer is let go.
+        if let Some(at) = give_up {
+            conn.timers.cap(Timer::GiveUp, at);
+        }
         conn.head = Vec::new();
         conn.close_when_flushed = true;
         if response.status >= 400 {
@@ -722,25 +599,6 @@ impl Hub {
     }
 }
 
-/// The connection `id` names, if it is still the one in its slot. A free function so that a
-/// caller can hold it while it uses the hub's other fields (the frame store, the metrics).
-fn live_conn(slots: &mut [Slot], id: ConnId) -> Option<&mut Connection> {
-    let slot = slots.get_mut(id.index as usize)?;
-    if slot.generation != id.generation {
-        return None;
-    }
-    slot.conn.as_mut()
-}
-
-/// Shared-borrow twin of [`live_conn`].
-fn live(slots: &[Slot], id: ConnId) -> Option<&Connection> {
-    let slot = slots.get(id.index as usize)?;
-    if slot.generation != id.generation {
-        return None;
-    }
-    slot.conn.as_ref()
-}
-
 /// The slow-consumer policy of the route at index `route` (its override, else the global one).
 fn slow_consumer_policy(config: &Config, route: usize) -> SlowConsumerPolicy {
     config.route.get(route).map_or(config.limits.slow_consumer, |r| config.slow_consumer_for(r))
@@ -756,5 +614,6 @@ mod tests {
     fn a_connection_stays_small() {
         assert!(size_of::<Slot>() <= 448, "Slot grew to {} bytes", size_of::<Slot>());
         assert!(size_of::<Event>() <= 16, "Event grew to {} bytes", size_of::<Event>());
+        assert!(size_of::<TimerTable>() <= 64, "TimerTable grew to {} bytes", size_of::<TimerTable>());
     }
 }

@@ -33,7 +33,7 @@ impl Hub {
                 _ => {}
             }
             if let Some(conn) = self.conn_mut(id) {
-                conn.deadline = Some(conn.deadline.map_or(deadline, |d| d.min(deadline)));
+                conn.timers.cap(Timer::GiveUp, deadline);
             }
             self.rearm(id);
         }
@@ -43,8 +43,12 @@ impl Hub {
         let heartbeat = self.config.heartbeat.clone();
         let idle_timeout = heartbeat.idle_timeout;
         let Some(conn) = self.conn_mut(id) else { return };
-        if conn.deadline.is_some_and(|d| d <= now) {
-            conn.deadline = None;
+        if conn.timers.expired(Timer::GiveUp, now) {
+            // The peer never answered our close, or never read our last bytes: give up on it.
+            return self.finish(id);
+        }
+        if conn.timers.expired(Timer::Handshake, now) {
+            conn.timers.stop(Timer::Handshake);
             match conn.phase {
                 Phase::Handshake if conn.proxy_pending => {
                     // No PROXY header: not from the balancer, so nothing HTTP is answered.
@@ -59,17 +63,17 @@ impl Hub {
                 Phase::Responding => {
                     self.respond_http(id, &HttpResponse::error(504, "no answer from the cluster in time"))
                 }
-                // The peer never answered our close (or never read it): give up on it.
-                Phase::Open | Phase::Closing | Phase::Answered => self.finish(id),
+                // The timer is stopped on leaving these phases.
+                Phase::Open | Phase::Closing | Phase::Answered => {}
             }
             return;
         }
         if conn.phase != Phase::Open {
             return;
         }
-        if conn.pong_due.is_some_and(|d| d <= now) {
-            conn.pong_due = None;
-            conn.next_ping = None;
+        if conn.timers.expired(Timer::Pong, now) {
+            conn.timers.stop(Timer::Pong);
+            conn.timers.stop(Timer::Ping);
             self.metrics.pong_timeouts += 1;
             return self.close(now, id, 1008, "pong timeout");
         }
@@ -77,10 +81,10 @@ impl Hub {
             self.metrics.idle_timeouts += 1;
             return self.close(now, id, 1008, "idle timeout");
         }
-        if conn.next_ping.is_some_and(|p| p <= now) {
-            conn.next_ping = Some(later(now, heartbeat.ping_interval));
-            if conn.pong_due.is_none() {
-                conn.pong_due = Some(later(now, heartbeat.pong_timeout));
+        if conn.timers.expired(Timer::Ping, now) {
+            conn.timers.set(Timer::Ping, later(now, heartbeat.ping_interval));
+            if conn.timers.get(Timer::Pong).is_none() {
+                conn.timers.set(Timer::Pong, later(now, heartbeat.pong_timeout));
             }
             self.enqueue(id, frame::encode(OpCode::Control(Control::Ping), false, &[]));
         }

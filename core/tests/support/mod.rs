@@ -5,7 +5,7 @@ use std::io::{Cursor, IoSlice};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use switchboard_core::{Config, ConnId, Event, Hub};
+use switchboard_core::{BrokerCommand, Config, ConnId, Hub, LinkConn, Output};
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::OpCode;
 
@@ -18,12 +18,19 @@ pub struct Sim {
     pub t0: Instant,
     pub now: Instant,
     pub closed: Vec<ConnId>,
+    /// The hub's last `Output::Timeout`.
+    pub timeout: Option<Instant>,
+    /// `Output::Broker` commands, in order.
+    pub broker: Vec<BrokerCommand>,
+    /// `Output::RedisOpen` requests, in order.
+    pub redis_opens: Vec<(LinkConn, String)>,
 }
 
 impl Sim {
     pub fn new(config: Config) -> Self {
         let t0 = switchboard_testkit::origin();
-        Self { hub: Hub::new(config, "test-node").expect("valid config"), t0, now: t0, closed: Vec::new() }
+        let hub = Hub::new(config, "test-node").expect("valid config");
+        Self { hub, t0, now: t0, closed: Vec::new(), timeout: None, broker: Vec::new(), redis_opens: Vec::new() }
     }
 
     /// A hub that is one of `workers` of its node: it queues its publishes for the others.
@@ -54,7 +61,8 @@ impl Sim {
     /// Moves the clock forward, running every timer on the way (like a shell would).
     pub fn advance(&mut self, by: Duration) {
         let end = self.now + by;
-        while let Some(at) = self.hub.poll_timeout() {
+        self.pump();
+        while let Some(at) = self.timeout {
             if at > end {
                 break;
             }
@@ -67,11 +75,19 @@ impl Sim {
         self.pump();
     }
 
-    /// Records close events; transmit events are served by `take_output`.
+    /// Follows the hub's outputs until `Timeout`: records closes, broker commands and Redis
+    /// opens; transmits are served by `take_output`.
     pub fn pump(&mut self) {
-        while let Some(event) = self.hub.poll_event() {
-            if let Event::Close(id) = event {
-                self.closed.push(id);
+        loop {
+            match self.hub.poll_output() {
+                Output::Close(id) => self.closed.push(id),
+                Output::Broker(command) => self.broker.push(command),
+                Output::RedisOpen { conn, addr } => self.redis_opens.push((conn, addr)),
+                Output::Transmit(_) | Output::RedisTransmit(_) | Output::RedisClose(_) => {}
+                Output::Timeout(at) => {
+                    self.timeout = at;
+                    return;
+                }
             }
         }
     }
@@ -94,7 +110,7 @@ impl Sim {
                 out.extend_from_slice(slice);
                 written += slice.len();
             }
-            self.hub.consume(id, written);
+            self.hub.handle_written(self.now, id, written);
         }
         self.pump();
         out

@@ -1,0 +1,257 @@
+//! Parsing, rendering, error locations and validation of `Config`.
+
+use super::*;
+use proptest::prelude::*;
+
+/// Path of the example file relative to this source file.
+const EXAMPLE_TOML: &str = include_str!("../../../switchboard.example.toml");
+
+fn err(src: &str) -> ConfigError {
+    match Config::from_toml(src) {
+        Ok(c) => panic!("expected an error for {src:?}, got {c:?}"),
+        Err(e) => e,
+    }
+}
+
+#[track_caller]
+fn assert_err(src: &str, key: &str, line: usize, column: usize) -> ConfigError {
+    let e = err(src);
+    assert_eq!((e.key.as_str(), e.line, e.column), (key, line, column), "{e}");
+    e
+}
+
+#[test]
+fn empty_document_is_the_default() {
+    assert_eq!(Config::from_toml(""), Ok(Config::default()));
+    assert_eq!(Config::default().route.len(), 3);
+}
+
+#[test]
+fn example_file_is_the_default() {
+    assert_eq!(Config::from_toml(EXAMPLE_TOML), Ok(Config::default()));
+}
+
+#[test]
+fn default_round_trips() {
+    let c = Config::default();
+    assert_eq!(Config::from_toml(&c.to_toml()), Ok(c));
+}
+
+#[test]
+fn non_default_round_trips() {
+    let mut c = Config::default();
+    c.server.listen = "[::1]:9000".to_owned();
+    c.server.workers = 4;
+    c.server.close_timeout = Duration::from_millis(1500);
+    c.limits.connect_rate_per_ip = 0.1;
+    c.limits.max_frame_bytes = Some(Size(1000));
+    c.limits.max_handshaking = 7;
+    c.limits.max_handshaking_per_ip = 3;
+    c.limits.ipv6_prefix = 56;
+    c.server.trusted_proxies = vec!["10.0.0.0/8".parse().expect("valid"), "::1".parse().expect("valid")];
+    c.server.proxy_protocol = true;
+    c.limits.slow_consumer = SlowConsumerPolicy::Drop;
+    c.heartbeat.idle_timeout = Duration::ZERO;
+    c.heartbeat.pong_timeout = Duration::from_nanos(1_000_000_123);
+    c.rate_limit.on_exceed = RateLimitAction::Close;
+    c.compression.level = 9;
+    c.http.api_key = "s3cr\"et".to_owned();
+    c.broker.kind = BrokerKind::Redis;
+    c.broker.backoff.max = Duration::from_secs(7200);
+    c.broker.backoff.jitter = 1.0;
+    c.drain.interval = Duration::from_secs(90);
+    c.route = vec![RouteConfig {
+        path: "/feed".to_owned(),
+        mode: RouteMode::Pubsub,
+        allowed_origins: vec!["https://a.example".to_owned()],
+        subprotocols: vec!["v2".to_owned(), "v1".to_owned()],
+        client_publish: false,
+        slow_consumer: Some(SlowConsumerPolicy::Drop),
+    }];
+    let text = c.to_toml();
+    assert_eq!(Config::from_toml(&text), Ok(c), "{text}");
+}
+
+#[test]
+fn durations_and_sizes_parse() {
+    assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+    assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+    assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+    assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+    assert_eq!(parse_duration("25"), None);
+    assert_eq!(parse_duration("s"), None);
+    assert_eq!(parse_duration("1.2.3s"), None);
+    assert_eq!(format_duration(Duration::from_millis(100)), "100ms");
+    assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+    assert_eq!(Size::parse("64KiB"), Some(Size(65536)));
+    assert_eq!(Size::parse("2KB"), Some(Size(2000)));
+    assert_eq!(Size::parse("512B"), Some(Size(512)));
+    assert_eq!(Size::parse("1.5MiB"), Some(Size(1_572_864)));
+    assert_eq!(Size::parse("1 parsec"), None);
+    let c = Config::from_toml("[http]\nmax_body_bytes = 1234\n");
+    assert_eq!(c.map(|c| c.http.max_body_bytes), Ok(Size(1234)));
+}
+
+#[test]
+fn routes_replace_defaults_and_are_found() {
+    let c = Config::from_toml("[[route]]\npath = \"/x\"\nmode = \"echo\"\nslow_consumer = \"drop\"\n");
+    let Ok(c) = c else { panic!("{c:?}") };
+    assert_eq!(c.route.len(), 1);
+    let Some((0, r)) = c.route("/x") else { panic!("route /x missing") };
+    assert_eq!(c.slow_consumer_for(r), SlowConsumerPolicy::Drop);
+    assert!(c.route("/echo").is_none());
+    assert_eq!(Config::default().route("/ws").map(|(i, _)| i), Some(2));
+}
+
+#[test]
+fn unknown_keys() {
+    assert_err("bogus = 1\n", "bogus", 1, 1);
+    let e = assert_err("[server]\nworkers = 2\n  bogus = 1\n", "server.bogus", 3, 3);
+    assert!(e.message.starts_with("unknown key `bogus`"), "{e}");
+    assert_err("[broker.backoff]\nmin = \"1s\"\nmaxx = \"2s\"\n", "broker.backoff.maxx", 3, 1);
+    let src = "[[route]]\npath = \"/a\"\nmode = \"echo\"\n[[route]]\npath = \"/b\"\nmode = \"echo\"\norigins = []\n";
+    assert_err(src, "route[1].origins", 7, 1);
+}
+
+#[test]
+fn wrong_type() {
+    let e = assert_err("[server]\nworkers = \"four\"\n", "server.workers", 2, 11);
+    assert!(e.message.contains("invalid type"), "{e}");
+    assert_err("[compression]\nenabled = 1\n", "compression.enabled", 2, 11);
+    assert_err("[heartbeat]\nping_interval = 25\n", "heartbeat.ping_interval", 2, 17);
+}
+
+#[test]
+fn bad_duration_matches_documented_display() {
+    let e = assert_err("# comment\n[heartbeat]\nping_interval = \"25 parsecs\"\n", "heartbeat.ping_interval", 3, 17);
+    assert_eq!(
+        e.to_string(),
+        "config error at line 3, column 17: heartbeat.ping_interval: \
+         invalid duration \"25 parsecs\" (use e.g. \"25s\", \"100ms\")"
+    );
+}
+
+#[test]
+fn bad_size() {
+    let e = assert_err("[limits]\nsend_queue_bytes = \"1 parsec\"\n", "limits.send_queue_bytes", 2, 20);
+    assert!(e.message.starts_with("invalid size"), "{e}");
+    assert_err("[http]\nmax_body_bytes = -5\n", "http.max_body_bytes", 2, 18);
+}
+
+#[test]
+fn bad_enum_value() {
+    let e = assert_err("[limits]\nslow_consumer = \"panic\"\n", "limits.slow_consumer", 2, 17);
+    assert!(e.message.contains("unknown variant `panic`"), "{e}");
+    assert_err("[[route]]\npath = \"/a\"\nmode = \"relay\"\n", "route[0].mode", 3, 8);
+}
+
+#[test]
+fn route_errors() {
+    let dup = "[[route]]\npath = \"/a\"\nmode = \"echo\"\n\n[[route]]\npath = \"/a\"\nmode = \"pubsub\"\n";
+    let e = assert_err(dup, "route[1].path", 6, 8);
+    assert!(e.message.contains("duplicate"), "{e}");
+    assert_err("[[route]]\nmode = \"echo\"\npath = \"a\"\n", "route[0].path", 3, 8);
+    let missing = "[[route]]\npath = \"/a\"\nmode = \"echo\"\n\n[[route]]\npath = \"/b\"\n";
+    let e = assert_err(missing, "route[1].mode", 5, 1);
+    assert!(e.message.contains("missing required key `mode`"), "{e}");
+    assert_err("route = []\n", "route", 1, 9);
+    let inline = "route = [{ path = \"/a\", mode = \"echo\", subprotocols = [\"a b\"] }]";
+    assert_err(inline, "route[0].subprotocols[0]", 1, 56);
+}
+
+#[test]
+fn validation_errors() {
+    assert_err("[heartbeat]\npong_timeout = \"0s\"\n", "heartbeat.pong_timeout", 2, 16);
+    assert_err("[compression]\nlevel = 12\n", "compression.level", 2, 9);
+    assert_err("[broker.backoff]\njitter = 2.0\n", "broker.backoff.jitter", 2, 10);
+    assert_err("[server]\nlisten = \"localhost\"\n", "server.listen", 2, 10);
+    assert_err("[server]\nmax_header_bytes = 255\n", "server.max_header_bytes", 2, 20);
+    assert_err("[server]\nworkers = 1025\n", "server.workers", 2, 11);
+    let both = "[limits]\nmax_message_bytes = \"64KiB\"\nmax_frame_bytes = \"1MiB\"\n";
+    assert_err(both, "limits.max_frame_bytes", 3, 19);
+    assert_err("[limits]\nipv6_prefix = 0\n", "limits.ipv6_prefix", 2, 15);
+    assert_err("[limits]\nmax_handshaking = 0\n", "limits.max_handshaking", 2, 19);
+    let e = assert_err("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n", "server.trusted_proxies[0]", 2, 20);
+    assert!(e.message.contains("10.0.0.0/33"), "{e}");
+    assert_err("[broker.backoff]\nmin = \"10s\"\n", "broker.backoff.min", 2, 7);
+    assert_err("[broker]\nkind = \"redis\"\nurl = \"http://x\"\n", "broker.url", 3, 7);
+    assert_err("[broker.breaker]\nfailure_threshold = 0\n", "broker.breaker.failure_threshold", 2, 21);
+    let e = assert_err("[heartbeat]\nping_interval = \"18446744073709551615s\"\n", "heartbeat.ping_interval", 2, 17);
+    assert!(e.message.contains("too long"), "{e}");
+    assert_err("[heartbeat]\nping_interval = \"000.0000003s\"\n", "heartbeat.ping_interval", 2, 17);
+}
+
+#[test]
+fn the_readme_internet_example_is_valid() {
+    let readme = include_str!("../../../README.md");
+    let section = readme.split("## Exposing it to the internet").nth(1).unwrap_or_default();
+    let block = section.split("```toml\n").nth(1).and_then(|b| b.split("```").next()).unwrap_or_default();
+    let config = Config::from_toml(block);
+    let Ok(config) = config else { panic!("README example: {config:?}") };
+    assert_eq!(config.limits.max_connections_per_ip, 100);
+    assert_eq!(config.server.trusted_proxies.len(), 1);
+}
+
+#[test]
+fn frame_limit_follows_a_smaller_message_limit() {
+    let small = Config::from_toml("[limits]\nmax_message_bytes = 1024\n");
+    assert_eq!(small.map(|c| c.limits.frame_limit()), Ok(Size(1024)));
+    assert_eq!(Config::default().limits.frame_limit(), Size::MIB);
+    let big = Config::from_toml("[limits]\nmax_message_bytes = \"4MiB\"\n");
+    assert_eq!(big.map(|c| c.limits.frame_limit()), Ok(Size::MIB));
+}
+
+#[test]
+fn a_config_built_in_code_is_checked_like_a_file() {
+    let mut c = Config::default();
+    c.heartbeat.ping_interval = Duration::ZERO;
+    let e = c.validate().expect_err("zero ping interval");
+    assert_eq!((e.key.as_str(), e.line), ("heartbeat.ping_interval", 0));
+    assert_eq!(e.to_string(), "config error: heartbeat.ping_interval: must be greater than 0s");
+    c.heartbeat.ping_interval = Duration::from_secs(1);
+    c.heartbeat.idle_timeout = Duration::MAX;
+    assert_eq!(c.validate().map_err(|e| e.key), Err("heartbeat.idle_timeout".to_owned()));
+    c.heartbeat.idle_timeout = Duration::ZERO;
+    c.rate_limit.messages_per_second = f64::NAN;
+    assert_eq!(c.validate().map_err(|e| e.key), Err("rate_limit.messages_per_second".to_owned()));
+    assert_eq!(Config::default().validate(), Ok(()));
+}
+
+#[test]
+fn unwritten_keys_fall_back_to_their_table() {
+    let src = "[limits]\nslow_consumer = \"drop\"\n";
+    let Ok(doc) = DeTable::parse(src) else { panic!("valid toml") };
+    let nodes = SpanIndex::new(doc.get_ref());
+    assert_eq!(nodes.locate("limits.max_frame_bytes", None), 0..8);
+    assert_eq!(nodes.locate("drain.batch", None), 0..0);
+}
+
+#[test]
+fn syntax_error_has_position() {
+    let e = assert_err("[server]\nworkers = 1\n[limits\n", "", 3, 8);
+    assert!(e.to_string().starts_with("config error at line 3, column 8: "), "{e}");
+    assert_err("a = \"é\" b\n", "", 1, 9);
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_text_never_panics(src in ".{0,200}") {
+        let _ = Config::from_toml(&src);
+    }
+
+    #[test]
+    fn toml_like_text_never_panics(src in "[\\[\\]a-z_.=\"' 0-9\n{},#-]{0,300}") {
+        let _ = Config::from_toml(&src);
+    }
+
+    #[test]
+    fn mangled_example_never_panics(at in 0usize..4000, len in 0usize..40, with in ".{0,8}") {
+        let mut src = EXAMPLE_TOML.to_owned();
+        let start = at.min(src.len());
+        let end = (start + len).min(src.len());
+        if src.is_char_boundary(start) && src.is_char_boundary(end) {
+            src.replace_range(start..end, &with);
+        }
+        let _ = Config::from_toml(&src);
+    }
+}

@@ -1,0 +1,156 @@
+//! One connection's state, the slab slot that holds it, and its typed timers.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::ConnId;
+use crate::channel::ChannelId;
+use crate::deflate::DeflateParams;
+use crate::frame::Decoder;
+use crate::limits::TokenBucket;
+use crate::queue::OutQueue;
+use crate::time::later;
+
+/// What a connection's deadline is for; each has its own slot in the [`TimerTable`], so a
+/// deadline never means one thing in one phase and another in the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Timer {
+    /// The request must be in (`Handshake`) or answered (`Responding`) by then.
+    Handshake,
+    /// Give up on the connection: the peer's close reply, or flushing the last response, or
+    /// a drain's deadline.
+    GiveUp,
+    /// Send the next ping.
+    Ping,
+    /// The pong to our ping is due.
+    Pong,
+}
+
+/// One optional deadline per [`Timer`] (quinn's `TimerTable` idea, sized for a connection).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct TimerTable([Option<Instant>; 4]);
+
+impl TimerTable {
+    pub(super) fn get(&self, timer: Timer) -> Option<Instant> {
+        self.0[timer as usize]
+    }
+
+    pub(super) fn set(&mut self, timer: Timer, at: Instant) {
+        self.0[timer as usize] = Some(at);
+    }
+
+    /// Sets `timer` to `at` unless it is already due earlier.
+    pub(super) fn cap(&mut self, timer: Timer, at: Instant) {
+        let slot = &mut self.0[timer as usize];
+        *slot = Some(slot.map_or(at, |current| current.min(at)));
+    }
+
+    pub(super) fn stop(&mut self, timer: Timer) {
+        self.0[timer as usize] = None;
+    }
+
+    /// True when `timer` is set and due at `now`.
+    pub(super) fn expired(&self, timer: Timer, now: Instant) -> bool {
+        self.get(timer).is_some_and(|at| at <= now)
+    }
+
+    pub(super) fn next(&self) -> Option<Instant> {
+        self.0.iter().flatten().min().copied()
+    }
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Reading the HTTP request head (and body, for the API).
+    Handshake,
+    /// WebSocket frames flow both ways.
+    Open,
+    /// A close frame was sent or received, or an HTTP response is the last thing to send.
+    Closing,
+    /// An HTTP request waits for an answer from other nodes; further bytes are ignored.
+    Responding,
+    /// An HTTP response is the last thing to send; further bytes are ignored.
+    Answered,
+}
+
+/// A channel the connection is subscribed to.
+#[derive(Debug)]
+pub(super) struct Subscription {
+    pub(super) channel: ChannelId,
+    /// Position in the channel's subscriber list.
+    pub(super) position: u32,
+    /// What presence shows for this member (raw JSON given at subscribe).
+    pub(super) info: Option<Box<str>>,
+}
+
+/// One connection: its protocol state and its outbound queue of shared frames.
+#[derive(Debug)]
+pub(super) struct Connection {
+    /// The TCP peer (a proxy, when there is one).
+    pub(super) peer: SocketAddr,
+    /// The client as far as per-IP rules go: the peer, or whom a trusted proxy names.
+    pub(super) client: IpAddr,
+    pub(super) phase: Phase,
+    /// Counted among the node's connections in their handshake.
+    pub(super) handshaking: bool,
+    /// A PROXY protocol header is expected before the request.
+    pub(super) proxy_pending: bool,
+    pub(super) route: usize,
+    /// Admitted among the node's connections, and counted in the per-route gauges.
+    pub(super) counted: bool,
+    /// Request bytes until the head (and body) is complete; unallocated afterwards.
+    pub(super) head: Vec<u8>,
+    pub(super) decoder: Decoder,
+    pub(super) deflate: Option<DeflateParams>,
+    pub(super) out: OutQueue,
+    pub(super) close_sent: bool,
+    /// Close the socket as soon as the queue is flushed.
+    pub(super) close_when_flushed: bool,
+    /// Its deadlines, by what they are for.
+    pub(super) timers: TimerTable,
+    /// Last data message (or app-level ping) from the client, for the idle timeout.
+    pub(super) last_active: Instant,
+    pub(super) messages: TokenBucket,
+    pub(super) bytes: TokenBucket,
+    pub(super) strikes: u32,
+    pub(super) subscriptions: Vec<Subscription>,
+    /// The wake-up currently in the timer heap for this connection.
+    pub(super) wake_at: Option<Instant>,
+}
+
+impl Connection {
+    /// The earliest of its timers, the idle timeout included (derived from `last_active`, so
+    /// a message costs no timer update).
+    pub(super) fn next_deadline(&self, idle_timeout: Duration) -> Option<Instant> {
+        let idle =
+            (self.phase == Phase::Open && !idle_timeout.is_zero()).then(|| later(self.last_active, idle_timeout));
+        [self.timers.next(), idle].into_iter().flatten().min()
+    }
+}
+
+/// A slab slot: the generation tells a live id from a stale one.
+#[derive(Debug, Default)]
+pub(super) struct Slot {
+    pub(super) generation: u32,
+    pub(super) conn: Option<Connection>,
+}
+
+/// The connection `id` names, if it is still the one in its slot. A free function so that a
+/// caller can hold it while it uses the hub's other fields (the frame store, the metrics).
+pub(super) fn live_conn(slots: &mut [Slot], id: ConnId) -> Option<&mut Connection> {
+    let slot = slots.get_mut(id.index as usize)?;
+    if slot.generation != id.generation {
+        return None;
+    }
+    slot.conn.as_mut()
+}
+
+/// Shared-borrow twin of [`live_conn`].
+pub(super) fn live(slots: &[Slot], id: ConnId) -> Option<&Connection> {
+    let slot = slots.get(id.index as usize)?;
+    if slot.generation != id.generation {
+        return None;
+    }
+    slot.conn.as_ref()
+}

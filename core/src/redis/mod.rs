@@ -1,0 +1,577 @@
+//! The Redis link: one hub's sans-IO connection to Redis, for fan-out between nodes, cluster-wide presence
+//! and cluster connection counts, behind a circuit breaker.
+//!
+//! A [`RedisLink`] owns two logical connections, named by [`LinkConn`]: the *subscriber* connection
+//! (SUBSCRIBE/UNSUBSCRIBE; receives `message` pushes) and the *command* connection (PUBLISH, the lease,
+//! presence hashes, PING probes, cluster stats). It never opens a socket: it asks the shell to open one
+//! ([`RedisLink::poll_connect`]), is fed the bytes that arrive, and offers the bytes to write. RESP2 is
+//! encoded and decoded with the `redis-protocol` crate; commands are pipelined and replies matched in order.
+//!
+//! # Run loop
+//!
+//! After every input (`handle_*`, `subscribe`, `publish`, `presence_*`, …), in this order:
+//! 1. drain [`RedisLink::poll_close`]: drop that socket (or abandon its pending connect), and report
+//!    nothing more for it;
+//! 2. drain [`RedisLink::poll_connect`]: start a non-blocking connect to the `host:port` given, then call
+//!    [`RedisLink::handle_connected`] or [`RedisLink::handle_connect_failed`];
+//! 3. for each connection that [`RedisLink::wants_write`], write what [`RedisLink::transmit`] offers and
+//!    report the count to [`RedisLink::consume`];
+//! 4. drain [`RedisLink::poll_delivery`] (into the hub) and [`RedisLink::poll_presence`];
+//! 5. sleep until [`RedisLink::poll_timeout`], then call [`RedisLink::handle_timeout`].
+//!
+//! Readable bytes go to [`RedisLink::handle_bytes`] in any chunking; end of stream or a read/write error
+//! to [`RedisLink::handle_eof`]. Events for a connection the link is not using are ignored.
+//!
+//! # Keys
+//!
+//! - `{prefix}:ch:{channel}` — the Redis channel for a hub channel. A hub subscribes only to channels it
+//!   has local subscribers on.
+//! - `{prefix}:epoch` — a counter; each link `INCR`s it once to learn its *epoch*, so a node restarted
+//!   under the same `node_id` is told apart from its previous life (sequence numbers restart, presence
+//!   entries of the dead incarnation are recognised as dead).
+//! - `{prefix}:lease:{node}:{worker}` — the hub's lease, `"{epoch}:{local connections}"`, written with
+//!   `SET .. EX ttl` and refreshed every `lease_ttl / 3`. Refreshes use `SET .. GET` (Redis 6.2+): when the
+//!   old value is gone the lease had lapsed, others may have pruned our presence, so we write it again.
+//! - `{prefix}:presence:{channel}` — a hash; field `{node}:{worker}:{member}` (so equal member ids on two
+//!   hubs do not collide), value `{"hub":"node:worker","epoch":E,"member":"…","info":<json or null>}`.
+//!   A member is live when its hub's lease exists and carries the same epoch; readers `HDEL` dead ones.
+//! - Cluster stats: `KEYS {prefix}:lease:*` then `MGET`, summing the connection counts. `KEYS` walks the
+//!   whole keyspace; fine for a Redis dedicated to a few dozen hubs, a `SCAN` loop would be needed beyond.
+//!
+//! # Envelope wire format (the PUBLISH payload)
+//!
+//! Big-endian, version 1:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 1 | version, `1` |
+//! | 1 | flags; bit 0 = text (then the payload is UTF-8) |
+//! | 8 | origin epoch |
+//! | 8 | origin sequence number, from 1, +1 per envelope sent |
+//! | 4 | origin worker |
+//! | 2 + n | origin node id (length, UTF-8 bytes) |
+//! | 2 + n | channel (length, UTF-8 bytes) |
+//! | rest | payload, binary-safe |
+//!
+//! A receiver drops envelopes from its own node (its workers share an in-process bus), for
+//! channels it does not hold, whose Redis channel does not match their channel, and any whose
+//! sequence number is not above the last one seen from that origin in the same epoch (a new
+//! epoch restarts the count).
+//!
+//! # Circuit breaker
+//!
+//! Failures are: a connect refused or timed out, a reply later than [`REPLY_TIMEOUT`], an error reply, a
+//! protocol error, end of stream. A successful reply resets the count (a mere TCP connect does not: a Redis
+//! that accepts and then hangs up must still open the breaker). After `failure_threshold` consecutive
+//! failures the breaker opens: both sockets close, publishes are refused (and counted in
+//! [`RedisLink::dropped`]), nothing reconnects. After `open_for` it is half-open: only the command
+//! connection connects and sends one `PING`. `PONG` closes the breaker: the subscriber connection reconnects
+//! and re-subscribes every channel, the lease and every local presence member are written again. Any
+//! failure while half-open opens it again for `open_for`. While closed, a lost connection reconnects after
+//! an exponential backoff (`backoff.min` doubling up to `backoff.max`, spread by ±`backoff.jitter`).
+
+mod breaker;
+mod conn;
+mod envelope;
+mod lease;
+mod presence;
+mod resp;
+mod rng;
+mod url;
+
+pub(crate) use presence::PresenceAnswer;
+#[cfg(feature = "fuzzing")]
+pub(crate) use rng::splitmix64;
+pub(crate) use url::{UrlError, parse_url};
+
+use breaker::Breaker;
+use conn::{Conn, Expect, Phase};
+use envelope::encode_envelope;
+use lease::MIN_TICK;
+use presence::{Member, PresenceQuery};
+use resp::{ProtocolError, next_frame};
+use rng::SplitMix;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::IoSlice;
+use std::time::{Duration, Instant};
+
+use bytes::Buf;
+use redis_protocol::resp2::types::OwnedFrame;
+use serde_json::value::RawValue;
+
+use crate::api::BrokerState;
+use crate::broker::{Envelope, Origin};
+use crate::config::{BackoffConfig, BrokerConfig};
+use crate::time::later;
+
+/// A command whose reply takes longer than this counts as a failure and costs its connection.
+pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// A connection not established within this counts as a failure.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One of the link's two connections to Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LinkConn {
+    /// Holds the subscriptions and receives the messages published by other hubs.
+    Subscriber,
+    /// Carries every other command, pipelined.
+    Command,
+}
+
+impl LinkConn {
+    /// 0 or 1: where a shell keeps this connection's socket in a two-slot array.
+    pub fn index(self) -> usize {
+        match self {
+            Self::Command => 0,
+            Self::Subscriber => 1,
+        }
+    }
+}
+
+/// One hub's sans-IO link to Redis; see the module docs for the run loop.
+#[derive(Debug)]
+pub(crate) struct RedisLink {
+    addr: String,
+    db: u32,
+    prefix: String,
+    origin: Origin,
+    /// `node:worker`, as written in presence values.
+    hub_id: String,
+    lease_key: String,
+    lease_ttl_secs: u64,
+    tick_every: Duration,
+    backoff: BackoffConfig,
+    threshold: u32,
+    open_for: Duration,
+    breaker: Breaker,
+    sub: Conn,
+    cmd: Conn,
+    rng: SplitMix,
+    epoch: Option<u64>,
+    next_seq: u64,
+    channels: BTreeSet<String>,
+    members: BTreeMap<String, BTreeMap<String, Member>>,
+    /// Members that left while Redis was out of reach, to `HDEL` on reconnect.
+    stale: BTreeMap<String, BTreeSet<String>>,
+    last_seen: BTreeMap<(String, u32), (u64, u64)>,
+    deliveries: VecDeque<Envelope>,
+    answers: VecDeque<PresenceAnswer>,
+    closes: VecDeque<LinkConn>,
+    tick_at: Option<Instant>,
+    local_connections: u64,
+    cluster_connections: Option<u64>,
+    dropped: u64,
+}
+
+impl RedisLink {
+    /// A link for the hub `origin`, configured by `config` (its `url` must be `redis://host[:port][/db]`).
+    pub(crate) fn new(config: &BrokerConfig, origin: Origin, now: Instant) -> Result<Self, UrlError> {
+        let (addr, db) = parse_url(&config.url)?;
+        let hub_id = format!("{}:{}", origin.node, origin.worker);
+        let lease_key = format!("{}:lease:{hub_id}", config.prefix);
+        let ttl = config.lease_ttl;
+        let lease_ttl_secs = ttl.as_secs().saturating_add(u64::from(ttl.subsec_nanos() > 0)).max(1);
+        let rng = SplitMix::seeded(&origin);
+        let connecting = Phase::Connecting { deadline: later(now, CONNECT_TIMEOUT), asked: false };
+        Ok(Self {
+            addr,
+            db,
+            prefix: config.prefix.clone(),
+            origin,
+            hub_id,
+            lease_key,
+            lease_ttl_secs,
+            tick_every: (ttl / 3).max(MIN_TICK),
+            backoff: config.backoff.clone(),
+            threshold: config.breaker.failure_threshold.max(1),
+            open_for: config.breaker.open_for,
+            breaker: Breaker::Closed { failures: 0 },
+            sub: Conn { phase: connecting, ..Conn::default() },
+            cmd: Conn { phase: connecting, ..Conn::default() },
+            rng,
+            epoch: None,
+            next_seq: 1,
+            channels: BTreeSet::new(),
+            members: BTreeMap::new(),
+            stale: BTreeMap::new(),
+            last_seen: BTreeMap::new(),
+            deliveries: VecDeque::new(),
+            answers: VecDeque::new(),
+            closes: VecDeque::new(),
+            tick_at: None,
+            local_connections: 0,
+            cluster_connections: None,
+            dropped: 0,
+        })
+    }
+
+    /// The circuit breaker's state.
+    pub(crate) fn state(&self) -> BrokerState {
+        match self.breaker {
+            Breaker::Closed { .. } => BrokerState::Closed,
+            Breaker::Open { .. } => BrokerState::Open,
+            Breaker::HalfOpen => BrokerState::HalfOpen,
+        }
+    }
+
+    /// Publishes refused so far because Redis was out of reach.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Open connections over every live hub, as of the last stats refresh; `None` while unknown.
+    pub(crate) fn cluster_connections(&self) -> Option<u64> {
+        self.cluster_connections
+    }
+
+    /// This hub's open connection count, written into its lease at the next refresh.
+    pub(crate) fn set_local_connections(&mut self, n: u64) {
+        self.local_connections = n;
+    }
+
+    /// The next connection to open, with the `host:port` to open it to.
+    #[must_use]
+    pub(crate) fn poll_connect(&mut self) -> Option<(LinkConn, String)> {
+        for which in [LinkConn::Command, LinkConn::Subscriber] {
+            if let Phase::Connecting { deadline, asked: false } = self.conn(which).phase {
+                self.conn_mut(which).phase = Phase::Connecting { deadline, asked: true };
+                return Some((which, self.addr.clone()));
+            }
+        }
+        None
+    }
+
+    /// The next socket to drop (or pending connect to abandon); nothing more is reported for it.
+    #[must_use]
+    pub(crate) fn poll_close(&mut self) -> Option<LinkConn> {
+        self.closes.pop_front()
+    }
+
+    /// The next message published by another hub on a channel this hub holds.
+    #[must_use]
+    pub(crate) fn poll_delivery(&mut self) -> Option<Envelope> {
+        self.deliveries.pop_front()
+    }
+
+    /// The next answer to a [`Self::request_presence`].
+    #[must_use]
+    pub(crate) fn poll_presence(&mut self) -> Option<PresenceAnswer> {
+        self.answers.pop_front()
+    }
+
+    /// The connection asked for by `poll_connect` is established.
+    pub(crate) fn handle_connected(&mut self, now: Instant, which: LinkConn) {
+        if !matches!(self.conn(which).phase, Phase::Connecting { asked: true, .. }) {
+            return;
+        }
+        self.conn_mut(which).phase = Phase::Ready;
+        match which {
+            LinkConn::Command => {
+                if self.db != 0 {
+                    let db = self.db.to_string();
+                    self.cmd.send(now, &[b"SELECT", db.as_bytes()], Expect::Select);
+                }
+                if self.epoch.is_none() {
+                    let key = format!("{}:epoch", self.prefix);
+                    self.cmd.send(now, &[b"INCR", key.as_bytes()], Expect::Epoch);
+                }
+                if self.breaker == Breaker::HalfOpen {
+                    self.cmd.send(now, &[b"PING"], Expect::Probe);
+                } else {
+                    self.register(now);
+                }
+            }
+            LinkConn::Subscriber => {
+                let keys: Vec<String> = self.channels.iter().map(|c| self.channel_key(c)).collect();
+                self.sub.subscribe(now, b"SUBSCRIBE", &keys);
+            }
+        }
+    }
+
+    /// The connection asked for by `poll_connect` could not be established (refused, unreachable, timed out).
+    pub(crate) fn handle_connect_failed(&mut self, now: Instant, which: LinkConn) {
+        if matches!(self.conn(which).phase, Phase::Connecting { asked: true, .. }) {
+            self.lose(now, which, false);
+        }
+    }
+
+    /// The connection's stream ended, or reading or writing it failed; the shell has dropped the socket.
+    pub(crate) fn handle_eof(&mut self, now: Instant, which: LinkConn) {
+        if matches!(self.conn(which).phase, Phase::Ready | Phase::Connecting { asked: true, .. }) {
+            self.lose(now, which, false);
+        }
+    }
+
+    /// Bytes read from the connection, in any chunking.
+    pub(crate) fn handle_bytes(&mut self, now: Instant, which: LinkConn, bytes: &[u8]) {
+        if self.conn(which).phase != Phase::Ready {
+            return;
+        }
+        self.conn_mut(which).inbuf.extend_from_slice(bytes);
+        while self.conn(which).phase == Phase::Ready {
+            let frame = match next_frame(&mut self.conn_mut(which).inbuf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(ProtocolError) => {
+                    self.lose(now, which, true);
+                    break;
+                }
+            };
+            let handled = match which {
+                LinkConn::Command => self.on_reply(now, frame),
+                LinkConn::Subscriber => self.on_push(now, frame),
+            };
+            if let Err(ProtocolError) = handled {
+                self.lose(now, which, true);
+            }
+        }
+    }
+
+    /// Fills `out` with the connection's unsent bytes; returns how many slices were filled.
+    pub(crate) fn transmit<'a>(&'a self, which: LinkConn, out: &mut [IoSlice<'a>]) -> usize {
+        let conn = self.conn(which);
+        match out.first_mut() {
+            Some(slot) if conn.phase == Phase::Ready && !conn.out.is_empty() => {
+                *slot = IoSlice::new(&conn.out);
+                1
+            }
+            _ => 0,
+        }
+    }
+
+    /// `n` bytes of what `transmit` offered were written.
+    pub(crate) fn consume(&mut self, which: LinkConn, n: usize) {
+        let out = &mut self.conn_mut(which).out;
+        out.advance(n.min(out.len()));
+    }
+
+    /// True while the connection has bytes to write.
+    pub(crate) fn wants_write(&self, which: LinkConn) -> bool {
+        let conn = self.conn(which);
+        conn.phase == Phase::Ready && !conn.out.is_empty()
+    }
+
+    /// When `handle_timeout` must next be called (early calls are harmless).
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        let breaker = match self.breaker {
+            Breaker::Open { until } => Some(until),
+            _ => None,
+        };
+        [breaker, self.tick_at, self.sub.wake_at(), self.cmd.wake_at()].into_iter().flatten().min()
+    }
+
+    /// Runs whatever is due at `now`: connect and reply timeouts, reconnects, the breaker, lease and stats.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        if let Breaker::Open { until } = self.breaker
+            && until <= now
+        {
+            self.breaker = Breaker::HalfOpen;
+            self.cmd.phase = Phase::Connecting { deadline: later(now, CONNECT_TIMEOUT), asked: false };
+        }
+        for which in [LinkConn::Command, LinkConn::Subscriber] {
+            let conn = self.conn(which);
+            match conn.phase {
+                Phase::Backoff(at) if at <= now => {
+                    self.conn_mut(which).phase =
+                        Phase::Connecting { deadline: later(now, CONNECT_TIMEOUT), asked: false };
+                }
+                Phase::Connecting { deadline, asked } if deadline <= now => self.lose(now, which, asked),
+                Phase::Ready if conn.expect.front().is_some_and(|(deadline, _)| *deadline <= now) => {
+                    self.lose(now, which, true);
+                }
+                _ => {}
+            }
+        }
+        if self.tick_at.is_some_and(|at| at <= now) {
+            self.tick(now);
+        }
+    }
+
+    /// The hub has its first local subscriber on `channel`: subscribe to it in Redis.
+    pub(crate) fn subscribe(&mut self, now: Instant, channel: &str) {
+        if self.channels.insert(channel.to_owned()) && self.sub.phase == Phase::Ready {
+            let key = self.channel_key(channel);
+            self.sub.subscribe(now, b"SUBSCRIBE", &[key]);
+        }
+    }
+
+    /// The hub's last local subscriber on `channel` left: unsubscribe from it in Redis.
+    pub(crate) fn unsubscribe(&mut self, now: Instant, channel: &str) {
+        if self.channels.remove(channel) && self.sub.phase == Phase::Ready {
+            let key = self.channel_key(channel);
+            self.sub.subscribe(now, b"UNSUBSCRIBE", &[key]);
+        }
+    }
+
+    /// Sends `envelope` to the other hubs; false (and counted as dropped) when Redis is out of reach.
+    #[must_use]
+    pub(crate) fn publish(&mut self, now: Instant, envelope: &Envelope) -> bool {
+        let Some(epoch) = self.epoch.filter(|_| self.writable()) else {
+            self.dropped += 1;
+            return false;
+        };
+        let Some(payload) = encode_envelope(epoch, self.next_seq, envelope) else {
+            self.dropped += 1;
+            return false;
+        };
+        self.next_seq += 1;
+        let key = self.channel_key(&envelope.channel);
+        self.cmd.send(now, &[b"PUBLISH", key.as_bytes(), &payload], Expect::Ack);
+        true
+    }
+
+    /// `member` (with optional `info`, a JSON text; invalid JSON is stored as none) is present on `channel`.
+    pub(crate) fn presence_join(&mut self, now: Instant, channel: &str, member: &str, info: Option<&str>) {
+        let info = info.filter(|text| serde_json::from_str::<&RawValue>(text).is_ok()).map(str::to_owned);
+        let written = self.writable();
+        if let Some(left) = self.stale.get_mut(channel) {
+            left.remove(member);
+        }
+        self.members.entry(channel.to_owned()).or_default().insert(member.to_owned(), Member { info, written });
+        if written {
+            self.write_presence(now, channel, &[member]);
+        }
+    }
+
+    /// `member` left `channel`.
+    pub(crate) fn presence_leave(&mut self, now: Instant, channel: &str, member: &str) {
+        let Some(members) = self.members.get_mut(channel) else { return };
+        let Some(gone) = members.remove(member) else { return };
+        if members.is_empty() {
+            self.members.remove(channel);
+        }
+        if !gone.written {
+            return;
+        }
+        if self.writable() {
+            let field = self.field(member);
+            let key = self.presence_key(channel);
+            self.cmd.send(now, &[b"HDEL", key.as_bytes(), field.as_bytes()], Expect::Ack);
+        } else {
+            self.stale.entry(channel.to_owned()).or_default().insert(member.to_owned());
+        }
+    }
+
+    /// Asks for the members of `channel` on every live hub; the answer comes from `poll_presence` with `token`.
+    pub(crate) fn request_presence(&mut self, now: Instant, channel: &str, token: u64) {
+        if self.writable() {
+            let key = self.presence_key(channel);
+            self.cmd.send(
+                now,
+                &[b"HGETALL", key.as_bytes()],
+                Expect::PresenceAll { token, channel: channel.to_owned() },
+            );
+        } else {
+            self.answer_locally(token, channel);
+        }
+    }
+
+    fn conn(&self, which: LinkConn) -> &Conn {
+        match which {
+            LinkConn::Subscriber => &self.sub,
+            LinkConn::Command => &self.cmd,
+        }
+    }
+
+    fn conn_mut(&mut self, which: LinkConn) -> &mut Conn {
+        match which {
+            LinkConn::Subscriber => &mut self.sub,
+            LinkConn::Command => &mut self.cmd,
+        }
+    }
+
+    /// Commands that carry our epoch or need the breaker closed may be sent now.
+    fn writable(&self) -> bool {
+        matches!(self.breaker, Breaker::Closed { .. }) && self.cmd.phase == Phase::Ready && self.epoch.is_some()
+    }
+
+    /// The Redis channel carrying the hub channel `channel`.
+    fn channel_key(&self, channel: &str) -> String {
+        format!("{}:ch:{channel}", self.prefix)
+    }
+
+    /// A reply on the command connection, matched to the oldest command awaiting one.
+    fn on_reply(&mut self, now: Instant, frame: OwnedFrame) -> Result<(), ProtocolError> {
+        let Some((_, expect)) = self.cmd.expect.pop_front() else { return Err(ProtocolError) };
+        if let OwnedFrame::Error(_) = frame {
+            return self.on_error_reply(now, expect);
+        }
+        match (expect, frame) {
+            (Expect::Ack, _) => {}
+            (Expect::Epoch, OwnedFrame::Integer(n)) => {
+                self.epoch = Some(n.unsigned_abs());
+                self.record_success(LinkConn::Command);
+                self.register(now);
+                return Ok(());
+            }
+            (Expect::Probe, OwnedFrame::SimpleString(s)) if s.eq_ignore_ascii_case(b"PONG") => {
+                self.close_breaker(now);
+                return Ok(());
+            }
+            (Expect::LeaseRefresh, OwnedFrame::Null) => {
+                // The lease lapsed; other hubs may have pruned our presence as dead.
+                self.write_all_presence(now);
+            }
+            (Expect::LeaseRefresh, _) => {}
+            (Expect::PresenceAll { token, channel }, OwnedFrame::Array(items)) => {
+                self.on_presence_hash(now, token, channel, items)?;
+            }
+            (Expect::PresenceLeases(query), OwnedFrame::Array(leases)) => {
+                self.on_presence_leases(now, query, &leases)?
+            }
+            (Expect::StatsKeys, OwnedFrame::Array(keys)) => self.on_stats_keys(now, &keys),
+            (Expect::StatsValues, OwnedFrame::Array(values)) => self.on_stats_values(&values),
+            _ => return Err(ProtocolError),
+        }
+        self.record_success(LinkConn::Command);
+        Ok(())
+    }
+
+    /// An error reply: a failure, and the end of the connection when it leaves the connection useless.
+    fn on_error_reply(&mut self, now: Instant, expect: Expect) -> Result<(), ProtocolError> {
+        match expect {
+            // Without the epoch or the right database the connection is useless: start it over.
+            Expect::Epoch | Expect::Select => return Err(ProtocolError),
+            Expect::PresenceAll { token, channel } | Expect::PresenceLeases(PresenceQuery { token, channel, .. }) => {
+                self.answer_locally(token, &channel);
+            }
+            _ => {}
+        }
+        self.record_failure(now);
+        Ok(())
+    }
+
+    /// A frame on the subscriber connection: a message, or the confirmation of a command.
+    fn on_push(&mut self, now: Instant, frame: OwnedFrame) -> Result<(), ProtocolError> {
+        match frame {
+            OwnedFrame::Array(items) => match items.as_slice() {
+                [OwnedFrame::BulkString(kind), OwnedFrame::BulkString(key), OwnedFrame::BulkString(payload)]
+                    if kind == b"message" =>
+                {
+                    self.deliver(key, payload);
+                }
+                [OwnedFrame::BulkString(kind), ..]
+                    if matches!(kind.as_slice(), b"subscribe" | b"unsubscribe" | b"pong") =>
+                {
+                    self.sub.expect.pop_front();
+                }
+                _ => return Err(ProtocolError),
+            },
+            OwnedFrame::SimpleString(s) if s.eq_ignore_ascii_case(b"PONG") => {
+                self.sub.expect.pop_front();
+            }
+            OwnedFrame::Error(_) => {
+                self.sub.expect.pop_front();
+                self.record_failure(now);
+                return Ok(());
+            }
+            _ => return Err(ProtocolError),
+        }
+        self.record_success(LinkConn::Subscriber);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
