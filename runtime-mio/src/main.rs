@@ -18,9 +18,9 @@ use log::{info, warn};
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
-use switchboard_shell::Node;
+use switchboard_shell::{Message, Node};
 
-use bus::{Bus, Control, Peer};
+use bus::{Bus, Peer};
 use worker::Worker;
 
 const SIGNAL: Token = Token(0);
@@ -60,7 +60,7 @@ fn serve(mut node: Node) -> io::Result<()> {
     let mut workers = Vec::with_capacity(count);
     for (index, (listener, (poll, inbox))) in (0u32..).zip(listeners.into_iter().zip(ends)) {
         let listener = mio::net::TcpListener::from_std(listener);
-        let worker = Worker::new(poll, listener, inbox, node.hub(index)?, Bus::new(index, &peers))?;
+        let worker = Worker::new(index, poll, listener, inbox, node.hub(index)?, Bus::new(index, &peers))?;
         let (report, done) = (report.clone(), Arc::clone(&done));
         let thread = switchboard_shell::spawn_worker(
             index as usize,
@@ -117,7 +117,7 @@ fn serve(mut node: Node) -> io::Result<()> {
             draining = true;
             let deadline = Instant::now() + node.config.drain.timeout;
             for worker in &workers {
-                worker.peer.send(Control::Shutdown { deadline });
+                worker.peer.send(Message::Shutdown { deadline });
             }
         }
     }

@@ -3,20 +3,9 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Instant;
 
-use switchboard_core::{ConnId, Envelope, LinkConn, Metrics};
-
-/// A message from another thread of the process.
-#[derive(Debug)]
-pub(crate) enum Message {
-    /// Drain: close every connection with 1001 and stop once none is left or at `deadline`.
-    Shutdown { deadline: Instant },
-    /// What another worker's hub published during one of its turns, in order.
-    Envelopes(Arc<[Envelope]>),
-    /// Another worker's latest figures.
-    Metrics { worker: u32, metrics: Box<Metrics> },
-}
+use switchboard_core::{ConnId, LinkConn};
+use switchboard_shell::Message;
 
 /// A socket the reactor reported ready.
 #[derive(Debug, Clone, Copy)]

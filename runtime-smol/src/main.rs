@@ -21,7 +21,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use switchboard_shell::Node;
 
-use mailbox::{Mailbox, Message};
+use mailbox::Mailbox;
+use switchboard_shell::Message;
 use worker::Worker;
 
 fn main() -> ExitCode {
