@@ -8,6 +8,7 @@ mod admission;
 pub mod cli;
 mod driver;
 mod listen;
+pub mod node;
 mod redis;
 mod turn;
 

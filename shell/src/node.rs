@@ -1,0 +1,97 @@
+//! A node's threads, written once: one per worker, a signal thread, and the main thread that
+//! turns signals and worker failures into a drain. A runtime supplies how to build a worker.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Instant;
+
+use log::{info, warn};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use switchboard_core::Hub;
+
+use crate::{Message, Node, spawn_worker};
+
+/// A worker ready to run on its own thread, and the way to send it a message.
+pub struct Started {
+    /// The worker's thread body; it returns when its drain is over.
+    pub run: Box<dyn FnOnce() -> io::Result<()> + Send>,
+    /// Delivers a message to the worker and wakes it, from any thread.
+    pub post: Arc<dyn Fn(Message) + Send + Sync>,
+}
+
+/// What the main thread hears.
+enum Event {
+    Signal(i32),
+    /// A worker's thread ended, well (`true`) or not.
+    Ended(bool),
+}
+
+/// Runs `node`: `start` builds worker `index` around its hub; every worker gets its own
+/// thread. The first SIGTERM or SIGINT drains every worker for up to `drain.timeout`, a second
+/// exits at once; a worker that fails or panics drains the others and the node exits with an
+/// error once all have ended.
+pub fn run(
+    mut node: Node,
+    mut start: impl FnMut(u32, Hub, std::net::TcpListener) -> io::Result<Started>,
+) -> io::Result<()> {
+    // Installed before the address is announced, so a signal sent right after it is a drain.
+    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    let (events, inbox) = mpsc::channel();
+    let mut posts = Vec::with_capacity(node.workers);
+    let mut threads = Vec::with_capacity(node.workers);
+    for (index, listener) in (0u32..).zip(std::mem::take(&mut node.listeners)) {
+        let started = start(index, node.hub(index)?, listener)?;
+        posts.push(started.post);
+        let events = events.clone();
+        let ended = move |ok| {
+            let _ = events.send(Event::Ended(ok));
+        };
+        threads.push(spawn_worker(index as usize, started.run, ended)?);
+    }
+    node.announce()?;
+    // Detached: it blocks in the signal iterator, and the process ends when the workers do.
+    thread::Builder::new().name("signals".into()).spawn(move || {
+        for signal in signals.forever() {
+            if events.send(Event::Signal(signal)).is_err() {
+                return;
+            }
+        }
+    })?;
+
+    let timeout = node.config.drain.timeout;
+    let (mut running, mut draining, mut failed) = (threads.len(), false, false);
+    while running > 0 {
+        let Ok(event) = inbox.recv() else { break };
+        let drain = match event {
+            Event::Signal(signal) if draining => {
+                warn!("second signal {signal}: exiting now");
+                std::process::exit(128 + signal);
+            }
+            Event::Signal(signal) => {
+                info!("signal {signal}: draining for up to {timeout:?}");
+                true
+            }
+            Event::Ended(ok) => {
+                running -= 1;
+                failed |= !ok;
+                // One worker down means the port serves only part of its clients: stop all.
+                !ok
+            }
+        };
+        if drain && !draining {
+            draining = true;
+            let deadline = Instant::now() + timeout;
+            for post in &posts {
+                post(Message::Shutdown { deadline });
+            }
+        }
+    }
+    // Every thread has reported its end: these joins return at once.
+    for thread in threads {
+        let _ = thread.join();
+    }
+    if failed { Err(io::Error::other("a worker failed")) } else { Ok(()) }
+}
