@@ -222,13 +222,14 @@ impl Hub {
             negotiated.as_ref().map(|(_, header)| header.as_str()),
         );
         let heartbeat = self.config.heartbeat.clone();
+        let epoch = self.epoch(now);
         let Some(conn) = self.conn_mut(id) else { return };
         conn.phase = Phase::Open;
         conn.route = route_index;
         conn.counted = true;
         conn.timers.stop(Timer::Handshake);
         conn.last_active = now;
-        conn.timers.set(Timer::Ping, later(now, heartbeat.ping_interval));
+        conn.timers.set(Timer::Ping, epoch, later(now, heartbeat.ping_interval));
         conn.deflate = negotiated.as_ref().map(|(params, _)| *params);
         conn.decoder = Decoder::new(conn.deflate.as_ref().map(Inflater::new));
         *self.metrics.connections_by_route.entry(path.clone()).or_default() += 1;

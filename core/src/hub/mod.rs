@@ -255,7 +255,7 @@ impl Hub {
             close_when_flushed: false,
             timers: {
                 let mut timers = TimerTable::default();
-                timers.set(Timer::Handshake, later(now, self.config.server.handshake_timeout));
+                timers.set(Timer::Handshake, self.epoch(now), later(now, self.config.server.handshake_timeout));
                 timers
             },
             last_active: now,
@@ -451,6 +451,11 @@ impl Hub {
         Ok(())
     }
 
+    /// The instant timers count from: the first input's (every timer is armed after one).
+    fn epoch(&self, now: Instant) -> Instant {
+        self.started.unwrap_or(now)
+    }
+
     /// Notes the time of an input; the first one also starts the Redis link, if configured.
     fn touch(&mut self, now: Instant) {
         self.redis_told = [false; 2];
@@ -494,13 +499,14 @@ impl Hub {
 
     fn send_close_frame(&mut self, now: Instant, id: ConnId, frame: Bytes) {
         let close_timeout = self.config.server.close_timeout;
+        let epoch = self.epoch(now);
         let Some(conn) = self.conn_mut(id) else { return };
         conn.close_sent = true;
         conn.phase = Phase::Closing;
         conn.timers.stop(Timer::Ping);
         conn.timers.stop(Timer::Pong);
         conn.decoder.set_closing();
-        conn.timers.cap(Timer::GiveUp, later(now, close_timeout));
+        conn.timers.cap(Timer::GiveUp, epoch, later(now, close_timeout));
         // A closing connection hears nothing more: it leaves every channel now.
         for index in (0..conn.subscriptions.len()).rev() {
             self.unsubscribe_at(id, index);
@@ -512,13 +518,13 @@ impl Hub {
     /// Sends an HTTP response and closes once it is written.
     fn respond_http(&mut self, id: ConnId, response: &HttpResponse) {
         self.end_handshake(id);
-        let give_up = self.latest.map(|now| later(now, self.config.server.close_timeout));
+        let give_up = self.latest.map(|now| (self.epoch(now), later(now, self.config.server.close_timeout)));
         let Some(conn) = self.conn_mut(id) else { return };
         conn.phase = Phase::Answered;
         conn.timers.stop(Timer::Handshake);
         // A client that never reads its answer is let go.
-        if let Some(at) = give_up {
-            conn.timers.cap(Timer::GiveUp, at);
+        if let Some((epoch, at)) = give_up {
+            conn.timers.cap(Timer::GiveUp, epoch, at);
         }
         conn.head = Vec::new();
         conn.close_when_flushed = true;
@@ -614,6 +620,6 @@ mod tests {
     fn a_connection_stays_small() {
         assert!(size_of::<Slot>() <= 448, "Slot grew to {} bytes", size_of::<Slot>());
         assert!(size_of::<Event>() <= 16, "Event grew to {} bytes", size_of::<Event>());
-        assert!(size_of::<TimerTable>() <= 64, "TimerTable grew to {} bytes", size_of::<TimerTable>());
+        assert!(size_of::<TimerTable>() <= 32, "TimerTable grew to {} bytes", size_of::<TimerTable>());
     }
 }

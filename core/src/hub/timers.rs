@@ -4,6 +4,7 @@ use super::*;
 
 impl Hub {
     pub(super) fn run_drain(&mut self, now: Instant) {
+        let epoch = self.epoch(now);
         let Some(drain) = &mut self.drain else { return };
         if now >= drain.deadline {
             let ids: Vec<ConnId> = self.live_ids().collect();
@@ -33,21 +34,22 @@ impl Hub {
                 _ => {}
             }
             if let Some(conn) = self.conn_mut(id) {
-                conn.timers.cap(Timer::GiveUp, deadline);
+                conn.timers.cap(Timer::GiveUp, epoch, deadline);
             }
             self.rearm(id);
         }
     }
 
     pub(super) fn run_timers(&mut self, now: Instant, id: ConnId) {
+        let epoch = self.epoch(now);
         let heartbeat = self.config.heartbeat.clone();
         let idle_timeout = heartbeat.idle_timeout;
         let Some(conn) = self.conn_mut(id) else { return };
-        if conn.timers.expired(Timer::GiveUp, now) {
+        if conn.timers.expired(Timer::GiveUp, epoch, now) {
             // The peer never answered our close, or never read our last bytes: give up on it.
             return self.finish(id);
         }
-        if conn.timers.expired(Timer::Handshake, now) {
+        if conn.timers.expired(Timer::Handshake, epoch, now) {
             conn.timers.stop(Timer::Handshake);
             match conn.phase {
                 Phase::Handshake if conn.proxy_pending => {
@@ -71,7 +73,7 @@ impl Hub {
         if conn.phase != Phase::Open {
             return;
         }
-        if conn.timers.expired(Timer::Pong, now) {
+        if conn.timers.expired(Timer::Pong, epoch, now) {
             conn.timers.stop(Timer::Pong);
             conn.timers.stop(Timer::Ping);
             self.metrics.pong_timeouts += 1;
@@ -81,10 +83,10 @@ impl Hub {
             self.metrics.idle_timeouts += 1;
             return self.close(now, id, 1008, "idle timeout");
         }
-        if conn.timers.expired(Timer::Ping, now) {
-            conn.timers.set(Timer::Ping, later(now, heartbeat.ping_interval));
-            if conn.timers.get(Timer::Pong).is_none() {
-                conn.timers.set(Timer::Pong, later(now, heartbeat.pong_timeout));
+        if conn.timers.expired(Timer::Ping, epoch, now) {
+            conn.timers.set(Timer::Ping, epoch, later(now, heartbeat.ping_interval));
+            if conn.timers.get(Timer::Pong, epoch).is_none() {
+                conn.timers.set(Timer::Pong, epoch, later(now, heartbeat.pong_timeout));
             }
             self.enqueue(id, frame::encode(OpCode::Control(Control::Ping), false, &[]));
         }
@@ -92,9 +94,11 @@ impl Hub {
 
     /// Makes sure the heap holds a wake-up no later than the connection's next deadline.
     pub(super) fn rearm(&mut self, id: ConnId) {
+        // Every input sets the epoch before it can arm a timer.
+        let Some(epoch) = self.started else { return };
         let idle_timeout = self.config.heartbeat.idle_timeout;
         let Some(conn) = self.conn_mut(id) else { return };
-        let Some(next) = conn.next_deadline(idle_timeout) else { return };
+        let Some(next) = conn.next_deadline(idle_timeout, epoch) else { return };
         if conn.wake_at.is_none_or(|w| next < w) {
             conn.wake_at = Some(next);
             self.timers.push(Reverse((next, id)));
