@@ -2,9 +2,8 @@
 //!
 //! `switchboard_shell` runs the node (threads, signals, the drain) and each worker's turn; this
 //! crate says how mio registers sockets, reports readiness and wakes a worker (`worker.rs`,
-//! `bus.rs`, `redis.rs`).
+//! `redis.rs`).
 
-mod bus;
 mod redis;
 mod worker;
 
@@ -14,10 +13,8 @@ use std::sync::Arc;
 use std::sync::mpsc;
 
 use mio::{Poll, Waker};
-use switchboard_shell::Node;
-use switchboard_shell::node::Started;
+use switchboard_shell::{Node, Post};
 
-use bus::{Bus, Peer};
 use worker::Worker;
 
 fn main() -> ExitCode {
@@ -25,23 +22,27 @@ fn main() -> ExitCode {
 }
 
 fn serve(node: Node) -> io::Result<()> {
-    // Every worker's way in exists before any worker starts, so each can reach all the others.
+    // Every worker's way in exists before any worker starts, so each can reach all the others:
+    // a message goes down a channel, then the worker's poller is woken to read it.
     let mut ends = Vec::with_capacity(node.workers);
-    let mut peers = Vec::with_capacity(node.workers);
+    let mut posts: Vec<Post> = Vec::with_capacity(node.workers);
     for _ in 0..node.workers {
         let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), worker::WAKER)?);
+        let waker = Waker::new(poll.registry(), worker::WAKER)?;
         let (control, inbox) = mpsc::channel();
-        peers.push(Peer::new(control, waker));
+        posts.push(Arc::new(move |message| {
+            // A worker that has already ended (it drained) needs no message.
+            if control.send(message).is_ok() {
+                let _ = waker.wake();
+            }
+        }));
         ends.push(Some((poll, inbox)));
     }
-    switchboard_shell::node::run(node, |index, hub, listener| {
+    switchboard_shell::node::run(node, posts, |index, hub, listener, peers| {
         let Some((poll, inbox)) = ends.get_mut(index as usize).and_then(Option::take) else {
             return Err(io::Error::other("more listeners than workers"));
         };
-        let listener = mio::net::TcpListener::from_std(listener);
-        let worker = Worker::new(index, poll, listener, inbox, hub, Bus::new(index, &peers))?;
-        let peer = peers[index as usize].clone();
-        Ok(Started { run: Box::new(move || worker.run()), post: Arc::new(move |message| peer.send(message)) })
+        let worker = Worker::new(index, poll, mio::net::TcpListener::from_std(listener), inbox, hub, peers)?;
+        Ok(Box::new(move || worker.run()))
     })
 }

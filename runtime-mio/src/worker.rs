@@ -8,9 +8,8 @@ use std::time::Instant;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
 use switchboard_core::{ConnId, Hub, LinkConn};
-use switchboard_shell::{Message, Next, Reactor, RedisSockets};
+use switchboard_shell::{Message, Next, Peers, Reactor};
 
-use crate::bus::Bus;
 use crate::redis::Redis;
 
 /// Connections use their hub index as token; these sit where no slab index reaches.
@@ -41,7 +40,6 @@ pub(crate) struct Worker {
     poll: Poll,
     listener: TcpListener,
     control: Receiver<Message>,
-    bus: Bus,
     turn: switchboard_shell::Worker<Mio>,
 }
 
@@ -52,12 +50,12 @@ impl Worker {
         mut listener: TcpListener,
         control: Receiver<Message>,
         hub: Hub,
-        bus: Bus,
+        peers: Peers,
     ) -> io::Result<Self> {
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let mio = Mio { registry: poll.registry().try_clone()?, redis: Redis::new(poll.registry().try_clone()?) };
-        let turn = switchboard_shell::Worker::new(index, bus.workers(), hub, mio);
-        Ok(Self { poll, listener, control, bus, turn })
+        let turn = switchboard_shell::Worker::new(index, peers, hub, mio);
+        Ok(Self { poll, listener, control, turn })
     }
 
     /// Serves until a drain has finished; returns early only if the poller itself fails.
@@ -95,7 +93,7 @@ impl Worker {
             if self.turn.resume_accepting(now) {
                 self.accept(now);
             }
-            next = self.turn.finish_turn(now, &mut self.bus);
+            next = self.turn.finish_turn(now);
             if next == Next::Done {
                 return Ok(());
             }
@@ -135,6 +133,11 @@ impl Worker {
 
 impl Reactor for Mio {
     type Stream = Stream;
+    type Redis = Redis;
+
+    fn redis(&mut self) -> &mut Redis {
+        &mut self.redis
+    }
 
     fn io(stream: &mut Stream) -> impl io::Read + io::Write + '_ {
         &mut stream.stream
@@ -163,19 +166,5 @@ impl Reactor for Mio {
 
     fn deregister(&mut self, stream: &mut Stream) {
         let _ = self.registry.deregister(&mut stream.stream);
-    }
-}
-
-impl RedisSockets for Mio {
-    fn close(&mut self, which: LinkConn) {
-        self.redis.close(which);
-    }
-
-    fn connect(&mut self, which: LinkConn, addr: std::net::SocketAddr) -> io::Result<()> {
-        self.redis.connect(which, addr)
-    }
-
-    fn flush(&mut self, hub: &mut Hub, now: Instant, which: LinkConn) -> bool {
-        self.redis.flush(hub, now, which)
     }
 }

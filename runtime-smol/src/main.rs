@@ -14,8 +14,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use async_io::Async;
-use switchboard_shell::Node;
-use switchboard_shell::node::Started;
+use switchboard_shell::{Node, Post};
 
 use mailbox::Mailbox;
 use worker::Worker;
@@ -25,14 +24,20 @@ fn main() -> ExitCode {
 }
 
 fn serve(node: Node) -> io::Result<()> {
-    let peers: Arc<[Arc<Mailbox>]> = (0..node.workers).map(|_| Arc::default()).collect();
-    switchboard_shell::node::run(node, |index, hub, listener| {
-        let worker = Worker::new(index, hub, Async::new(listener)?, Arc::clone(&peers));
-        let mailbox = Arc::clone(&peers[index as usize]);
-        let run = move || {
+    let mailboxes: Vec<Arc<Mailbox>> = (0..node.workers).map(|_| Arc::default()).collect();
+    let posts = mailboxes
+        .iter()
+        .map(|mailbox| {
+            let mailbox = Arc::clone(mailbox);
+            Arc::new(move |message| mailbox.post(message)) as Post
+        })
+        .collect();
+    switchboard_shell::node::run(node, posts, |index, hub, listener, peers| {
+        let mailbox = Arc::clone(&mailboxes[index as usize]);
+        let worker = Worker::new(index, hub, Async::new(listener)?, mailbox, peers);
+        Ok(Box::new(move || {
             async_io::block_on(worker.run());
             Ok(())
-        };
-        Ok(Started { run: Box::new(run), post: Arc::new(move |message| mailbox.post(message)) })
+        }))
     })
 }

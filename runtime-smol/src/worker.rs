@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use async_io::{Async, Timer};
 use futures_lite::future;
-use switchboard_core::{ConnId, Hub, LinkConn};
-use switchboard_shell::{Message, Next, Peers, Reactor, RedisSockets};
+use switchboard_core::{ConnId, Hub};
+use switchboard_shell::{Next, Peers, Reactor};
 
 use crate::mailbox::{Inbox, Mailbox, Ready};
 use crate::redis::Redis;
@@ -33,35 +33,24 @@ pub(crate) struct Smol {
     redis: Redis,
 }
 
-/// Every other worker's mailbox.
-#[derive(Debug)]
-struct Others {
-    index: usize,
-    /// Every worker's mailbox, this one's included, indexed by worker.
-    peers: Arc<[Arc<Mailbox>]>,
-}
-
 #[derive(Debug)]
 pub(crate) struct Worker {
     listener: Async<TcpListener>,
     listener_waker: Waker,
     mailbox: Arc<Mailbox>,
-    others: Others,
     timer: Timer,
     timer_at: Option<Instant>,
     turn: switchboard_shell::Worker<Smol>,
 }
 
 impl Worker {
-    pub(crate) fn new(index: u32, hub: Hub, listener: Async<TcpListener>, peers: Arc<[Arc<Mailbox>]>) -> Self {
-        let mailbox = Arc::clone(&peers[index as usize]);
+    pub(crate) fn new(index: u32, hub: Hub, listener: Async<TcpListener>, mailbox: Arc<Mailbox>, peers: Peers) -> Self {
         let smol = Smol { mailbox: Arc::clone(&mailbox), redis: Redis::new(&mailbox) };
         Self {
             listener,
             listener_waker: mailbox.waker(Ready::Listener),
-            turn: switchboard_shell::Worker::new(index, peers.len(), hub, smol),
+            turn: switchboard_shell::Worker::new(index, peers, hub, smol),
             mailbox,
-            others: Others { index: index as usize, peers },
             timer: Timer::never(),
             timer_at: None,
         }
@@ -95,7 +84,7 @@ impl Worker {
             if self.turn.resume_accepting(now) {
                 self.accept(now);
             }
-            match self.turn.finish_turn(now, &mut self.others) {
+            match self.turn.finish_turn(now) {
                 Next::Done => return,
                 Next::Continue => {}
                 Next::Wait(at) => self.wait(at).await,
@@ -155,18 +144,13 @@ impl Worker {
     }
 }
 
-impl Peers for Others {
-    fn broadcast(&mut self, message: impl Fn() -> Message) {
-        for (i, peer) in self.peers.iter().enumerate() {
-            if i != self.index {
-                peer.post(message());
-            }
-        }
-    }
-}
-
 impl Reactor for Smol {
     type Stream = Stream;
+    type Redis = Redis;
+
+    fn redis(&mut self) -> &mut Redis {
+        &mut self.redis
+    }
 
     fn io(stream: &mut Stream) -> impl io::Read + io::Write + '_ {
         stream.stream.get_ref()
@@ -189,18 +173,4 @@ impl Reactor for Smol {
 
     /// Dropping the `Async` deregisters it.
     fn deregister(&mut self, _: &mut Stream) {}
-}
-
-impl RedisSockets for Smol {
-    fn close(&mut self, which: LinkConn) {
-        self.redis.close(which);
-    }
-
-    fn connect(&mut self, which: LinkConn, addr: std::net::SocketAddr) -> io::Result<()> {
-        self.redis.connect(which, addr)
-    }
-
-    fn flush(&mut self, hub: &mut Hub, now: Instant, which: LinkConn) -> bool {
-        self.redis.flush(hub, now, which)
-    }
 }

@@ -35,9 +35,14 @@ pub enum Message {
 
 /// How a runtime registers sockets and asks for their readiness. Everything else a worker does
 /// is [`Worker`]'s.
-pub trait Reactor: RedisSockets + std::fmt::Debug {
+pub trait Reactor: std::fmt::Debug {
     /// A client socket as the runtime holds it.
     type Stream: std::fmt::Debug;
+    /// The runtime's two Redis sockets.
+    type Redis: RedisSockets;
+
+    /// The Redis sockets, for the hub's link.
+    fn redis(&mut self) -> &mut Self::Redis;
 
     /// The socket for reading and writing.
     fn io(stream: &mut Self::Stream) -> impl Read + Write + '_;
@@ -95,8 +100,7 @@ pub enum Next {
 #[derive(Debug)]
 pub struct Worker<R: Reactor> {
     index: u32,
-    /// Workers of the node, this one included.
-    workers: usize,
+    peers: Peers,
     hub: Hub,
     io: Io<R>,
     accepting: Accepting,
@@ -108,19 +112,45 @@ pub struct Worker<R: Reactor> {
     metrics_at: Instant,
 }
 
-/// Where a worker's messages for the others go: the runtime's side of the bus.
-pub trait Peers {
-    /// Sends `message` to every other worker of the process.
-    fn broadcast(&mut self, message: impl Fn() -> Message);
+/// Delivers a message to one worker and wakes it, from any thread: the runtime's side of the
+/// bus between workers.
+pub type Post = Arc<dyn Fn(Message) + Send + Sync>;
+
+/// The other workers of the process, as a worker reaches them.
+#[derive(Clone)]
+pub struct Peers {
+    others: Vec<Post>,
+}
+
+impl Peers {
+    /// Every worker's `Post` but `index`'s.
+    pub fn new(index: usize, posts: &[Post]) -> Self {
+        let others = posts.iter().enumerate().filter(|&(i, _)| i != index).map(|(_, p)| Arc::clone(p)).collect();
+        Self { others }
+    }
+
+    /// Sends `message` to every other worker.
+    fn broadcast(&self, message: impl Fn() -> Message) {
+        for post in &self.others {
+            post(message());
+        }
+    }
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers").field("others", &self.others.len()).finish()
+    }
 }
 
 impl<R: Reactor> Worker<R> {
-    /// Worker `index` of `workers`, serving `hub` through `reactor`.
-    pub fn new(index: u32, workers: usize, hub: Hub, reactor: R) -> Self {
+    /// Worker `index`, serving `hub` through `reactor`, reaching the node's other workers
+    /// through `peers`.
+    pub fn new(index: u32, peers: Peers, hub: Hub, reactor: R) -> Self {
         let io = Io { reactor, conns: Vec::new(), flush: Vec::new(), buf: vec![0; READ_BUFFER] };
         Self {
             index,
-            workers,
+            peers,
             hub,
             io,
             accepting: Accepting::default(),
@@ -260,21 +290,22 @@ impl<R: Reactor> Worker<R> {
     /// The rest of a turn, after the runtime fed in what was ready: runs due timers, sends
     /// the figures and the turn's publishes to the other workers, writes, and says what is
     /// next.
-    pub fn finish_turn(&mut self, now: Instant, peers: &mut impl Peers) -> Next {
+    pub fn finish_turn(&mut self, now: Instant) -> Next {
+        let alone = self.peers.others.is_empty();
         if self.timeout.is_some_and(|at| at <= now) {
             self.hub.handle_timeout(now);
         }
-        if self.workers > 1 && now >= self.metrics_at {
+        if !alone && now >= self.metrics_at {
             self.metrics_at = now + METRICS_INTERVAL;
             let (worker, metrics) = (self.index, self.hub.metrics());
-            peers.broadcast(|| Message::Metrics { worker, metrics: Box::new(metrics.clone()) });
+            self.peers.broadcast(|| Message::Metrics { worker, metrics: Box::new(metrics.clone()) });
         }
         // Before the clients' writes, so a publish is on its way to Redis when its ack or
         // `202` leaves.
         self.drain_outputs(now);
         self.write(now);
         if let Some(batch) = crate::take_publishes(&mut self.publishes) {
-            peers.broadcast(|| Message::Envelopes(Arc::clone(&batch)));
+            self.peers.broadcast(|| Message::Envelopes(Arc::clone(&batch)));
         }
         if crate::drained(&self.hub, self.drain_deadline, now) {
             return Next::Done;
@@ -282,7 +313,7 @@ impl<R: Reactor> Worker<R> {
         if !self.io.flush.is_empty() {
             return Next::Continue;
         }
-        let metrics = (self.workers > 1).then_some(self.metrics_at);
+        let metrics = (!alone).then_some(self.metrics_at);
         let wake = [self.timeout, self.accepting.resume_at(), self.drain_deadline, metrics].into_iter().flatten().min();
         Next::Wait(wake)
     }
@@ -360,14 +391,14 @@ impl<R: Reactor> Sockets for Io<R> {
 
 impl<R: Reactor> RedisSockets for Io<R> {
     fn close(&mut self, which: LinkConn) {
-        self.reactor.close(which);
+        self.reactor.redis().close(which);
     }
 
     fn connect(&mut self, which: LinkConn, addr: SocketAddr) -> io::Result<()> {
-        self.reactor.connect(which, addr)
+        self.reactor.redis().connect(which, addr)
     }
 
     fn flush(&mut self, hub: &mut Hub, now: Instant, which: LinkConn) -> bool {
-        self.reactor.flush(hub, now, which)
+        self.reactor.redis().flush(hub, now, which)
     }
 }

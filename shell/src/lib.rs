@@ -25,7 +25,7 @@ use switchboard_core::{AdmissionTable, Config, ConnId, Envelope, Hub};
 
 pub use accept::Accepting;
 pub use admission::SharedAdmission;
-pub use driver::{Message, Next, Peers, Reactor, Worker};
+pub use driver::{Message, Next, Peers, Post, Reactor, Worker};
 pub use redis::{Flush, RedisSockets, read_redis, resolve, write_redis};
 pub use turn::{Sockets, drain_outputs, resume_redis};
 

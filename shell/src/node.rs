@@ -2,7 +2,6 @@
 //! turns signals and worker failures into a drain. A runtime supplies how to build a worker.
 
 use std::io;
-use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Instant;
@@ -12,15 +11,10 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use switchboard_core::Hub;
 
-use crate::{Message, Node, spawn_worker};
+use crate::{Message, Node, Peers, Post, spawn_worker};
 
-/// A worker ready to run on its own thread, and the way to send it a message.
-pub struct Started {
-    /// The worker's thread body; it returns when its drain is over.
-    pub run: Box<dyn FnOnce() -> io::Result<()> + Send>,
-    /// Delivers a message to the worker and wakes it, from any thread.
-    pub post: Arc<dyn Fn(Message) + Send + Sync>,
-}
+/// A worker's thread body; it returns when its drain is over.
+pub type Run = Box<dyn FnOnce() -> io::Result<()> + Send>;
 
 /// What the main thread hears.
 enum Event {
@@ -29,27 +23,27 @@ enum Event {
     Ended(bool),
 }
 
-/// Runs `node`: `start` builds worker `index` around its hub; every worker gets its own
-/// thread. The first SIGTERM or SIGINT drains every worker for up to `drain.timeout`, a second
-/// exits at once; a worker that fails or panics drains the others and the node exits with an
-/// error once all have ended.
+/// Runs `node`: `posts` reach each worker (one per worker, made before any starts, so each can
+/// reach all the others), and `start` builds worker `index` around its hub, its listener and
+/// its peers; every worker gets its own thread. The first SIGTERM or SIGINT drains every worker
+/// for up to `drain.timeout`, a second exits at once; a worker that fails or panics drains the
+/// others and the node exits with an error once all have ended.
 pub fn run(
     mut node: Node,
-    mut start: impl FnMut(u32, Hub, std::net::TcpListener) -> io::Result<Started>,
+    posts: Vec<Post>,
+    mut start: impl FnMut(u32, Hub, std::net::TcpListener, Peers) -> io::Result<Run>,
 ) -> io::Result<()> {
     // Installed before the address is announced, so a signal sent right after it is a drain.
     let mut signals = Signals::new([SIGTERM, SIGINT])?;
     let (events, inbox) = mpsc::channel();
-    let mut posts = Vec::with_capacity(node.workers);
     let mut threads = Vec::with_capacity(node.workers);
     for (index, listener) in (0u32..).zip(std::mem::take(&mut node.listeners)) {
-        let started = start(index, node.hub(index)?, listener)?;
-        posts.push(started.post);
+        let run = start(index, node.hub(index)?, listener, Peers::new(index as usize, &posts))?;
         let events = events.clone();
         let ended = move |ok| {
             let _ = events.send(Event::Ended(ok));
         };
-        threads.push(spawn_worker(index as usize, started.run, ended)?);
+        threads.push(spawn_worker(index as usize, run, ended)?);
     }
     node.announce()?;
     // Detached: it blocks in the signal iterator, and the process ends when the workers do.
