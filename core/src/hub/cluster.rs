@@ -2,7 +2,16 @@
 //! out as [`Output::Broker`]) and, with `broker.kind = "redis"`, the Redis link to other nodes,
 //! whose two sockets the shell opens and feeds. Cluster presence and counts come back here.
 
-use super::*;
+use std::io::IoSlice;
+use std::time::Instant;
+
+use serde_json::value::RawValue;
+
+use super::{ConnId, Hub, Phase};
+use crate::broker::{BrokerCommand, Envelope};
+use crate::handshake::HttpResponse;
+use crate::pubsub::{self, RequestId};
+use crate::redis::{LinkConn, RedisLink};
 
 /// Who waits for a cluster presence answer.
 #[derive(Debug)]

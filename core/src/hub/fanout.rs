@@ -1,7 +1,19 @@
 //! Fan-out: a message framed once (and compressed once per window size) and the same bytes
 //! queued to every subscriber, with the slow-consumer policy applied per reader.
 
-use super::*;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use super::{Event, Hub, Phase, slow_consumer_policy};
+use crate::broker::Envelope;
+use crate::channel::ChannelId;
+use crate::config::SlowConsumerPolicy;
+use crate::deflate::Deflater;
+use crate::frame;
+use crate::pubsub;
+use crate::queue::FrameId;
 
 impl Hub {
     /// Delivers locally and hands the message to the broker for every other hub.

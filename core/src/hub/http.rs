@@ -1,7 +1,20 @@
 //! Plain HTTP on the WebSocket port: reading a request, the upgrade and admission, and the
 //! `/healthz`, `/metrics`, `/api/stats` and `/api/publish` endpoints.
 
-use super::*;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use super::{ConnId, Hub, Phase, PresenceWaiter, PublishError, Timer, live_conn, room_name};
+use crate::api::{self, NodeInfo};
+use crate::config::RouteMode;
+use crate::deflate::{self, Inflater};
+use crate::frame::{self, Decoder};
+use crate::handshake::{self, HeadError, HttpResponse, RequestHead};
+use crate::limits::Refusal;
+use crate::proxy::{self, ProxyHeader};
+use crate::pubsub;
+use crate::redis::RedisLink;
+use crate::time::later;
 
 impl Hub {
     pub(super) fn read_head(&mut self, now: Instant, id: ConnId, data: &[u8]) {

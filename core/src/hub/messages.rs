@@ -1,7 +1,16 @@
 //! What arrives on an open connection: frames decoded into messages, control frames and
 //! violations, rate limits, and the echo route.
 
-use super::*;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tungstenite::protocol::frame::coding::{Control, OpCode};
+
+use super::{ConnId, Hub, Phase, Timer, room_name};
+use crate::config::{RateLimitAction, RouteMode};
+use crate::deflate::{DeflateParams, Deflater};
+use crate::frame::{self, Decoded, Limits};
+use crate::pubsub::{self, ErrorCode, RequestId};
 
 /// Unsent bytes below which answering pings never counts as flooding, however small the
 /// configured queue limit.

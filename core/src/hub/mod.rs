@@ -21,26 +21,25 @@ use fanout::{is_room, room_name};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::IoSlice;
-use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
-use tungstenite::protocol::frame::coding::{Control, OpCode};
 
-use crate::api::{self, BrokerState, NodeInfo};
+use crate::api::BrokerState;
 use crate::broker::{BrokerCommand, Envelope, Origin};
-use crate::channel::{ChannelId, Channels};
-use crate::config::{BrokerKind, Config, ConfigError, RateLimitAction, RouteMode, SlowConsumerPolicy};
-use crate::deflate::{self, DeflateParams, Deflater, Inflater};
-use crate::frame::{self, Decoded, Decoder, Limits};
-use crate::handshake::{self, HeadError, HttpResponse, RequestHead};
-use crate::limits::{Admission, AdmissionTable, Refusal, TokenBucket};
+use crate::channel::Channels;
+use crate::config::{BrokerKind, Config, ConfigError, RouteMode, SlowConsumerPolicy};
+use crate::deflate::Deflater;
+use crate::frame::{self, Decoded, Decoder};
+use crate::handshake::HttpResponse;
+use crate::limits::{Admission, AdmissionTable, TokenBucket};
 use crate::metrics::Metrics;
-use crate::proxy::{self, ProxyHeader};
-use crate::pubsub::{self, ClientOp, ErrorCode, OpError, RequestId};
-use crate::queue::{FrameId, FrameStore, OutQueue};
-use crate::redis::{LinkConn, RedisLink};
+use crate::proxy::{self};
+use crate::pubsub::{self};
+use crate::queue::{FrameStore, OutQueue};
+use crate::redis::RedisLink;
 use crate::time::later;
 
 /// Identifies a connection; a stale id (of a connection that has ended) is ignored.

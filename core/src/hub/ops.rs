@@ -1,6 +1,12 @@
 //! The JSON pub/sub protocol on a connection: ops, replies, strikes, and channel membership.
 
-use super::*;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{ConnId, Hub, PresenceWaiter, Subscription, is_room};
+use crate::frame;
+use crate::pubsub::{self, ClientOp, ErrorCode, OpError};
 
 impl Hub {
     pub(super) fn on_pubsub(&mut self, now: Instant, id: ConnId, text: bool, data: &[u8]) {

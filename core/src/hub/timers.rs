@@ -1,6 +1,14 @@
 //! Timers: per-connection deadlines on a lazy-deletion heap, heartbeats, and the drain.
 
-use super::*;
+use std::cmp::Reverse;
+use std::time::{Duration, Instant};
+
+use tungstenite::protocol::frame::coding::{Control, OpCode};
+
+use super::{ConnId, Hub, Phase, Timer};
+use crate::frame;
+use crate::handshake::HttpResponse;
+use crate::time::later;
 
 impl Hub {
     pub(super) fn run_drain(&mut self, now: Instant) {
