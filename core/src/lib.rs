@@ -65,7 +65,9 @@
 //!
 //! `shell/examples/embed.rs` serves the default routes with such a loop over `std::net`
 //! (accepting with [`Hub::handle_accept`]), complete and runnable. A hub alone (the default)
-//! asks for no broker or Redis work; [`Hub::with_workers`] and `broker.kind = "redis"` do.
+//! asks for no broker or Redis work; [`Hub::with_workers`] and `broker.kind = "redis"` do. With
+//! Redis, polling a new hub (before any input) already asks for the link's two sockets; their
+//! connect deadline starts with the first input.
 //!
 //! # What is public
 //!

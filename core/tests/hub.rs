@@ -461,3 +461,36 @@ fn a_client_that_sends_without_reading_cannot_grow_its_queue() {
     assert_eq!(sim.hub.metrics().slow_consumer_closes, 1);
     assert!(sim.hub.queued_bytes(pinger) <= 64 * 1024 + 256);
 }
+
+#[test]
+fn a_redis_hub_asks_for_its_sockets_before_any_input() {
+    use switchboard_core::{Hub, LinkConn, Output};
+    let config = switchboard_core::Config::from_toml("[broker]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:7777\"\n")
+        .expect("valid config");
+    let mut hub = Hub::new(config, "n").expect("valid config").with_worker(3);
+    let mut opened = Vec::new();
+    loop {
+        match hub.poll_output() {
+            Output::RedisOpen { conn, addr } => opened.push((conn, addr)),
+            Output::Timeout(at) => {
+                assert_eq!(at, None, "no clock yet, so no deadline");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    opened.sort();
+    let addr = "127.0.0.1:7777".to_owned();
+    assert_eq!(opened, [(LinkConn::Subscriber, addr.clone()), (LinkConn::Command, addr)]);
+    // The first input starts the connect deadline.
+    let now = switchboard_testkit::origin();
+    hub.handle_timeout(now);
+    let timeout = std::iter::from_fn(|| match hub.poll_output() {
+        Output::Timeout(at) => Some(Some(at)),
+        _ => Some(None),
+    })
+    .flatten()
+    .next()
+    .flatten();
+    assert!(timeout.is_some_and(|at| at > now), "{timeout:?}");
+}

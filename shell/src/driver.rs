@@ -161,8 +161,10 @@ impl<R: Reactor> Worker<R> {
         }
     }
 
-    /// The first turn: the hub starts what it does before any client (the Redis link).
+    /// The first turn: the hub asks for what it needs before any client (the Redis sockets),
+    /// and learns the time (which starts their connect deadlines).
     pub fn start(&mut self, now: Instant) {
+        self.drain_outputs(now);
         self.hub.handle_timeout(now);
         self.drain_outputs(now);
     }

@@ -130,7 +130,7 @@ pub struct Hub {
     broker_state: BrokerState,
     /// Other workers' latest figures, so any worker can report the whole node.
     peer_metrics: Vec<Metrics>,
-    /// The link to Redis, when `broker.kind = "redis"` (created at the first input).
+    /// The link to Redis, when `broker.kind = "redis"` (built with the hub, clocked by its first input).
     redis: Option<RedisLink>,
     /// `Output::RedisTransmit` was given for this connection since the last input.
     redis_told: [bool; 2],
@@ -146,7 +146,7 @@ impl Hub {
     /// queues nothing for other hubs (see `with_workers` and `with_admission`).
     pub fn new(config: Config, node_id: impl Into<String>) -> Result<Self, ConfigError> {
         config.validate()?;
-        Ok(Self {
+        let mut hub = Self {
             admission: Box::new(AdmissionTable::new(&config.limits)),
             config,
             origin: Origin { node: node_id.into(), worker: 0 },
@@ -171,12 +171,16 @@ impl Hub {
             presence_waiters: HashMap::new(),
             next_token: 0,
             latest: None,
-        })
+        };
+        hub.link_for();
+        Ok(hub)
     }
 
     /// Names this hub's worker within the node (envelopes carry it to avoid echoes).
     pub fn with_worker(mut self, worker: u32) -> Self {
         self.origin.worker = worker;
+        // The link names its hub in Redis (leases, presence): build it for the new origin.
+        self.link_for();
         self
     }
 
@@ -455,13 +459,24 @@ impl Hub {
         self.started.unwrap_or(now)
     }
 
-    /// Notes the time of an input; the first one also starts the Redis link, if configured.
+    /// Notes the time of an input; the first one also starts the Redis link's clock.
     fn touch(&mut self, now: Instant) {
         self.redis_told = [false; 2];
-        self.started.get_or_insert(now);
+        if self.started.is_none() {
+            self.started = Some(now);
+            if let Some(link) = &mut self.redis {
+                link.start(now);
+            }
+        }
         self.latest = Some(self.latest.map_or(now, |latest| latest.max(now)));
-        if self.config.broker.kind == BrokerKind::Redis && self.redis.is_none() {
-            match RedisLink::new(&self.config.broker, self.origin.clone(), now) {
+    }
+
+    /// The link to Redis for this hub's origin, when `broker.kind = "redis"`: built with the
+    /// hub, so its sockets are asked for by the first `poll_output`, before any input.
+    fn link_for(&mut self) {
+        self.redis = None;
+        if self.config.broker.kind == BrokerKind::Redis {
+            match RedisLink::new(&self.config.broker, self.origin.clone()) {
                 Ok(link) => self.redis = Some(link),
                 // Config validation already checked the URL; report a broken link, don't panic.
                 Err(_) => self.broker_state = BrokerState::Open,

@@ -71,7 +71,7 @@ impl RedisLink {
     pub(super) fn close_breaker(&mut self, now: Instant) {
         self.breaker = Breaker::Closed { failures: 0 };
         self.cmd.attempt = 0;
-        self.sub.phase = Phase::Connecting { deadline: later(now, CONNECT_TIMEOUT), asked: false };
+        self.sub.phase = Phase::Connecting { deadline: Some(later(now, CONNECT_TIMEOUT)), asked: false };
         self.register(now);
     }
 }

@@ -19,9 +19,10 @@ pub(super) enum Phase {
     Idle,
     /// No socket; ask for one at this instant.
     Backoff(Instant),
-    /// A socket is wanted; `asked` once `poll_connect` handed it out.
+    /// A socket is wanted; `asked` once `poll_connect` handed it out. The deadline is unset
+    /// until the link first hears the time (a link is built before any input).
     Connecting {
-        deadline: Instant,
+        deadline: Option<Instant>,
         asked: bool,
     },
     Ready,
@@ -103,7 +104,7 @@ impl Conn {
         match self.phase {
             Phase::Idle => None,
             Phase::Backoff(at) => Some(at),
-            Phase::Connecting { deadline, .. } => Some(deadline),
+            Phase::Connecting { deadline, .. } => deadline,
             Phase::Ready => self.expect.front().map(|(deadline, _)| *deadline),
         }
     }

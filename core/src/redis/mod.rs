@@ -166,14 +166,16 @@ pub(crate) struct RedisLink {
 
 impl RedisLink {
     /// A link for the hub `origin`, configured by `config` (its `url` must be `redis://host[:port][/db]`).
-    pub(crate) fn new(config: &BrokerConfig, origin: Origin, now: Instant) -> Result<Self, UrlError> {
+    pub(crate) fn new(config: &BrokerConfig, origin: Origin) -> Result<Self, UrlError> {
         let (addr, db) = parse_url(&config.url)?;
         let hub_id = format!("{}:{}", origin.node, origin.worker);
         let lease_key = format!("{}:lease:{hub_id}", config.prefix);
         let ttl = config.lease_ttl;
         let lease_ttl_secs = ttl.as_secs().saturating_add(u64::from(ttl.subsec_nanos() > 0)).max(1);
         let rng = SplitMix::seeded(&origin);
-        let connecting = Phase::Connecting { deadline: later(now, CONNECT_TIMEOUT), asked: false };
+        // Both sockets are asked for at once; their connect deadline starts with the first
+        // time the link hears (`start`).
+        let connecting = Phase::Connecting { deadline: None, asked: false };
         Ok(Self {
             addr,
             db,
@@ -361,22 +363,34 @@ impl RedisLink {
         [breaker, self.tick_at, self.sub.wake_at(), self.cmd.wake_at()].into_iter().flatten().min()
     }
 
+    /// Arms the connect deadlines of sockets asked for before the link knew the time.
+    pub(crate) fn start(&mut self, now: Instant) {
+        for which in [LinkConn::Command, LinkConn::Subscriber] {
+            if let Phase::Connecting { deadline: None, asked } = self.conn(which).phase {
+                self.conn_mut(which).phase = Phase::Connecting { deadline: Some(later(now, CONNECT_TIMEOUT)), asked };
+            }
+        }
+    }
+
     /// Runs whatever is due at `now`: connect and reply timeouts, reconnects, the breaker, lease and stats.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         if let Breaker::Open { until } = self.breaker
             && until <= now
         {
             self.breaker = Breaker::HalfOpen;
-            self.cmd.phase = Phase::Connecting { deadline: later(now, CONNECT_TIMEOUT), asked: false };
+            self.cmd.phase = Phase::Connecting { deadline: Some(later(now, CONNECT_TIMEOUT)), asked: false };
         }
+        self.start(now);
         for which in [LinkConn::Command, LinkConn::Subscriber] {
             let conn = self.conn(which);
             match conn.phase {
                 Phase::Backoff(at) if at <= now => {
                     self.conn_mut(which).phase =
-                        Phase::Connecting { deadline: later(now, CONNECT_TIMEOUT), asked: false };
+                        Phase::Connecting { deadline: Some(later(now, CONNECT_TIMEOUT)), asked: false };
                 }
-                Phase::Connecting { deadline, asked } if deadline <= now => self.lose(now, which, asked),
+                Phase::Connecting { deadline: Some(deadline), asked } if deadline <= now => {
+                    self.lose(now, which, asked);
+                }
                 Phase::Ready if conn.expect.front().is_some_and(|(deadline, _)| *deadline <= now) => {
                     self.lose(now, which, true);
                 }

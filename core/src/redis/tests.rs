@@ -56,8 +56,9 @@ struct Sim {
 impl Sim {
     fn new(config: &BrokerConfig) -> Self {
         let t0 = origin_instant();
-        let link = RedisLink::new(config, origin("n1", 0), t0);
-        let Ok(link) = link else { panic!("{link:?}") };
+        let link = RedisLink::new(config, origin("n1", 0));
+        let Ok(mut link) = link else { panic!("{link:?}") };
+        link.start(t0);
         Self { link, t0, now: t0 }
     }
 
@@ -173,7 +174,7 @@ fn url_forms() {
     assert!(e.to_string().contains("TLS"), "{e}");
     let mut c = config();
     c.url = "rediss://h:6379".to_owned();
-    assert!(RedisLink::new(&c, origin("n1", 0), origin_instant()).is_err());
+    assert!(RedisLink::new(&c, origin("n1", 0)).is_err());
 }
 
 #[test]
