@@ -92,6 +92,7 @@ mod limits;
 mod metrics;
 mod proxy;
 mod pubsub;
+mod pusher;
 mod queue;
 mod redis;
 mod time;

@@ -120,7 +120,8 @@ pub fn main(program: &'static str, serve: impl FnOnce(Node) -> io::Result<()>) -
     };
     match args.command {
         Command::CheckConfig => println!("{}: ok", args.config.as_deref().unwrap_or("built-in defaults")),
-        Command::PrintConfig => print!("{}", config.to_toml()),
+        // Secrets (the API key, app secrets) never leave the process.
+        Command::PrintConfig => print!("{}", config.to_toml_redacted()),
         _ => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
             if let Err(e) = prepare(program, config).and_then(serve) {

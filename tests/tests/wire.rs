@@ -279,7 +279,11 @@ fn check_and_print_config() {
         let bad = dir.path().join("bad.toml");
         let good = dir.path().join("good.toml");
         std::fs::write(&bad, "[server]\nworkers = \"four\"\n").unwrap_or_else(|e| panic!("write: {e}"));
-        std::fs::write(&good, Settings::default().to_toml()).unwrap_or_else(|e| panic!("write: {e}"));
+        let settings = Settings { api_key: "api-s3cret", ..Settings::default() };
+        let with_app = "\n[[pusher.app]]\nid = \"1\"\nkey = \"k\"\nsecret = \"app-s3cret\"\n";
+        // Tables after `[[route]]` would belong to it: the app goes before the routes.
+        let toml = settings.to_toml().replacen("[[route]]", &format!("{with_app}\n[[route]]"), 1);
+        std::fs::write(&good, toml).unwrap_or_else(|e| panic!("write: {e}"));
 
         let run = |args: &[&str]| {
             let output = Command::new(bin).args(args).output().unwrap_or_else(|e| panic!("run: {e}"));
@@ -300,6 +304,10 @@ fn check_and_print_config() {
         let printed = switchboard_core::Config::from_toml(&text);
         let Ok(printed) = printed else { panic!("printed config does not parse: {printed:?}\n{text}") };
         assert_eq!(printed.server.listen, "127.0.0.1:7777");
+        // Secrets are never printed.
+        assert!(!text.contains("api-s3cret") && !text.contains("app-s3cret"), "{text}");
+        assert_eq!(printed.http.api_key, "<redacted>");
+        assert_eq!(printed.pusher.app.len(), 1);
         let routes = switchboard_core::Config::from_toml(&Settings::default().to_toml()).map(|c| c.route.len());
         assert_eq!(Ok(printed.route.len()), routes.map_err(|e| e.to_string()));
 

@@ -1,8 +1,10 @@
 //! Server configuration: TOML schema, defaults, parsing with precise error locations, validation.
 //!
-//! The schema and its defaults live here; the rules a configuration must pass are in `validate`,
-//! error locations in `located`, and byte sizes and durations in `units`.
+//! The schema and its defaults live here, but for the Pusher section (`pusher`, with its own
+//! rules); the rules a configuration must pass are in `validate`, error locations in `located`,
+//! and byte sizes and durations in `units`.
 
+use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -11,12 +13,14 @@ use toml::de::DeTable;
 use crate::proxy::Cidr;
 
 mod located;
+mod pusher;
 #[cfg(test)]
 mod tests;
 mod units;
 mod validate;
 
 pub use located::ConfigError;
+pub use pusher::{PusherApp, PusherConfig};
 pub use units::{MAX_DURATION, Size, format_duration, parse_duration};
 
 use located::SpanIndex;
@@ -44,6 +48,8 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// Graceful shutdown (connection draining).
     pub drain: DrainConfig,
+    /// The Pusher Channels protocol: its limits and apps (`[[pusher.app]]`).
+    pub pusher: PusherConfig,
     /// WebSocket routes (`[[route]]`); a file without any keeps the three defaults.
     // Last so the serializer emits `[[route]]` after all plain sections.
     pub route: Vec<RouteConfig>,
@@ -307,7 +313,7 @@ impl RouteConfig {
 }
 
 /// `[http]`: HTTP side endpoints.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// Bearer key for `POST /api/publish`; empty disables the endpoint.
@@ -321,6 +327,18 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         Self { api_key: String::new(), metrics: true, max_body_bytes: Size(64 * 1024) }
+    }
+}
+
+/// Written by hand so that `{:?}` of a config never shows the API key.
+impl fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = if self.api_key.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("HttpConfig")
+            .field("api_key", &key)
+            .field("metrics", &self.metrics)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
     }
 }
 
@@ -439,6 +457,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             broker: BrokerConfig::default(),
             drain: DrainConfig::default(),
+            pusher: PusherConfig::default(),
             route: vec![
                 RouteConfig::new("/echo", RouteMode::Echo),
                 RouteConfig::new("/chat", RouteMode::Broadcast),
@@ -474,6 +493,27 @@ impl Config {
             Ok(s) => s,
             Err(e) => format!("# config could not be rendered: {e}\n"),
         }
+    }
+
+    /// A copy with every secret (`http.api_key`, each `pusher.app[].secret`) replaced by
+    /// `"<redacted>"`, for showing a configuration to people. An empty one stays empty: it means
+    /// "off", not "hidden".
+    pub fn redacted(&self) -> Self {
+        let mut copy = self.clone();
+        let hide = |secret: &mut String| {
+            if !secret.is_empty() {
+                pusher::REDACTED.clone_into(secret);
+            }
+        };
+        hide(&mut copy.http.api_key);
+        copy.pusher.app.iter_mut().for_each(|app| hide(&mut app.secret));
+        copy
+    }
+
+    /// [`Config::to_toml`] of [`Config::redacted`]: safe to print (`--print-config`), while
+    /// `to_toml` itself stays an exact round trip.
+    pub fn to_toml_redacted(&self) -> String {
+        self.redacted().to_toml()
     }
 
     /// Finds a route by exact path, with its index in `route`.

@@ -60,6 +60,20 @@ fn non_default_round_trips() {
     c.broker.backoff.max = Duration::from_secs(7200);
     c.broker.backoff.jitter = 1.0;
     c.drain.interval = Duration::from_secs(90);
+    c.pusher.activity_timeout = Duration::from_secs(30);
+    c.pusher.max_event_bytes = Size(100 * 1024);
+    c.pusher.max_client_events_per_second = 0;
+    c.pusher.app = vec![
+        PusherApp::new("1", "k1", "s3cr\"et"),
+        PusherApp {
+            enabled: false,
+            client_events: true,
+            user_authentication: true,
+            max_connections: 5,
+            subscription_count: true,
+            ..PusherApp::new("app-2", "k2", "s2")
+        },
+    ];
     c.route = vec![RouteConfig {
         path: "/feed".to_owned(),
         mode: RouteMode::Pubsub,
@@ -233,6 +247,119 @@ fn syntax_error_has_position() {
     assert_err("a = \"é\" b\n", "", 1, 9);
 }
 
+const PUSHER_APPS: &str = "[[pusher.app]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n\n[[pusher.app]]\nid = \"2\"\nkey = \"k2\"\nsecret = \"s2\"\n";
+
+#[test]
+fn pusher_defaults_are_the_documented_ones() {
+    let p = PusherConfig::default();
+    assert_eq!(p.activity_timeout, Duration::from_secs(120));
+    assert_eq!(p.max_event_bytes, Size(10 * 1024));
+    assert_eq!((p.max_event_name_bytes, p.max_channel_name_bytes), (200, 200));
+    assert_eq!((p.max_channels_per_event, p.max_batch_events, p.max_presence_members), (100, 10, 100));
+    assert_eq!(p.max_presence_member_bytes, Size(2048));
+    assert_eq!(p.max_client_events_per_second, 10);
+    assert_eq!(p.user_authentication_timeout, Duration::from_secs(30));
+    assert!(p.app.is_empty());
+}
+
+#[test]
+fn pusher_apps_parse_with_their_defaults() {
+    let c = Config::from_toml(PUSHER_APPS);
+    let Ok(c) = c else { panic!("{c:?}") };
+    assert_eq!(c.pusher.app, vec![PusherApp::new("1", "k", "s"), PusherApp::new("2", "k2", "s2")]);
+    let app = &c.pusher.app[0];
+    assert!(app.enabled && !app.client_events && !app.user_authentication && !app.subscription_count);
+    assert_eq!(app.max_connections, 0);
+}
+
+#[test]
+fn the_example_app_parses_once_uncommented() {
+    let section = EXAMPLE_TOML.split("# [[pusher.app]]").nth(1).unwrap_or_default();
+    let block: String = section.lines().skip(1).map_while(|l| l.strip_prefix("# ")).map(|l| format!("{l}\n")).collect();
+    let c = Config::from_toml(&format!("[[pusher.app]]\n{block}"));
+    let Ok(c) = c else { panic!("{c:?}\n{block}") };
+    assert_eq!(c.pusher.app, vec![PusherApp::new("app-id", "app-key", "app-secret")]);
+}
+
+#[test]
+fn pusher_errors() {
+    // Writing a key twice in one table is the TOML parser's error, before any rule.
+    let e = assert_err(&format!("{PUSHER_APPS}key = \"k\"\n"), "", 10, 1);
+    assert!(e.message.contains("duplicate key"), "{e}");
+    let dup_key = PUSHER_APPS.replace("k2", "k");
+    let e = assert_err(&dup_key, "pusher.app[1].key", 8, 7);
+    assert_eq!(e.message, "duplicate app key \"k\" (already used by pusher.app[0])");
+    let dup_id = PUSHER_APPS.replace("id = \"2\"", "id = \"1\"");
+    let e = assert_err(&dup_id, "pusher.app[1].id", 7, 6);
+    assert_eq!(e.message, "duplicate app id \"1\" (already used by pusher.app[0])");
+    for bad in ["a/b", "a b", "a?b", "a#b", "a%20", "a\\tb"] {
+        let e = assert_err(&PUSHER_APPS.replace("k2", bad), "pusher.app[1].key", 8, 7);
+        assert!(e.message.contains("URL path"), "{bad}: {e}");
+        assert_err(&PUSHER_APPS.replace("\"2\"", &format!("\"{bad}\"")), "pusher.app[1].id", 7, 6);
+    }
+    assert_err(&PUSHER_APPS.replace("\"k2\"", "\"\""), "pusher.app[1].key", 8, 7);
+    assert_err(&PUSHER_APPS.replace("\"1\"", "\"\""), "pusher.app[0].id", 2, 6);
+    let e = assert_err(&PUSHER_APPS.replace("\"s2\"", "\"\""), "pusher.app[1].secret", 9, 10);
+    assert_eq!(e.message, "must not be empty");
+    let e = assert_err("[[pusher.app]]\nid = \"1\"\nkey = \"k\"\n", "pusher.app[0].secret", 1, 1);
+    assert!(e.message.contains("missing required key `secret`"), "{e}");
+    let e = assert_err(&format!("{PUSHER_APPS}clients_events = true\n"), "pusher.app[1].clients_events", 10, 1);
+    assert!(e.message.starts_with("unknown key"), "{e}");
+    let e = assert_err("[pusher]\nactivity_timeout = \"0s\"\n", "pusher.activity_timeout", 2, 20);
+    assert_eq!(e.message, "must be at least 1s (clients refuse 0)");
+    let e = assert_err("[pusher]\nactivity_timeout = \"500ms\"\n", "pusher.activity_timeout", 2, 20);
+    assert!(e.message.contains("at least 1s"), "{e}");
+    let e = assert_err("[pusher]\nactivity_timeout = \"1500ms\"\n", "pusher.activity_timeout", 2, 20);
+    assert!(e.message.contains("whole number of seconds"), "{e}");
+    assert_err("[pusher]\nactivity_timeout = 120\n", "pusher.activity_timeout", 2, 20);
+    for key in [
+        "max_event_bytes",
+        "max_event_name_bytes",
+        "max_channel_name_bytes",
+        "max_channels_per_event",
+        "max_batch_events",
+        "max_presence_members",
+        "max_presence_member_bytes",
+    ] {
+        assert_err(&format!("[pusher]\n{key} = 0\n"), &format!("pusher.{key}"), 2, key.len() + 4);
+    }
+    assert_err("[pusher]\nuser_authentication_timeout = \"0s\"\n", "pusher.user_authentication_timeout", 2, 31);
+    assert_err("[pusher]\nmax_client_events_per_second = -1\n", "pusher.max_client_events_per_second", 2, 32);
+    let unlimited = Config::from_toml("[pusher]\nmax_client_events_per_second = 0\n");
+    assert_eq!(unlimited.map(|c| c.pusher.max_client_events_per_second), Ok(0));
+}
+
+#[test]
+fn pusher_rules_hold_for_a_config_built_in_code() {
+    let mut c = Config::default();
+    c.pusher.app = vec![PusherApp::new("1", "k", "s"), PusherApp::new("2", "k", "s")];
+    assert_eq!(c.validate().map_err(|e| e.key), Err("pusher.app[1].key".to_owned()));
+    c.pusher.app[1].key = "k2".to_owned();
+    assert_eq!(c.validate(), Ok(()));
+    c.pusher.user_authentication_timeout = Duration::MAX;
+    assert_eq!(c.validate().map_err(|e| e.key), Err("pusher.user_authentication_timeout".to_owned()));
+}
+
+#[test]
+fn secrets_are_redacted_for_people_and_kept_for_the_round_trip() {
+    let mut c = Config::default();
+    c.http.api_key = "api-s3cret".to_owned();
+    c.pusher.app = vec![PusherApp::new("1", "k", "app-s3cret-1"), PusherApp::new("2", "k2", "app-s3cret-2")];
+    let shown = c.to_toml_redacted();
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert_eq!(shown.matches("\"<redacted>\"").count(), 3, "{shown}");
+    let Ok(read_back) = Config::from_toml(&shown) else { panic!("redacted output must parse:\n{shown}") };
+    assert_eq!(read_back, c.redacted());
+    assert_eq!(read_back.pusher.app[1].key, "k2");
+    // The original is untouched, and the plain rendering still round-trips exactly.
+    assert_eq!(c.pusher.app[0].secret, "app-s3cret-1");
+    assert_eq!(Config::from_toml(&c.to_toml()), Ok(c.clone()));
+    // An empty key means "disabled", and stays so.
+    assert_eq!(Config::default().redacted(), Config::default());
+    assert!(!format!("{c:?}").contains("app-s3cret"), "Debug shows a pusher secret");
+    assert!(format!("{:?}", c.pusher.app[0]).contains("secret: <redacted>"));
+}
+
 proptest! {
     #[test]
     fn arbitrary_text_never_panics(src in ".{0,200}") {
@@ -254,4 +381,13 @@ proptest! {
         }
         let _ = Config::from_toml(&src);
     }
+}
+
+#[test]
+fn debug_output_never_shows_the_api_key() {
+    let mut c = Config::default();
+    c.http.api_key = "s3cret-key".to_owned();
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("s3cret-key"), "{shown}");
+    assert!(shown.contains("<redacted>"), "{shown}");
 }

@@ -103,13 +103,14 @@ impl Config {
 
         check(self.drain.batch >= 1, "drain.batch", || "must be at least 1".to_owned())?;
 
+        self.pusher.check_rules()?;
         self.validate_routes()
     }
 
     /// Every duration stays within [`MAX_DURATION`]: timers are instants plus these. A file
     /// cannot say more (the parser refuses it); code can.
     fn check_durations(&self) -> Result<(), Invalid> {
-        let (s, h, b, d) = (&self.server, &self.heartbeat, &self.broker, &self.drain);
+        let (s, h, b, d, p) = (&self.server, &self.heartbeat, &self.broker, &self.drain, &self.pusher);
         let durations = [
             ("server.handshake_timeout", s.handshake_timeout),
             ("server.close_timeout", s.close_timeout),
@@ -122,6 +123,8 @@ impl Config {
             ("broker.breaker.open_for", b.breaker.open_for),
             ("drain.timeout", d.timeout),
             ("drain.interval", d.interval),
+            ("pusher.activity_timeout", p.activity_timeout),
+            ("pusher.user_authentication_timeout", p.user_authentication_timeout),
         ];
         for (key, value) in durations {
             check(value <= MAX_DURATION, key, || format!("{} is too long (at most 365 days)", format_duration(value)))?;
@@ -175,20 +178,20 @@ pub(super) struct Invalid {
 }
 
 impl Invalid {
-    fn new(key: &str, message: String) -> Self {
+    pub(super) fn new(key: &str, message: String) -> Self {
         Self { key: key.to_owned(), message, also: None }
     }
 }
 
-fn check(ok: bool, key: &str, message: impl FnOnce() -> String) -> Result<(), Invalid> {
+pub(super) fn check(ok: bool, key: &str, message: impl FnOnce() -> String) -> Result<(), Invalid> {
     if ok { Ok(()) } else { Err(Invalid::new(key, message())) }
 }
 
-fn positive(d: Duration, key: &str) -> Result<(), Invalid> {
+pub(super) fn positive(d: Duration, key: &str) -> Result<(), Invalid> {
     check(!d.is_zero(), key, || "must be greater than 0s".to_owned())
 }
 
-fn nonzero_size(s: Size, key: &str) -> Result<(), Invalid> {
+pub(super) fn nonzero_size(s: Size, key: &str) -> Result<(), Invalid> {
     check(s.0 > 0, key, || "must be greater than 0".to_owned())
 }
 
