@@ -17,7 +17,7 @@ use switchboard_testkit::{files, folders, fuzz_dir, origin, read};
 type Entry = fn(Instant, &[u8]);
 
 /// Every fuzz target and its entry point; a corpus folder not named here fails the test.
-const TARGETS: [(&str, Entry); 7] = [
+const TARGETS: [(&str, Entry); 8] = [
     ("handshake", fuzzing::handshake),
     ("frames", fuzzing::frames),
     ("pubsub_json", fuzzing::pubsub_json),
@@ -25,6 +25,7 @@ const TARGETS: [(&str, Entry); 7] = [
     ("http_api", fuzzing::http_api),
     ("hub_ops", fuzzing::hub_ops),
     ("resp", fuzzing::resp),
+    ("pusher", fuzzing::pusher),
 ];
 
 /// Folders of inputs that must keep passing.
@@ -114,6 +115,11 @@ fn hub_ops_corpus() {
 #[test]
 fn resp_corpus() {
     assert!(replay("resp") > 0, "resp has seeds");
+}
+
+#[test]
+fn pusher_corpus() {
+    assert!(replay("pusher") > 0, "pusher has seeds");
 }
 
 #[test]

@@ -462,3 +462,147 @@ fn peek_redis(hub: &Hub, which: LinkConn) -> usize {
     let n = hub.redis_transmit(which, &mut slices);
     slices[..n].iter().map(|s| s.len()).sum()
 }
+
+/// `pusher`: the Pusher protocol's parsers on arbitrary text: a client message, a connect URL,
+/// a presence `channel_data`, and the HTTP API's route, query string and trigger bodies. What
+/// parses must hold what the limits allow and encode back to JSON; what is refused must say so
+/// in a bounded message and map to a status or close code the protocol has.
+///
+/// Layout: a flags byte (bit 0: small limits), then the text (lossy UTF-8), fed whole to every
+/// parser.
+pub fn pusher(_t0: Instant, data: &[u8]) {
+    use crate::pusher::http_api::{self, ApiError};
+    use crate::pusher::protocol::{self, ClientMessage, Limits};
+
+    /// Longest refusal message: client text in one is clipped, so anything longer is a bug.
+    const MAX_MESSAGE: usize = 512;
+
+    let mut input = Choices::new(data);
+    let flags = input.byte();
+    let text = String::from_utf8_lossy(input.rest()).into_owned();
+    let limits = if flags & 1 == 0 {
+        Limits::default()
+    } else {
+        Limits {
+            max_event_bytes: 16,
+            max_event_name_bytes: 12,
+            max_channel_name_bytes: 12,
+            max_channels_per_event: 2,
+            max_batch_events: 2,
+            max_presence_member_bytes: 16,
+        }
+    };
+
+    match protocol::parse_client_message(&text, &limits) {
+        Ok(ClientMessage::Subscribe { channel, .. } | ClientMessage::Unsubscribe { channel }) => {
+            assert!(!channel.is_empty() && channel.len() <= limits.max_channel_name_bytes, "channel {channel:?}");
+        }
+        Ok(ClientMessage::ClientEvent { event, channel, data }) => {
+            assert!(event.starts_with("client-") && event.len() <= limits.max_event_name_bytes, "event {event:?}");
+            assert!(channel.len() <= limits.max_channel_name_bytes, "channel {channel:?}");
+            assert!(data.as_ref().is_none_or(|d| d.get().len() <= limits.max_event_bytes), "data over the limit");
+            // Relayed and parsed again, the event is the same, its data byte for byte.
+            let relay = protocol::client_event_relay(&event, &channel, data.as_deref(), None);
+            assert_json(&relay);
+            match protocol::parse_client_message(&relay, &limits) {
+                Ok(ClientMessage::ClientEvent { event: e, channel: c, data: d }) => {
+                    assert_eq!((e, c), (event, channel), "the relay changed the event");
+                    assert_eq!(
+                        d.as_deref().map(|d| d.get()),
+                        data.as_deref().map(|d| d.get()),
+                        "the relay changed data"
+                    );
+                }
+                other => panic!("a relayed client event parses as {other:?}: {relay}"),
+            }
+        }
+        Ok(ClientMessage::UnknownProtocolEvent { event }) => {
+            assert!(event.len() <= limits.max_event_name_bytes, "event {event:?}");
+        }
+        Ok(ClientMessage::Ping | ClientMessage::Pong | ClientMessage::Signin { .. }) => {}
+        Err(e) => {
+            let message = e.to_string();
+            assert!(message.len() <= MAX_MESSAGE, "unbounded error message: {message}");
+            assert_json(&protocol::error(Some(protocol::close_code::CLIENT_EVENT_REJECTED), &message, e.channel()));
+        }
+    }
+
+    for target in [text.clone(), format!("/app/key?protocol={text}"), format!("/app/{text}")] {
+        match protocol::parse_connect_url(&target) {
+            Ok(request) => {
+                assert!(protocol::PROTOCOL_VERSIONS.contains(&request.protocol), "protocol {}", request.protocol);
+                assert!(!request.key.is_empty() && !request.key.contains('/'), "key {:?}", request.key);
+            }
+            Err(e) => {
+                assert!(matches!(e.code(), 4005 | 4007 | 4008), "close code {}", e.code());
+                assert!(e.to_string().len() <= MAX_MESSAGE, "unbounded error message: {e}");
+            }
+        }
+    }
+
+    match protocol::parse_channel_data(&text, limits.max_presence_member_bytes) {
+        Ok(member) => {
+            assert!(!member.user_id.as_str().is_empty(), "empty user id");
+            assert!(member.user_id.as_str().len() <= protocol::MAX_USER_ID_BYTES, "user id over the limit");
+            let info = member.user_info.as_deref();
+            assert!(info.is_none_or(|i| i.get().len() <= limits.max_presence_member_bytes), "user_info over the limit");
+            assert_json(&protocol::member_added("presence-c", &member.user_id, info));
+            let presence = protocol::PresenceData::new([&member, &member]);
+            assert_eq!(presence.count(), 1, "one user, listed twice");
+            assert_json(&protocol::subscription_succeeded("presence-c", Some(&presence)));
+        }
+        Err(e) => assert!(e.to_string().len() <= MAX_MESSAGE, "unbounded error message: {e}"),
+    }
+
+    let check_refusal = |e: &ApiError| {
+        assert!(matches!(e.status(), 400 | 404 | 405 | 413), "status {}", e.status());
+        assert!(e.to_string().len() <= MAX_MESSAGE, "unbounded error message: {e}");
+        assert_json(&e.to_json());
+    };
+    let check_trigger = |trigger: &http_api::Trigger| {
+        assert!(
+            (1..=limits.max_channels_per_event).contains(&trigger.channels.len()),
+            "{} channels",
+            trigger.channels.len()
+        );
+        assert!(trigger.data.len() <= limits.max_event_bytes, "data over the limit");
+        assert!(trigger.name.len() <= limits.max_event_name_bytes, "name over the limit");
+        for channel in &trigger.channels {
+            assert_json(&protocol::event(channel, &trigger.name, &trigger.data));
+        }
+    };
+    match http_api::parse_trigger(text.as_bytes(), &limits) {
+        Ok(trigger) => check_trigger(&trigger),
+        Err(e) => check_refusal(&e),
+    }
+    match http_api::parse_batch(text.as_bytes(), &limits) {
+        Ok(batch) => {
+            assert!(batch.len() <= limits.max_batch_events, "{} events in a batch", batch.len());
+            batch.iter().for_each(check_trigger);
+        }
+        Err(e) => check_refusal(&e),
+    }
+    for method in ["GET", "POST"] {
+        for path in [text.clone(), format!("/apps/1/channels/{text}")] {
+            match http_api::route(method, &path, &limits) {
+                Ok(route) => assert!(!route.app_id().is_empty(), "an empty app id"),
+                Err(e) => check_refusal(&e),
+            }
+        }
+    }
+    match http_api::parse_query(&text) {
+        Ok(pairs) => {
+            assert!(pairs.len() <= http_api::MAX_QUERY_PARAMS, "{} query parameters", pairs.len());
+            match http_api::parse_channels_query(&pairs) {
+                Ok(query) => {
+                    assert_json(&http_api::channels_response(query.info, [("presence-c", Default::default())]))
+                }
+                Err(e) => check_refusal(&e),
+            }
+            if let Err(e) = http_api::parse_channel_query("presence-c", &pairs) {
+                check_refusal(&e);
+            }
+        }
+        Err(e) => check_refusal(&e),
+    }
+}

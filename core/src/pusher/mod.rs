@@ -8,6 +8,10 @@
 //! - `api_auth`: the signature, key, timestamp window and `body_md5` of an HTTP API request.
 //! - `mac`: HMAC-SHA256 in hex and its constant-time check (the one comparison every signature
 //!   check above goes through), MD5 in hex.
+//! - `protocol`: the WebSocket messages: parsing what clients send, encoding what the server
+//!   sends, presence `channel_data`, the connect URL and the close codes.
+//! - `http_api`: the HTTP API's routes, query strings and trigger bodies, and its answers.
+//! - `json`: what those two share: picking an object's fields, escaping strings.
 //!
 //! The limits and apps are configured in [`crate::config::PusherConfig`]. Nothing here reads a
 //! clock: the HTTP API's timestamp window takes the wall time as an argument.
@@ -17,6 +21,9 @@
 #![cfg_attr(not(test), allow(dead_code))]
 
 pub(crate) mod api_auth;
+pub(crate) mod http_api;
+pub(crate) mod json;
 pub(crate) mod mac;
 pub(crate) mod names;
+pub(crate) mod protocol;
 pub(crate) mod sign;
