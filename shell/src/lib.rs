@@ -198,13 +198,6 @@ pub fn spawn_worker(
     })
 }
 
-/// Runs the hub's timers when `due` (the last `Output::Timeout`) has come.
-pub fn run_timers(hub: &mut Hub, now: Instant, due: Option<Instant>) {
-    if due.is_some_and(|t| t <= now) {
-        hub.handle_timeout(now);
-    }
-}
-
 /// How one write to a client's socket ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientWrite {
