@@ -1,5 +1,6 @@
 //! One client connection, and the bytes of a timed message.
 
+use std::io::Cursor;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::OnceLock;
@@ -8,11 +9,47 @@ use std::time::{Duration, Instant};
 
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use async_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use async_tungstenite::tungstenite::protocol::frame::coding::OpCode;
 use smol::Async;
 use smol::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub(crate) type Ws = WebSocketStream<TcpStream>;
+
+/// What the bytes at the front of a read buffer hold, for readers that walk server frames in
+/// place instead of building a `Message` per frame.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Walk {
+    /// A whole frame: its opcode and where its payload lies in the buffer.
+    Frame { opcode: OpCode, start: usize, end: usize },
+    /// The frame is not all here; it ends at `end` (unknown while its header is incomplete).
+    Partial { end: Option<usize> },
+    /// Not a frame these readers accept: a server frame is unmasked, and the hubs never split
+    /// these small messages nor set extension bits (the clients offer none).
+    Bad(String),
+}
+
+/// The frame starting at `pos` in `buf[..filled]`.
+pub(crate) fn walk(buf: &[u8], pos: usize, filled: usize) -> Walk {
+    let mut cursor = Cursor::new(&buf[pos..filled]);
+    let (header, len) = match FrameHeader::parse(&mut cursor) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return Walk::Partial { end: None },
+        Err(e) => return Walk::Bad(format!("frame: {e}")),
+    };
+    let start = pos + cursor.position() as usize;
+    let Some(end) = usize::try_from(len).ok().and_then(|len| start.checked_add(len)) else {
+        return Walk::Bad(format!("frame of {len} bytes"));
+    };
+    if end > filled {
+        return Walk::Partial { end: Some(end) };
+    }
+    if header.mask.is_some() || header.rsv1 || header.rsv2 || header.rsv3 || !header.is_final {
+        return Walk::Bad("frame: masked, fragmented or with RSV bits".into());
+    }
+    Walk::Frame { opcode: header.opcode, start, end }
+}
 
 /// Where the clients connect: the URL for the upgrade and the socket address behind it.
 #[derive(Clone)]
@@ -156,6 +193,19 @@ mod tests {
         assert_eq!(bytes.len(), 64);
         assert_eq!(Stamp::decode(&bytes), Some(stamp));
         assert_eq!(Stamp::decode(&bytes[..19]), None);
+    }
+
+    #[test]
+    fn walk_finds_whole_partial_and_bad_frames() {
+        use async_tungstenite::tungstenite::protocol::frame::coding::Data;
+        // Two unmasked text frames, "hi" and "abc", then the first byte of a third.
+        let buf = [0x81, 2, b'h', b'i', 0x81, 3, b'a', b'b', b'c', 0x81];
+        assert_eq!(walk(&buf, 0, buf.len()), Walk::Frame { opcode: OpCode::Data(Data::Text), start: 2, end: 4 });
+        assert_eq!(walk(&buf, 4, buf.len()), Walk::Frame { opcode: OpCode::Data(Data::Text), start: 6, end: 9 });
+        assert_eq!(walk(&buf, 9, buf.len()), Walk::Partial { end: None });
+        assert_eq!(walk(&buf, 4, 7), Walk::Partial { end: Some(9) });
+        let masked = [0x81, 0x80 | 1, 1, 2, 3, 4, b'x'];
+        assert!(matches!(walk(&masked, 0, masked.len()), Walk::Bad(_)));
     }
 
     #[test]

@@ -10,12 +10,11 @@
 //! the window shows up as latency rather than as a pause nobody measured.
 
 use std::cell::{Cell, RefCell};
-use std::io::{Cursor, ErrorKind, Read};
+use std::io::{ErrorKind, Read};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use async_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use futures_lite::{AsyncWriteExt, Stream, StreamExt, future};
@@ -26,7 +25,7 @@ use smol::net::TcpStream;
 use smol::{Async, LocalExecutor, Timer};
 
 use crate::args::Args;
-use crate::conn::{self, Options, Stamp, Target, now_ns};
+use crate::conn::{self, Options, Stamp, Target, Walk, now_ns};
 use crate::connect::connect_many_with;
 use crate::measure::{self, Window, round3};
 
@@ -489,27 +488,19 @@ async fn receive(stream: TcpStream, run: &Run, pubs: usize) {
         let now = now_ns();
         let mut pos = 0;
         while pos < filled {
-            let mut cursor = Cursor::new(&buf[pos..filled]);
-            let (header, len) = match FrameHeader::parse(&mut cursor) {
-                Ok(Some(parsed)) => parsed,
-                Ok(None) => break,
-                Err(_) => break 'read,
-            };
-            let start = pos + cursor.position() as usize;
-            let Some(end) = usize::try_from(len).ok().and_then(|len| start.checked_add(len)) else { break 'read };
-            if end > filled {
-                if end - pos > buf.len() {
-                    buf.resize((end - pos).next_power_of_two(), 0);
+            // Anything but a plain whole frame ends the subscriber, which the run reports as a
+            // closed connection.
+            let (opcode, start, end) = match conn::walk(&buf, pos, filled) {
+                Walk::Frame { opcode, start, end } => (opcode, start, end),
+                Walk::Partial { end } => {
+                    if let Some(end) = end.filter(|&end| end - pos > buf.len()) {
+                        buf.resize((end - pos).next_power_of_two(), 0);
+                    }
+                    break;
                 }
-                break;
-            }
-            // A server frame is unmasked, unfragmented here (the hubs never split a small
-            // message), and carries no extension bits: anything else ends the subscriber, which
-            // the run reports as a closed connection.
-            if header.mask.is_some() || header.rsv1 || header.rsv2 || header.rsv3 || !header.is_final {
-                break 'read;
-            }
-            match header.opcode {
+                Walk::Bad(_) => break 'read,
+            };
+            match opcode {
                 OpCode::Data(Data::Binary) => {
                     if let Some(stamp) = Stamp::decode(&buf[start..end]) {
                         run.deliver(stamp, now, &mut last);

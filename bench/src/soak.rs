@@ -21,12 +21,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::io::{Cursor, ErrorKind, Read};
+use std::io::{ErrorKind, Read};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use async_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use futures_lite::{AsyncWriteExt, future};
 use hdrhistogram::Histogram;
@@ -34,7 +33,7 @@ use serde_json::{Value, json};
 use smol::{Async, LocalExecutor, Timer};
 
 use crate::args::Args;
-use crate::conn::{self, Options, Target, Ws, now_ns};
+use crate::conn::{self, Options, Target, Walk, Ws, now_ns};
 use crate::connect::connect_many_with;
 use crate::measure::{self, Window, round3};
 
@@ -431,29 +430,18 @@ impl Run {
         let now = now_ns();
         let mut pos = 0;
         while pos < filled {
-            let mut cursor = Cursor::new(&buf[pos..filled]);
-            let (header, len) = match FrameHeader::parse(&mut cursor) {
-                Ok(Some(parsed)) => parsed,
-                Ok(None) => break,
-                Err(e) => return Got::Error(format!("frame: {e}")),
-            };
-            let start = pos + cursor.position() as usize;
-            let end = match usize::try_from(len).ok().and_then(|len| start.checked_add(len)) {
-                Some(end) if end - pos <= READ_BUFFER / 2 => end,
+            let (opcode, start, end) = match conn::walk(&buf[..], pos, filled) {
                 // Every frame of this scenario is a few bytes; a carried part must leave room
                 // for the next read.
-                _ => return Got::Error(format!("frame of {len} bytes")),
+                Walk::Frame { end, .. } | Walk::Partial { end: Some(end) } if end - pos > READ_BUFFER / 2 => {
+                    return Got::Error(format!("frame of {} bytes", end - pos));
+                }
+                Walk::Frame { opcode, start, end } => (opcode, start, end),
+                Walk::Partial { .. } => break,
+                Walk::Bad(why) => return Got::Error(why),
             };
-            if end > filled {
-                break;
-            }
-            // A server frame is unmasked, and the hub never splits these small messages nor
-            // sets extension bits (the clients offer none).
-            if header.mask.is_some() || header.rsv1 || header.rsv2 || header.rsv3 || !header.is_final {
-                return Got::Error("frame: masked, fragmented or with RSV bits".into());
-            }
             let payload = &buf[start..end];
-            match header.opcode {
+            match opcode {
                 OpCode::Data(Data::Text) => match parse_seq(payload) {
                     Some(seq) => self.deliver(slot, seq),
                     None => bump(&self.foreign, 1),
@@ -999,8 +987,9 @@ mod tests {
         assert_eq!(parse_seq(b"{\"seq\":x}"), None);
         let mut out = Vec::new();
         client_frame(&mut out, 0x9, &7u64.to_be_bytes());
-        let mut cursor = Cursor::new(&out[..]);
-        let (header, len) = FrameHeader::parse(&mut cursor).expect("valid").expect("whole");
+        let mut cursor = std::io::Cursor::new(&out[..]);
+        let parsed = async_tungstenite::tungstenite::protocol::frame::FrameHeader::parse(&mut cursor);
+        let (header, len) = parsed.expect("valid").expect("whole");
         assert_eq!(header.opcode, OpCode::Control(Control::Ping));
         assert!(header.mask.is_some());
         assert_eq!(len, 8);
