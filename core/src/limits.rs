@@ -86,6 +86,11 @@ pub trait Admission: Send + fmt::Debug {
     fn open(&mut self, client: IpAddr, now: Instant) -> Result<(), Refusal>;
     /// A connection admitted by `open` ended.
     fn close(&mut self, client: IpAddr);
+    /// A connection to Pusher app number `app` (its index in `[[pusher.app]]`) asks for a
+    /// place among the app's at most `max` (0: unlimited); true when it has one.
+    fn open_app(&mut self, app: usize, max: usize) -> bool;
+    /// A connection given a place by `open_app` ended.
+    fn close_app(&mut self, app: usize);
 }
 
 /// What admission remembers of one client address.
@@ -112,6 +117,8 @@ pub struct AdmissionTable {
     handshaking: usize,
     ips: HashMap<IpAddr, IpState>,
     sweep_at: Option<Instant>,
+    /// Open connections per Pusher app, by the app's index.
+    apps: Vec<usize>,
 }
 
 impl AdmissionTable {
@@ -128,6 +135,7 @@ impl AdmissionTable {
             handshaking: 0,
             ips: HashMap::new(),
             sweep_at: None,
+            apps: Vec::new(),
         }
     }
 
@@ -178,6 +186,24 @@ impl AdmissionTable {
 }
 
 impl Admission for AdmissionTable {
+    fn open_app(&mut self, app: usize, max: usize) -> bool {
+        if self.apps.len() <= app {
+            self.apps.resize(app + 1, 0);
+        }
+        let open = &mut self.apps[app];
+        if max != 0 && *open >= max {
+            return false;
+        }
+        *open += 1;
+        true
+    }
+
+    fn close_app(&mut self, app: usize) {
+        if let Some(open) = self.apps.get_mut(app) {
+            *open = open.saturating_sub(1);
+        }
+    }
+
     fn begin_handshake(&mut self, client: Option<IpAddr>, now: Instant) -> Result<usize, Refusal> {
         if let Some(ip) = client.filter(|_| self.tracks_ips) {
             self.sweep(now);

@@ -41,6 +41,14 @@ impl Admission for SharedAdmission {
     fn close(&mut self, client: IpAddr) {
         self.lock().close(client);
     }
+
+    fn open_app(&mut self, app: usize, max: usize) -> bool {
+        self.lock().open_app(app, max)
+    }
+
+    fn close_app(&mut self, app: usize) {
+        self.lock().close_app(app);
+    }
 }
 
 #[cfg(test)]

@@ -164,6 +164,7 @@ impl<R: Reactor> Worker<R> {
     /// The first turn: the hub asks for what it needs before any client (the Redis sockets),
     /// and learns the time (which starts their connect deadlines).
     pub fn start(&mut self, now: Instant) {
+        self.hub.handle_wall_clock(now, unix_ms());
         self.drain_outputs(now);
         self.hub.handle_timeout(now);
         self.drain_outputs(now);
@@ -294,6 +295,8 @@ impl<R: Reactor> Worker<R> {
     /// next.
     pub fn finish_turn(&mut self, now: Instant) -> Next {
         let alone = self.peers.others.is_empty();
+        // For the next turn's inputs: the Pusher API's signatures are checked against it.
+        self.hub.handle_wall_clock(now, unix_ms());
         if self.timeout.is_some_and(|at| at <= now) {
             self.hub.handle_timeout(now);
         }
@@ -403,4 +406,11 @@ impl<R: Reactor> RedisSockets for Io<R> {
     fn flush(&mut self, hub: &mut Hub, now: Instant, which: LinkConn) -> bool {
         self.reactor.redis().flush(hub, now, which)
     }
+}
+
+/// The wall clock in Unix milliseconds (0 before 1970, which no real clock reads).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }

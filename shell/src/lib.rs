@@ -55,6 +55,8 @@ pub struct Node {
     pub local: SocketAddr,
     /// The node's connection counts, lent to every worker's hub.
     pub admission: SharedAdmission,
+    /// Randomness for the hubs (their Pusher socket ids), drawn at start.
+    pub seed: u64,
 }
 
 impl Node {
@@ -62,7 +64,11 @@ impl Node {
     /// so the limits hold for the node whatever the worker count.
     pub fn hub(&self, index: u32) -> io::Result<Hub> {
         let hub = Hub::new(self.config.clone(), self.node_id.clone()).map_err(io::Error::other)?;
-        Ok(hub.with_worker(index).with_workers(self.workers).with_admission(Box::new(self.admission.clone())))
+        Ok(hub
+            .with_worker(index)
+            .with_seed(self.seed)
+            .with_workers(self.workers)
+            .with_admission(Box::new(self.admission.clone())))
     }
 
     /// Prints `listening on ADDR`, the line tests and scripts wait for. Call it once signals
@@ -147,7 +153,17 @@ fn prepare(program: &'static str, config: Config) -> io::Result<Node> {
     let local = listeners.first().map(TcpListener::local_addr).transpose()?.unwrap_or(addr);
     let node_id = if config.broker.node_id.is_empty() { random_node_id() } else { config.broker.node_id.clone() };
     let admission = SharedAdmission::new(AdmissionTable::new(&config.limits));
-    Ok(Node { program, config, node_id, workers, listeners, local, admission })
+    Ok(Node { program, config, node_id, workers, listeners, local, admission, seed: random_seed() })
+}
+
+/// 64 random bits from the standard library's hasher keys (themselves drawn from the OS),
+/// mixed with the time and the process id: no crate needed for one number at start.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }
 
 /// Distinct across restarts and across processes on one host, which is all a node id needs.

@@ -81,6 +81,8 @@ pub struct Settings {
     pub server_extra: String,
     /// More lines for the `[limits]` section (e.g. `max_handshaking`).
     pub limits_extra: String,
+    /// TOML appended after the routes: `[pusher]` and its `[[pusher.app]]` tables.
+    pub pusher: String,
 }
 
 impl Default for Settings {
@@ -101,6 +103,7 @@ impl Default for Settings {
             broker: String::new(),
             server_extra: String::new(),
             limits_extra: String::new(),
+            pusher: String::new(),
         }
     }
 }
@@ -174,6 +177,8 @@ slow_consumer = "drop"
 [[route]]
 path = "/ws"
 mode = "pubsub"
+
+{pusher}
 "#,
             workers = self.workers,
             handshake = self.handshake_timeout,
@@ -188,6 +193,7 @@ mode = "pubsub"
             broker = self.broker,
             server_extra = self.server_extra,
             limits_extra = self.limits_extra,
+            pusher = self.pusher,
         )
     }
 }
@@ -808,3 +814,4 @@ mod tests {
         assert_eq!(status(""), 0);
     }
 }
+pub mod pusher;

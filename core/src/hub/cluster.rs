@@ -82,12 +82,27 @@ impl Hub {
         while let Some(answer) = link.poll_presence() {
             answers.push(answer);
         }
+        let resync = link.take_resync();
+        let live = link.take_live_hubs();
+        let can_publish = link.can_publish();
         self.broker_state = link.state();
         self.metrics.broker_dropped = link.dropped();
         let open: u64 = self.metrics.connections_by_route.values().sum();
         link.set_local_connections(open);
         for envelope in deliveries {
             self.deliver_remote(now, &envelope);
+        }
+        if self.pusher_on() {
+            if let Some(live) = live {
+                self.prune_directory(now, &live);
+            }
+            self.directory_resync |= resync;
+            if self.directory_resync && can_publish {
+                // Redis is back (or our directory subscription is): tell every node all we
+                // hold, and ask for all they hold.
+                self.directory_resync = false;
+                self.queue_snapshot(true);
+            }
         }
         for answer in answers {
             if let Some(waiter) = self.presence_waiters.remove(&answer.token) {

@@ -129,6 +129,21 @@ pub(super) struct Connection {
     pub(super) subscriptions: Vec<Subscription>,
     /// The wake-up currently in the timer heap for this connection.
     pub(super) wake_at: Option<Instant>,
+    /// Set on a Pusher protocol connection (`/app/{key}`); boxed, as most connections are not.
+    pub(super) pusher: Option<Box<PusherConn>>,
+}
+
+/// What a Pusher protocol connection adds.
+#[derive(Debug)]
+pub(super) struct PusherConn {
+    /// The app's index in `[[pusher.app]]`.
+    pub(super) app: usize,
+    /// Its `socket_id`, unique in the cluster.
+    pub(super) socket_id: Box<str>,
+    /// It holds a place among the app's `max_connections`.
+    pub(super) counted: bool,
+    /// Client events allowed (`max_client_events_per_second`).
+    pub(super) client_events: TokenBucket,
 }
 
 impl Connection {

@@ -6,7 +6,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use super::{Event, Hub, Phase, slow_consumer_policy};
+use super::pusher::{DIRECTORY, is_pusher, split_payload};
+use super::{ConnId, Event, Hub, Phase, slow_consumer_policy};
 use crate::broker::Envelope;
 use crate::channel::ChannelId;
 use crate::config::SlowConsumerPolicy;
@@ -20,7 +21,7 @@ impl Hub {
     pub(super) fn fan_out(&mut self, now: Instant, channel: String, text: bool, payload: Bytes) {
         self.metrics.publishes += 1;
         if let Some(id) = self.channels.find(&channel) {
-            self.deliver(now, id, text, &payload);
+            self.deliver(now, id, text, &payload, None);
         }
         let envelope = Envelope { origin: self.origin.clone(), channel, text, payload };
         self.broker_publish(now, envelope);
@@ -30,24 +31,43 @@ impl Hub {
     /// so it must be JSON: another node's is checked, since we trust it no more than a client;
     /// a worker of this node checked its own when it was published.
     pub(super) fn deliver_remote(&mut self, now: Instant, envelope: &Envelope) {
+        if envelope.channel == DIRECTORY {
+            return self.on_directory(now, envelope);
+        }
         let Some(channel) = self.channels.find(&envelope.channel) else { return };
         let checked = envelope.origin.node == self.origin.node;
-        if !checked && !is_room(&envelope.channel) && serde_json::from_slice::<&RawValue>(&envelope.payload).is_err() {
+        let json =
+            if is_pusher(&envelope.channel) { split_payload(&envelope.payload).1 } else { &envelope.payload[..] };
+        if !checked && !is_room(&envelope.channel) && serde_json::from_slice::<&RawValue>(json).is_err() {
             self.metrics.protocol_errors += 1;
             return;
         }
-        self.deliver(now, channel, envelope.text, &envelope.payload);
+        self.deliver(now, channel, envelope.text, &envelope.payload, None);
     }
 
     /// Frames a message once (and compresses it once per window size) and queues the same
-    /// bytes to every subscriber of `channel`.
-    pub(super) fn deliver(&mut self, now: Instant, channel: ChannelId, text: bool, payload: &[u8]) {
+    /// bytes to every subscriber of `channel` but `skip`. On a Pusher channel the payload
+    /// names a socket to skip too, and carries the frame's text.
+    pub(super) fn deliver(
+        &mut self,
+        now: Instant,
+        channel: ChannelId,
+        text: bool,
+        payload: &[u8],
+        skip: Option<ConnId>,
+    ) {
         let Some(chan) = self.channels.get_mut(channel) else { return };
-        let pubsub = !is_room(&chan.name);
+        let pusher = is_pusher(&chan.name);
+        let pubsub = !pusher && !is_room(&chan.name);
         chan.seq += 1;
         let seq = chan.seq;
         let wire: Vec<u8>;
-        let (text, body) = if pubsub {
+        let mut skip_socket: &[u8] = &[];
+        let (text, body) = if pusher {
+            let (socket, frame) = split_payload(payload);
+            skip_socket = socket;
+            (true, frame)
+        } else if pubsub {
             let raw = std::str::from_utf8(payload).unwrap_or("null");
             wire = pubsub::message_from_raw(&chan.name, seq, raw).into_bytes();
             (true, wire.as_slice())
@@ -65,7 +85,10 @@ impl Hub {
         let Some(chan) = channels.get(channel) else { return };
         for &id in &chan.subscribers {
             let Some(conn) = slots.get_mut(id.index as usize).and_then(|s| s.conn.as_mut()) else { continue };
-            if conn.phase != Phase::Open {
+            if conn.phase != Phase::Open || skip == Some(id) {
+                continue;
+            }
+            if !skip_socket.is_empty() && conn.pusher.as_ref().is_some_and(|p| p.socket_id.as_bytes() == skip_socket) {
                 continue;
             }
             let frame = match conn.deflate {

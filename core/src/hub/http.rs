@@ -2,7 +2,7 @@
 //! `/healthz`, `/metrics`, `/api/stats` and `/api/publish` endpoints.
 
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{ConnId, Hub, Phase, PresenceWaiter, PublishError, Timer, live_conn, room_name};
 use crate::api::{self, NodeInfo};
@@ -20,6 +20,7 @@ impl Hub {
     pub(super) fn read_head(&mut self, now: Instant, id: ConnId, data: &[u8]) {
         let max = self.config.server.max_header_bytes;
         let max_body = self.config.http.max_body_bytes.as_usize();
+        let (pusher_api, pusher_body) = (self.pusher_on(), self.pusher_body_limit());
         let Some(conn) = live_conn(&mut self.slots, id) else { return };
         conn.head.extend_from_slice(data);
         if conn.proxy_pending {
@@ -77,6 +78,7 @@ impl Hub {
             Some(Ok(len)) => len,
             Some(Err(_)) => return self.respond_http(id, &HttpResponse::error(400, "malformed Content-Length")),
         };
+        let max_body = if pusher_api && head.path.starts_with("/apps/") { pusher_body } else { max_body };
         if body_len > max_body {
             return self.respond_http(id, &HttpResponse::error(413, "request body too large"));
         }
@@ -149,6 +151,7 @@ impl Hub {
             (_, "/metrics") if self.config.http.metrics => get_only("GET"),
             (_, "/api/publish") => get_only("POST"),
             (_, "/api/presence") => get_only("GET"),
+            (_, path) if path.starts_with("/apps/") && self.pusher_on() => self.pusher_api(now, head, body),
             _ if self.config.route(&head.path).is_some() => {
                 HttpResponse::error(426, "this path serves WebSocket: send an upgrade request")
                     .with_header("Sec-WebSocket-Version", "13")
@@ -185,7 +188,12 @@ impl Hub {
             return Err(HttpResponse::error(503, "server is draining").with_header("Retry-After", "5"));
         }
         let key = proxy::client_key(client, self.config.limits.ipv6_prefix);
-        self.admission.open(key, now).map_err(|refusal| match refusal {
+        self.admission.open(key, now).map_err(Self::refusal_response)
+    }
+
+    /// The answer to an upgrade admission refused.
+    pub(super) fn refusal_response(refusal: Refusal) -> HttpResponse {
+        match refusal {
             Refusal::Capacity => HttpResponse::error(503, "server at capacity").with_header("Retry-After", "5"),
             Refusal::TooManyFromAddress => {
                 HttpResponse::error(429, "too many connections from this address").with_header("Retry-After", "5")
@@ -196,7 +204,7 @@ impl Hub {
                     .with_header("Retry-After", format!("{wait}"))
             }
             Refusal::TooManyHandshaking => HttpResponse::error(429, "too many handshakes from this address"),
-        })
+        }
     }
 
     pub(super) fn upgrade(&mut self, now: Instant, id: ConnId, head: &RequestHead, rest: &[u8]) {
@@ -204,6 +212,9 @@ impl Hub {
             Ok(request) => request,
             Err(response) => return self.respond_http(id, &response),
         };
+        if self.pusher_on() && head.path.starts_with("/app/") {
+            return self.pusher_upgrade(now, id, head, &request.key, rest);
+        }
         let Some((route_index, route)) = self.config.route(&head.path) else {
             return self.respond_http(id, &HttpResponse::error(404, "no WebSocket route at this path"));
         };
@@ -220,34 +231,12 @@ impl Hub {
         if let Err(response) = self.admit(now, client) {
             return self.respond_http(id, &response);
         }
-        self.end_handshake(id);
-        let negotiated = if self.config.compression.enabled {
-            deflate::negotiate(
-                head.header_values("sec-websocket-extensions"),
-                self.config.compression.server_no_context_takeover,
-            )
-        } else {
-            None
-        };
-        let response = handshake::accept_response(
-            &request.key,
-            protocol.as_deref(),
-            negotiated.as_ref().map(|(_, header)| header.as_str()),
-        );
         let heartbeat = self.config.heartbeat.clone();
-        let epoch = self.epoch(now);
+        self.accept_websocket(now, id, head, &request.key, protocol.as_deref(), heartbeat.ping_interval);
         let Some(conn) = self.conn_mut(id) else { return };
-        conn.phase = Phase::Open;
         conn.route = route_index;
         conn.counted = true;
-        conn.timers.stop(Timer::Handshake);
-        conn.last_active = now;
-        conn.timers.set(Timer::Ping, epoch, later(now, heartbeat.ping_interval));
-        conn.deflate = negotiated.as_ref().map(|(params, _)| *params);
-        conn.decoder = Decoder::new(conn.deflate.as_ref().map(Inflater::new));
         *self.metrics.connections_by_route.entry(path.clone()).or_default() += 1;
-        self.metrics.upgrades += 1;
-        self.enqueue(id, response);
         match mode {
             RouteMode::Broadcast => self.subscribe(id, &room_name(&path), None),
             RouteMode::Pubsub => {
@@ -266,6 +255,40 @@ impl Hub {
         if !rest.is_empty() {
             self.read_frames(now, id, rest);
         }
+    }
+
+    /// Completes the WebSocket handshake: the `101` (with permessage-deflate when offered and
+    /// enabled); the connection is open, its first ping due in `ping_every`.
+    pub(super) fn accept_websocket(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        head: &RequestHead,
+        key: &str,
+        protocol: Option<&str>,
+        ping_every: Duration,
+    ) {
+        self.end_handshake(id);
+        let negotiated = if self.config.compression.enabled {
+            deflate::negotiate(
+                head.header_values("sec-websocket-extensions"),
+                self.config.compression.server_no_context_takeover,
+            )
+        } else {
+            None
+        };
+        let response =
+            handshake::accept_response(key, protocol, negotiated.as_ref().map(|(_, header)| header.as_str()));
+        let epoch = self.epoch(now);
+        let Some(conn) = self.conn_mut(id) else { return };
+        conn.phase = Phase::Open;
+        conn.timers.stop(Timer::Handshake);
+        conn.last_active = now;
+        conn.timers.set(Timer::Ping, epoch, later(now, ping_every));
+        conn.deflate = negotiated.as_ref().map(|(params, _)| *params);
+        conn.decoder = Decoder::new(conn.deflate.as_ref().map(Inflater::new));
+        self.metrics.upgrades += 1;
+        self.enqueue(id, response);
     }
 
     /// The public name of a connection: node, worker and slot.

@@ -79,6 +79,9 @@ impl Hub {
     pub(super) fn on_message(&mut self, now: Instant, id: ConnId, text: bool, data: Vec<u8>) {
         let Some(conn) = self.conn_mut(id) else { return };
         conn.last_active = now;
+        if conn.pusher.is_some() {
+            return self.on_pusher(now, id, text, &data);
+        }
         let route = conn.route;
         let Some(route) = self.config.route.get(route) else { return };
         let mode = route.mode;

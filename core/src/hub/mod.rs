@@ -8,6 +8,8 @@ mod http;
 mod messages;
 mod ops;
 mod output;
+mod pusher;
+mod pusher_api;
 mod timers;
 
 pub use output::Output;
@@ -38,6 +40,7 @@ use crate::limits::{Admission, AdmissionTable, TokenBucket};
 use crate::metrics::Metrics;
 use crate::proxy::{self};
 use crate::pubsub::{self};
+use crate::pusher::directory::{Directory, Effects, Update};
 use crate::queue::{FrameStore, OutQueue};
 use crate::redis::RedisLink;
 use crate::time::later;
@@ -138,6 +141,22 @@ pub struct Hub {
     next_token: u64,
     /// The latest time given by any input, for work that outputs like `consume` start.
     latest: Option<Instant>,
+    /// The wall clock: Unix milliseconds at an instant (`handle_wall_clock`).
+    wall: Option<(Instant, u64)>,
+    /// The first part of this hub's Pusher socket ids: drawn from the shell's seed, so two
+    /// hubs of a cluster do not share it.
+    socket_seed: u64,
+    /// The last Pusher socket id's second part.
+    next_socket: u64,
+    /// Every hub's Pusher subscriptions and members, as far as this hub has heard.
+    directory: Directory,
+    /// This hub's directory changes not yet sent to the others.
+    directory_out: Update,
+    /// Directory changes not yet announced to local subscribers, each with the connection
+    /// that caused it (which is not told).
+    pusher_effects: Vec<(Effects, Option<ConnId>)>,
+    /// The other nodes missed some of this hub's directory: send all of it when Redis allows.
+    directory_resync: bool,
 }
 
 impl Hub {
@@ -171,7 +190,15 @@ impl Hub {
             presence_waiters: HashMap::new(),
             next_token: 0,
             latest: None,
+            wall: None,
+            socket_seed: 0,
+            next_socket: 0,
+            directory: Directory::default(),
+            directory_out: Update::default(),
+            pusher_effects: Vec::new(),
+            directory_resync: false,
         };
+        hub.socket_seed = hub.seeded(0);
         hub.link_for();
         Ok(hub)
     }
@@ -181,7 +208,33 @@ impl Hub {
         self.origin.worker = worker;
         // The link names its hub in Redis (leases, presence): build it for the new origin.
         self.link_for();
+        self.socket_seed = self.seeded(self.socket_seed);
         self
+    }
+
+    /// Mixes `seed` (randomness the shell drew, so that a restarted node does not reuse its
+    /// socket ids) into this hub's Pusher socket ids.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.socket_seed = self.seeded(seed);
+        self
+    }
+
+    /// A socket id seed from `seed`, the node id and the worker: at most 15 digits, so that
+    /// pusher-js and the SDKs, which may read socket ids as numbers, keep every digit.
+    fn seeded(&self, seed: u64) -> u64 {
+        let mut state = seed ^ u64::from(self.origin.worker).rotate_left(32);
+        for byte in self.origin.node.bytes() {
+            state ^= u64::from(byte);
+            crate::redis::splitmix64(&mut state);
+        }
+        crate::redis::splitmix64(&mut state) % 1_000_000_000_000_000
+    }
+
+    /// The wall clock reads `unix_ms` (milliseconds since the Unix epoch) at `now`: the HTTP
+    /// API's signatures are checked against it. Call it at start and then every so often (a
+    /// shell does it every turn); the hub counts on from `now` in between.
+    pub fn handle_wall_clock(&mut self, now: Instant, unix_ms: u64) {
+        self.wall = Some((now, unix_ms));
     }
 
     /// Makes this hub one of `workers` hubs of a node: with more than one, what it publishes
@@ -267,6 +320,7 @@ impl Hub {
             strikes: 0,
             subscriptions: Vec::new(),
             wake_at: None,
+            pusher: None,
         };
         let index = match self.free.pop() {
             Some(index) => index,
@@ -467,6 +521,14 @@ impl Hub {
             if let Some(link) = &mut self.redis {
                 link.start(now);
             }
+            if self.pusher_on() {
+                // Learn what the other hubs hold (they answer with snapshots).
+                self.directory_out.sync = true;
+                if let Some(link) = &mut self.redis {
+                    link.subscribe(now, pusher::DIRECTORY);
+                    link.watch(pusher::DIRECTORY);
+                }
+            }
         }
         self.latest = Some(self.latest.map_or(now, |latest| latest.max(now)));
     }
@@ -599,6 +661,12 @@ impl Hub {
         self.free.push(id.index);
         self.metrics.connections_open -= 1;
         self.metrics.queued_bytes -= conn.out.clear(&mut self.frames) as u64;
+        if let Some(pusher) = conn.pusher.as_ref().filter(|p| p.counted) {
+            self.admission.close_app(pusher.app);
+            if let Some(count) = self.metrics.connections_by_route.get_mut(pusher::GAUGE) {
+                *count -= 1;
+            }
+        }
         if conn.counted {
             self.admission.close(proxy::client_key(conn.client, self.config.limits.ipv6_prefix));
             if let Some(route) = self.config.route.get(conn.route)

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::pusher::is_pusher;
 use super::{ConnId, Hub, PresenceWaiter, Subscription, is_room};
 use crate::frame;
 use crate::pubsub::{self, ClientOp, ErrorCode, OpError};
@@ -128,7 +129,10 @@ impl Hub {
         if created {
             self.broker_interest(now, channel, true);
         }
-        if !is_room(channel) {
+        if is_pusher(channel) {
+            let info = self.conn(id).and_then(|c| c.subscriptions.last()).and_then(|s| s.info.clone());
+            self.pusher_joined(id, channel, info.as_deref());
+        } else if !is_room(channel) {
             let member = self.conn_name(id);
             let info = self.conn(id).and_then(|c| c.subscriptions.last()).and_then(|s| s.info.clone());
             self.broker_presence(now, channel, &member, Some(info.as_deref()));
@@ -149,7 +153,9 @@ impl Hub {
         self.metrics.subscriptions -= 1;
         self.metrics.channels = self.channels.len() as u64;
         let (Some(now), Some(name)) = (self.latest, name) else { return };
-        if !is_room(&name) {
+        if is_pusher(&name) {
+            self.pusher_left(id, &name, subscription.info.as_deref());
+        } else if !is_room(&name) {
             let member = self.conn_name(id);
             self.broker_presence(now, &name, &member, None);
         }

@@ -48,6 +48,9 @@ impl Hub {
     /// The next thing the shell must do. Poll after every input until `Timeout`: nothing is
     /// left behind then.
     pub fn poll_output(&mut self) -> Output {
+        if !self.pusher_effects.is_empty() || !self.directory_out.is_empty() {
+            self.pusher_flush();
+        }
         if let Some(event) = self.events.pop_front() {
             return match event {
                 Event::Transmit(id) => Output::Transmit(id),

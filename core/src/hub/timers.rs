@@ -52,6 +52,7 @@ impl Hub {
         let epoch = self.epoch(now);
         let heartbeat = self.config.heartbeat.clone();
         let idle_timeout = heartbeat.idle_timeout;
+        let activity_timeout = self.config.pusher.activity_timeout;
         let Some(conn) = self.conn_mut(id) else { return };
         if conn.timers.expired(Timer::GiveUp, epoch, now) {
             // The peer never answered our close, or never read our last bytes: give up on it.
@@ -81,10 +82,14 @@ impl Hub {
         if conn.phase != Phase::Open {
             return;
         }
+        let pusher = conn.pusher.is_some();
         if conn.timers.expired(Timer::Pong, epoch, now) {
             conn.timers.stop(Timer::Pong);
             conn.timers.stop(Timer::Ping);
             self.metrics.pong_timeouts += 1;
+            if pusher {
+                return self.pusher_pong_timeout(now, id);
+            }
             return self.close(now, id, 1008, "pong timeout");
         }
         if !idle_timeout.is_zero() && later(conn.last_active, idle_timeout) <= now {
@@ -92,11 +97,17 @@ impl Hub {
             return self.close(now, id, 1008, "idle timeout");
         }
         if conn.timers.expired(Timer::Ping, epoch, now) {
-            conn.timers.set(Timer::Ping, epoch, later(now, heartbeat.ping_interval));
+            // A Pusher client answers `pusher:ping` (a browser cannot see WebSocket pings).
+            let every = if pusher { activity_timeout } else { heartbeat.ping_interval };
+            conn.timers.set(Timer::Ping, epoch, later(now, every));
             if conn.timers.get(Timer::Pong, epoch).is_none() {
                 conn.timers.set(Timer::Pong, epoch, later(now, heartbeat.pong_timeout));
             }
-            self.enqueue(id, frame::encode(OpCode::Control(Control::Ping), false, &[]));
+            if pusher {
+                self.pusher_ping(id);
+            } else {
+                self.enqueue(id, frame::encode(OpCode::Control(Control::Ping), false, &[]));
+            }
         }
     }
 

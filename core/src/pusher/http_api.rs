@@ -74,6 +74,11 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
+    /// A refusal with `status`, blaming `field`.
+    pub(crate) fn new(status: u16, field: &str, message: &str) -> Self {
+        Self { status, field: field.to_owned(), message: message.to_owned() }
+    }
+
     /// 400: `field` is wrong, as `problem` says.
     fn bad(field: &str, problem: impl fmt::Display) -> Self {
         Self { status: 400, field: field.to_owned(), message: format!("`{field}` {problem}") }
@@ -85,6 +90,7 @@ impl ApiError {
     }
 
     /// The field (or `path`, `method`, `body`, `query`) at fault.
+    #[cfg(test)]
     pub(crate) fn field(&self) -> &str {
         &self.field
     }

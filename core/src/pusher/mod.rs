@@ -12,15 +12,14 @@
 //!   sends, presence `channel_data`, the connect URL and the close codes.
 //! - `http_api`: the HTTP API's routes, query strings and trigger bodies, and its answers.
 //! - `json`: what those two share: picking an object's fields, escaping strings.
+//! - `directory`: every hub's share of every channel's subscriptions and members, kept in step
+//!   across the cluster, so counts and presence are the cluster's.
 //!
 //! The limits and apps are configured in [`crate::config::PusherConfig`]. Nothing here reads a
 //! clock: the HTTP API's timestamp window takes the wall time as an argument.
 
-// The wire protocol (connections on `/app/{key}`, the HTTP API on `/apps/{id}/…`) is the next
-// step and will use all of this; until then only the tests do.
-#![cfg_attr(not(test), allow(dead_code))]
-
 pub(crate) mod api_auth;
+pub(crate) mod directory;
 pub(crate) mod http_api;
 pub(crate) mod json;
 pub(crate) mod mac;

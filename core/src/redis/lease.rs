@@ -62,6 +62,13 @@ impl RedisLink {
         // A hub whose lease is gone is dead to the cluster: forget what we saw of it,
         // so a churning cluster does not grow this map.
         let live: BTreeSet<&[u8]> = keys.iter().filter_map(bulk).collect();
+        let lease_prefix = format!("{}:lease:", self.prefix);
+        self.live_hubs = Some(
+            live.iter()
+                .filter_map(|key| key.strip_prefix(lease_prefix.as_bytes()))
+                .filter_map(|hub| std::str::from_utf8(hub).ok().map(str::to_owned))
+                .collect(),
+        );
         let prefix = &self.prefix;
         self.last_seen.retain(|(node, worker), _| live.contains(format!("{prefix}:lease:{node}:{worker}").as_bytes()));
         let mut args: Vec<&[u8]> = vec![b"MGET"];

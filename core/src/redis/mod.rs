@@ -80,7 +80,6 @@ mod rng;
 mod url;
 
 pub(crate) use presence::PresenceAnswer;
-#[cfg(feature = "fuzzing")]
 pub(crate) use rng::splitmix64;
 pub(crate) use url::{UrlError, parse_url};
 
@@ -162,6 +161,13 @@ pub(crate) struct RedisLink {
     local_connections: u64,
     cluster_connections: Option<u64>,
     dropped: u64,
+    /// The Redis channel whose subscription the hub wants to hear confirmed (`watch`).
+    watched: Option<Vec<u8>>,
+    /// The watched subscription was confirmed, or the lease had lapsed, since the hub last
+    /// asked: what the hub told the cluster through Redis may have been missed.
+    resync: bool,
+    /// The hubs (`node:worker`) holding a lease at the last stats refresh, not yet taken.
+    live_hubs: Option<BTreeSet<String>>,
 }
 
 impl RedisLink {
@@ -205,6 +211,9 @@ impl RedisLink {
             local_connections: 0,
             cluster_connections: None,
             dropped: 0,
+            watched: None,
+            resync: false,
+            live_hubs: None,
         })
     }
 
@@ -410,6 +419,26 @@ impl RedisLink {
         }
     }
 
+    /// Asks `take_resync` to say when the subscription to `channel` is (re)confirmed.
+    pub(crate) fn watch(&mut self, channel: &str) {
+        self.watched = Some(self.channel_key(channel).into_bytes());
+    }
+
+    /// True once after the watched subscription was confirmed or the lease found lapsed.
+    pub(crate) fn take_resync(&mut self) -> bool {
+        std::mem::take(&mut self.resync)
+    }
+
+    /// The hubs that held a lease at the last stats refresh, once per refresh.
+    pub(crate) fn take_live_hubs(&mut self) -> Option<BTreeSet<String>> {
+        self.live_hubs.take()
+    }
+
+    /// Whether a publish would be sent now (not dropped).
+    pub(crate) fn can_publish(&self) -> bool {
+        self.writable()
+    }
+
     /// The hub's last local subscriber on `channel` left: unsubscribe from it in Redis.
     pub(crate) fn unsubscribe(&mut self, now: Instant, channel: &str) {
         if self.channels.remove(channel) && self.sub.phase == Phase::Ready {
@@ -526,6 +555,7 @@ impl RedisLink {
             (Expect::LeaseRefresh, OwnedFrame::Null) => {
                 // The lease lapsed; other hubs may have pruned our presence as dead.
                 self.write_all_presence(now);
+                self.resync = true;
             }
             (Expect::LeaseRefresh, _) => {}
             (Expect::PresenceAll { token, channel }, OwnedFrame::Array(items)) => {
@@ -565,9 +595,15 @@ impl RedisLink {
                 {
                     self.deliver(key, payload);
                 }
-                [OwnedFrame::BulkString(kind), ..]
+                [OwnedFrame::BulkString(kind), rest @ ..]
                     if matches!(kind.as_slice(), b"subscribe" | b"unsubscribe" | b"pong") =>
                 {
+                    if kind == b"subscribe"
+                        && let Some(OwnedFrame::BulkString(key)) = rest.first()
+                        && self.watched.as_ref() == Some(key)
+                    {
+                        self.resync = true;
+                    }
                     self.sub.expect.pop_front();
                 }
                 _ => return Err(ProtocolError),
