@@ -17,7 +17,7 @@ use switchboard_testkit::{files, folders, fuzz_dir, origin, read};
 type Entry = fn(Instant, &[u8]);
 
 /// Every fuzz target and its entry point; a corpus folder not named here fails the test.
-const TARGETS: [(&str, Entry); 8] = [
+const TARGETS: [(&str, Entry); 9] = [
     ("handshake", fuzzing::handshake),
     ("frames", fuzzing::frames),
     ("pubsub_json", fuzzing::pubsub_json),
@@ -26,6 +26,7 @@ const TARGETS: [(&str, Entry); 8] = [
     ("hub_ops", fuzzing::hub_ops),
     ("resp", fuzzing::resp),
     ("pusher", fuzzing::pusher),
+    ("pusher_hub", fuzzing::pusher_hub),
 ];
 
 /// Folders of inputs that must keep passing.
@@ -120,6 +121,11 @@ fn resp_corpus() {
 #[test]
 fn pusher_corpus() {
     assert!(replay("pusher") > 0, "pusher has seeds");
+}
+
+#[test]
+fn pusher_hub_corpus() {
+    assert!(replay("pusher_hub") > 0, "pusher_hub has seeds");
 }
 
 #[test]

@@ -206,4 +206,5 @@ pub fn assert_hub_empty(hub: &Hub) {
     assert_eq!(m.subscriptions, 0, "subscriptions gauge left at {}", m.subscriptions);
     assert_eq!(m.channels, 0, "channels gauge left at {}", m.channels);
     assert_eq!(m.queued_bytes, 0, "queued_bytes gauge left at {}", m.queued_bytes);
+    assert_eq!(hub.footprint().pusher_channels, 0, "the Pusher directory kept channels");
 }

@@ -6,7 +6,7 @@ use std::io::IoSlice;
 use std::time::{Duration, Instant};
 
 use super::client::{MASK, ServerItem, ServerStream, client_frame, pubsub_frame, upgrade_request};
-use super::rig::Rig;
+use super::rig::{Opened, Rig};
 use super::{API_KEY, Choices, ROUTES};
 use crate::config::{Config, Size};
 use crate::deflate::Deflater;
@@ -605,4 +605,113 @@ pub fn pusher(_t0: Instant, data: &[u8]) {
         }
         Err(e) => check_refusal(&e),
     }
+}
+
+/// `pusher_hub`: three Pusher connections (two users, one on two sockets) driven by fuzzed
+/// messages: arbitrary text, or well-formed subscribes (signed or not, presence or not) and
+/// client events on a few channels, with time passing and connections ending. Every server
+/// message must be JSON, presence counts must hold, and when every connection is gone the hub
+/// and its directory must be empty.
+pub fn pusher_hub(t0: Instant, data: &[u8]) {
+    use crate::pusher::sign::auth_signature;
+
+    const CHANNELS: [&str; 4] = ["presence-a", "private-b", "public-c", "presence-cache-d"];
+    let toml = r#"
+[heartbeat]
+pong_timeout = "2s"
+[pusher]
+activity_timeout = "5s"
+max_presence_members = 2
+max_client_events_per_second = 3
+[[pusher.app]]
+id = "1"
+key = "k"
+secret = "s"
+client_events = true
+subscription_count = true
+"#;
+    let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("the target's config: {e}"));
+    let mut rig = Rig::new(config, t0);
+    let mut input = Choices::new(data);
+    let mut conns = Vec::new();
+    for (peer, user) in [(1, "7"), (2, "\"u\""), (3, "7")] {
+        let id = rig.accept(peer);
+        rig.send(id, upgrade_request("/app/k?protocol=7", "").as_bytes());
+        let mut opened = Opened { id, stream: ServerStream::new() };
+        let items = opened.stream.read(&rig.read_all(id));
+        let socket_id = items
+            .iter()
+            .find_map(|item| match item {
+                ServerItem::Message { data, .. } => {
+                    let message: serde_json::Value = serde_json::from_slice(data).ok()?;
+                    let established: serde_json::Value = serde_json::from_str(message["data"].as_str()?).ok()?;
+                    established["socket_id"].as_str().map(str::to_owned)
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no connection_established: {items:?}"));
+        conns.push((opened, socket_id, user));
+    }
+    while !input.is_empty() {
+        let op = input.byte();
+        let which = usize::from(op >> 5) % conns.len();
+        let (opened, socket_id, user) = &mut conns[which];
+        if rig.is_closed(opened.id) {
+            continue;
+        }
+        let channel = CHANNELS[usize::from(input.byte()) % CHANNELS.len()];
+        let message = match op % 8 {
+            0 => {
+                let len = usize::from(input.byte());
+                String::from_utf8_lossy(input.bytes(len)).into_owned()
+            }
+            1 | 2 => {
+                let channel_data = format!("{{\"user_id\":{user},\"user_info\":{{\"n\":{}}}}}", input.byte());
+                let presence = channel.starts_with("presence-");
+                let signed = auth_signature("s", socket_id, channel, presence.then_some(channel_data.as_str()));
+                let auth = if op % 8 == 1 { format!("k:{signed}") } else { "k:00".to_owned() };
+                serde_json::json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth,"channel_data":channel_data}}).to_string()
+            }
+            3 => serde_json::json!({"event":"pusher:unsubscribe","data":{"channel":channel}}).to_string(),
+            4 => serde_json::json!({"event":"client-x","channel":channel,"data":{"n":input.byte()}}).to_string(),
+            5 => {
+                rig.advance(Duration::from_millis(u64::from(input.byte()) * 40));
+                continue;
+            }
+            6 => {
+                let id = opened.id;
+                rig.eof(id);
+                continue;
+            }
+            _ => r#"{"event":"pusher:ping","data":{}}"#.to_owned(),
+        };
+        let id = opened.id;
+        rig.send(id, &client_frame(0x81, message.as_bytes(), MASK));
+        for (other, _, _) in conns.iter_mut() {
+            if rig.is_closed(other.id) {
+                continue;
+            }
+            for item in other.stream.read(&rig.read_all(other.id)) {
+                if let ServerItem::Message { data, .. } = item {
+                    let message: serde_json::Value = serde_json::from_slice(&data).unwrap_or_else(|e| {
+                        panic!("a server message is not JSON ({e}): {:?}", String::from_utf8_lossy(&data))
+                    });
+                    if message["event"] == "pusher_internal:subscription_succeeded"
+                        && let Some(presence) =
+                            message["data"].as_str().and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+                        && let Some(count) = presence["presence"]["count"].as_u64()
+                    {
+                        // Users 7 and "u": at most two, whatever the sockets did.
+                        assert!((1..=2).contains(&count), "presence count {count}: {presence}");
+                    }
+                }
+            }
+        }
+    }
+    for (opened, _, _) in &conns {
+        if !rig.is_closed(opened.id) {
+            rig.eof(opened.id);
+        }
+    }
+    rig.assert_empty();
 }

@@ -98,6 +98,8 @@ pub struct Footprint {
     pub presence_waiters: usize,
     /// Other workers whose figures are kept.
     pub peer_metrics: usize,
+    /// Pusher channels the directory knows of (on any hub).
+    pub pusher_channels: usize,
 }
 
 /// The sans-IO hub: bytes and time in, bytes and events out.
@@ -476,6 +478,7 @@ impl Hub {
             handshakes: self.handshakes.len(),
             presence_waiters: self.presence_waiters.len(),
             peer_metrics: self.peer_metrics.len(),
+            pusher_channels: self.directory.len(),
         }
     }
 

@@ -292,7 +292,6 @@ impl Directory {
     }
 
     /// Channels known.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.channels.len()
     }
