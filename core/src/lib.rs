@@ -57,6 +57,7 @@
 //!             // Several workers: hand publishes to the others' `handle_broker`. With
 //!             // `broker.kind = "redis"`: open, write and drop the two Redis sockets.
 //!             Output::Broker(_) | Output::RedisOpen { .. } | Output::RedisTransmit(_) | Output::RedisClose(_) => {}
+//!             Output::Webhook(_) => {} // an HTTP POST to perform; see `Hub::handle_webhook_done`
 //!             Output::Timeout(at) => return at,
 //!         }
 //!     }
@@ -99,7 +100,7 @@ mod time;
 
 pub use broker::{BrokerCommand, Envelope, Origin};
 pub use config::{Config, ConfigError};
-pub use hub::{ConnId, Footprint, Hub, Output, PublishError};
+pub use hub::{ConnId, Footprint, Hub, Output, PublishError, WebhookOutcome, WebhookRequest};
 pub use limits::{Admission, AdmissionTable, Refusal};
 pub use metrics::{Figure, Kind as FigureKind, Metrics};
 pub use proxy::{Cidr, CidrError};

@@ -106,6 +106,16 @@ metrics! {
     publishes: Counter,
     /// Publishes not sent to other nodes because the broker link was down or its breaker open.
     broker_dropped: Counter,
+    /// Pusher webhook events delivered (answered 2xx).
+    webhooks_sent: Counter,
+    /// Pusher webhook requests tried again after a failure.
+    webhooks_retried: Counter,
+    /// Pusher webhook events given up after `webhook_retry_for`.
+    webhooks_failed: Counter,
+    /// Pusher webhook events dropped because `webhook_queue` was full.
+    webhooks_dropped: Counter,
+    /// Pusher webhook events waiting for delivery.
+    webhooks_queued: Gauge,
     maps:
     /// Open WebSocket connections per route path (gauges).
     connections_by_route: String,

@@ -499,7 +499,8 @@ impl Cluster {
                         Output::Transmit(_)
                         | Output::RedisOpen { .. }
                         | Output::RedisTransmit(_)
-                        | Output::RedisClose(_) => {}
+                        | Output::RedisClose(_)
+                        | Output::Webhook(_) => {}
                     }
                     moved = true;
                 }

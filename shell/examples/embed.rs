@@ -10,7 +10,7 @@ use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use switchboard_core::{Config, ConnId, Hub, Output};
+use switchboard_core::{Config, ConnId, Hub, Output, WebhookOutcome};
 
 fn main() -> std::io::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9001".to_owned());
@@ -90,6 +90,9 @@ fn main() -> std::io::Result<()> {
                 }
                 // One hub, no other node: a lone hub asks for neither.
                 Output::Broker(_) | Output::RedisOpen { .. } | Output::RedisTransmit(_) | Output::RedisClose(_) => {}
+                // The defaults configure no webhook; this loop sends none (`switchboard_shell::Webhooks`
+                // does), so one asked for fails and the hub's retry policy decides.
+                Output::Webhook(request) => hub.handle_webhook_done(now, request.id, WebhookOutcome::Failed),
                 Output::Timeout(at) => {
                     timeout = at;
                     break;

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::debug;
-use switchboard_core::{ConnId, Envelope, Hub, LinkConn, Metrics};
+use switchboard_core::{ConnId, Envelope, Hub, LinkConn, Metrics, WebhookOutcome, WebhookRequest};
 
 use crate::redis::RedisSockets;
 use crate::turn::Sockets;
-use crate::{Accepting, ClientWrite, METRICS_INTERVAL, READ_BUFFER};
+use crate::{Accepting, ClientWrite, METRICS_INTERVAL, READ_BUFFER, WebhookClient};
 
 /// A message to a worker from another thread of the process.
 #[derive(Debug)]
@@ -30,6 +30,13 @@ pub enum Message {
         worker: u32,
         /// Its hub's figures.
         metrics: Box<Metrics>,
+    },
+    /// How a webhook this worker's hub asked for went (from the node's delivery threads).
+    WebhookDone {
+        /// The request's id.
+        id: u64,
+        /// Its status, or `Failed`.
+        outcome: WebhookOutcome,
     },
 }
 
@@ -83,6 +90,8 @@ struct Io<R: Reactor> {
     /// Connections to write to in this turn.
     flush: Vec<ConnId>,
     buf: Vec<u8>,
+    /// The node's delivery threads (`None`: no webhook can be sent, each fails at once).
+    webhooks: Option<WebhookClient>,
 }
 
 /// What the worker asks of its runtime at the end of a turn.
@@ -116,17 +125,26 @@ pub struct Worker<R: Reactor> {
 /// bus between workers.
 pub type Post = Arc<dyn Fn(Message) + Send + Sync>;
 
-/// The other workers of the process, as a worker reaches them.
+/// The rest of the process, as a worker reaches it: the other workers, and the node's
+/// webhook delivery threads.
 #[derive(Clone)]
 pub struct Peers {
     others: Vec<Post>,
+    webhooks: Option<WebhookClient>,
 }
 
 impl Peers {
-    /// Every worker's `Post` but `index`'s.
+    /// Every worker's `Post` but `index`'s; no webhook delivery (see [`Peers::with_webhooks`]).
     pub fn new(index: usize, posts: &[Post]) -> Self {
         let others = posts.iter().enumerate().filter(|&(i, _)| i != index).map(|(_, p)| Arc::clone(p)).collect();
-        Self { others }
+        Self { others, webhooks: None }
+    }
+
+    /// Webhooks go to the node's delivery threads through `client`, whose outcomes come back
+    /// to this worker's own `Post`.
+    pub fn with_webhooks(mut self, client: Option<WebhookClient>) -> Self {
+        self.webhooks = client;
+        self
     }
 
     /// Sends `message` to every other worker.
@@ -139,15 +157,16 @@ impl Peers {
 
 impl std::fmt::Debug for Peers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Peers").field("others", &self.others.len()).finish()
+        f.debug_struct("Peers").field("others", &self.others.len()).field("webhooks", &self.webhooks.is_some()).finish()
     }
 }
 
 impl<R: Reactor> Worker<R> {
     /// Worker `index`, serving `hub` through `reactor`, reaching the node's other workers
     /// through `peers`.
-    pub fn new(index: u32, peers: Peers, hub: Hub, reactor: R) -> Self {
-        let io = Io { reactor, conns: Vec::new(), flush: Vec::new(), buf: vec![0; READ_BUFFER] };
+    pub fn new(index: u32, mut peers: Peers, hub: Hub, reactor: R) -> Self {
+        let webhooks = peers.webhooks.take();
+        let io = Io { reactor, conns: Vec::new(), flush: Vec::new(), buf: vec![0; READ_BUFFER], webhooks };
         Self {
             index,
             peers,
@@ -279,6 +298,7 @@ impl<R: Reactor> Worker<R> {
                 }
             }
             Message::Metrics { worker, metrics } => self.hub.handle_peer_metrics(worker, *metrics),
+            Message::WebhookDone { id, outcome } => self.hub.handle_webhook_done(now, id, outcome),
         }
         self.drain_outputs(now);
     }
@@ -391,6 +411,10 @@ impl<R: Reactor> Sockets for Io<R> {
         self.reactor.deregister(&mut conn.stream);
         crate::linger(R::io(&mut conn.stream), &mut self.buf);
         debug!("closed {id:?}");
+    }
+
+    fn webhook(&mut self, request: WebhookRequest) -> bool {
+        self.webhooks.as_ref().is_some_and(|client| client.send(request))
     }
 }
 

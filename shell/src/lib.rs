@@ -11,6 +11,7 @@ mod listen;
 pub mod node;
 mod redis;
 mod turn;
+pub mod webhook;
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -28,6 +29,7 @@ pub use admission::SharedAdmission;
 pub use driver::{Message, Next, Peers, Post, Reactor, Worker};
 pub use redis::{Flush, RedisSockets, read_redis, resolve, write_redis};
 pub use turn::{Sockets, drain_outputs, resume_redis};
+pub use webhook::{WebhookClient, Webhooks};
 
 /// One buffer serves every read of a worker: the hub copies what it keeps.
 pub const READ_BUFFER: usize = 64 * 1024;
@@ -297,6 +299,9 @@ mod tests {
     impl Sockets for NoSockets {
         fn transmit(&mut self, _: ConnId) {}
         fn close_client(&mut self, _: ConnId) {}
+        fn webhook(&mut self, _: switchboard_core::WebhookRequest) -> bool {
+            false
+        }
     }
 
     #[test]

@@ -2,16 +2,20 @@
 //! turns signals and worker failures into a drain. A runtime supplies how to build a worker.
 
 use std::io;
+use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use switchboard_core::Hub;
 
-use crate::{Message, Node, Peers, Post, spawn_worker};
+use crate::{Message, Node, Peers, Post, Webhooks, spawn_worker, webhook};
+
+/// How long the end of a node waits for webhook deliveries still in flight.
+const WEBHOOK_GRACE: Duration = Duration::from_secs(1);
 
 /// A worker's thread body; it returns when its drain is over.
 pub type Run = Box<dyn FnOnce() -> io::Result<()> + Send>;
@@ -27,7 +31,9 @@ enum Event {
 /// reach all the others), and `start` builds worker `index` around its hub, its listener and
 /// its peers; every worker gets its own thread. The first SIGTERM or SIGINT drains every worker
 /// for up to `drain.timeout`, a second exits at once; a worker that fails or panics drains the
-/// others and the node exits with an error once all have ended.
+/// others and the node exits with an error once all have ended. Webhooks go out from a few
+/// threads of the node's (one per worker, at most [`webhook::MAX_THREADS`]), and their outcomes
+/// come back to the asking worker through its `Post`.
 pub fn run(
     mut node: Node,
     posts: Vec<Post>,
@@ -36,9 +42,12 @@ pub fn run(
     // Installed before the address is announced, so a signal sent right after it is a drain.
     let mut signals = Signals::new([SIGTERM, SIGINT])?;
     let (events, inbox) = mpsc::channel();
+    let webhooks = Webhooks::start(node.workers.clamp(1, webhook::MAX_THREADS), webhook::TIMEOUT)?;
     let mut threads = Vec::with_capacity(node.workers);
     for (index, listener) in (0u32..).zip(std::mem::take(&mut node.listeners)) {
-        let run = start(index, node.hub(index)?, listener, Peers::new(index as usize, &posts))?;
+        let own = posts.get(index as usize).ok_or_else(|| io::Error::other("more listeners than workers"))?;
+        let peers = Peers::new(index as usize, &posts).with_webhooks(webhooks.client(Arc::clone(own)));
+        let run = start(index, node.hub(index)?, listener, peers)?;
         let events = events.clone();
         let ended = move |ok| {
             let _ = events.send(Event::Ended(ok));
@@ -87,5 +96,7 @@ pub fn run(
     for thread in threads {
         let _ = thread.join();
     }
+    // The workers' clients went with them: the delivery threads end once idle.
+    webhooks.shutdown(WEBHOOK_GRACE);
     if failed { Err(io::Error::other("a worker failed")) } else { Ok(()) }
 }

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use log::debug;
-use switchboard_core::{BrokerCommand, ConnId, Envelope, Hub, LinkConn, Output};
+use switchboard_core::{BrokerCommand, ConnId, Envelope, Hub, LinkConn, Output, WebhookOutcome, WebhookRequest};
 
 use crate::redis::{RedisSockets, resolve};
 
@@ -14,6 +14,9 @@ pub trait Sockets: RedisSockets {
     fn transmit(&mut self, id: ConnId);
     /// The hub forgot client `id`: drop its socket.
     fn close_client(&mut self, id: ConnId);
+    /// Performs `request` off the worker's thread; its outcome comes back as
+    /// `Message::WebhookDone`. False when it cannot even be queued: it has then failed.
+    fn webhook(&mut self, request: WebhookRequest) -> bool;
 }
 
 /// Follows the hub's outputs until it says `Timeout`, which it returns. Publishes for the
@@ -42,6 +45,13 @@ pub fn drain_outputs(
             }
             Output::RedisTransmit(which) => {
                 sockets.flush(hub, now, which);
+            }
+            Output::Webhook(request) => {
+                let id = request.id;
+                if !sockets.webhook(request) {
+                    // The hub's retry policy applies as to any other failed delivery.
+                    hub.handle_webhook_done(now, id, WebhookOutcome::Failed);
+                }
             }
             Output::Timeout(at) => return at,
         }

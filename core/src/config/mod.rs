@@ -20,7 +20,7 @@ mod units;
 mod validate;
 
 pub use located::ConfigError;
-pub use pusher::{PusherApp, PusherConfig};
+pub use pusher::{PusherApp, PusherConfig, Webhook, WebhookEvent};
 pub use units::{MAX_DURATION, Size, format_duration, parse_duration};
 
 use located::SpanIndex;
@@ -506,7 +506,11 @@ impl Config {
             }
         };
         hide(&mut copy.http.api_key);
-        copy.pusher.app.iter_mut().for_each(|app| hide(&mut app.secret));
+        for app in &mut copy.pusher.app {
+            hide(&mut app.secret);
+            // Webhook headers often carry the receiver's credentials.
+            app.webhook.iter_mut().flat_map(|hook| hook.headers.values_mut()).for_each(hide);
+        }
         copy
     }
 

@@ -41,6 +41,22 @@ pub struct PusherConfig {
     /// Time a connection of an app with `user_authentication` has to sign in (greater than 0).
     #[serde(with = "duration_serde")]
     pub user_authentication_timeout: Duration,
+    /// `channel_vacated` and `member_removed` webhooks wait this long, and are dropped when the
+    /// channel is occupied again (the member rejoins) meanwhile.
+    #[serde(with = "duration_serde")]
+    pub webhook_grace: Duration,
+    /// 0: one event per webhook request; else events are collected for this long.
+    #[serde(with = "duration_serde")]
+    pub webhook_batch: Duration,
+    /// A failed delivery (no answer, or not 2xx) is retried with backoff for this long.
+    #[serde(with = "duration_serde")]
+    pub webhook_retry_for: Duration,
+    /// Webhook events held per hub while receivers are slow or down; beyond, they are dropped
+    /// (and counted).
+    pub webhook_queue: usize,
+    /// How long a cache channel keeps its last event.
+    #[serde(with = "duration_serde")]
+    pub cache_ttl: Duration,
     /// The apps (`[[pusher.app]]`); none turns the Pusher endpoints off.
     // Last so the serializer emits `[[pusher.app]]` after the plain keys.
     pub app: Vec<PusherApp>,
@@ -59,6 +75,11 @@ impl Default for PusherConfig {
             max_presence_member_bytes: Size(2 * 1024),
             max_client_events_per_second: 10,
             user_authentication_timeout: Duration::from_secs(30),
+            webhook_grace: Duration::from_secs(3),
+            webhook_batch: Duration::ZERO,
+            webhook_retry_for: Duration::from_secs(300),
+            webhook_queue: 10_000,
+            cache_ttl: Duration::from_secs(1800),
             app: Vec::new(),
         }
     }
@@ -93,6 +114,90 @@ pub struct PusherApp {
     /// Whether subscribers get `pusher_internal:subscription_count`.
     #[serde(default)]
     pub subscription_count: bool,
+    /// Where the app's webhooks go (`[[pusher.app.webhook]]`).
+    // Last so the serializer emits the tables after the plain keys.
+    #[serde(default)]
+    pub webhook: Vec<Webhook>,
+}
+
+/// One `[[pusher.app.webhook]]`: a receiver and what it hears.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// `http://` or `https://` URL the events are `POST`ed to.
+    pub url: String,
+    /// The events it hears; every kind when not given.
+    #[serde(default = "WebhookEvent::all")]
+    pub events: Vec<WebhookEvent>,
+    /// Only channels whose name starts with this (empty: all).
+    #[serde(default)]
+    pub filter_prefix: String,
+    /// Extra request headers (their values are redacted wherever the config is shown).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+impl Webhook {
+    /// Whether this receiver hears `event` on `channel`.
+    pub fn wants(&self, event: WebhookEvent, channel: &str) -> bool {
+        self.events.contains(&event) && channel.starts_with(&self.filter_prefix)
+    }
+}
+
+impl fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<&str> = self.headers.keys().map(String::as_str).collect();
+        f.debug_struct("Webhook")
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("filter_prefix", &self.filter_prefix)
+            .field("headers", &headers)
+            .finish()
+    }
+}
+
+/// A kind of webhook event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookEvent {
+    /// A channel's first subscriber in the cluster.
+    ChannelOccupied,
+    /// A channel's last subscriber in the cluster left (after the grace).
+    ChannelVacated,
+    /// A presence channel's user's first connection in the cluster.
+    MemberAdded,
+    /// A presence channel's user's last connection left (after the grace).
+    MemberRemoved,
+    /// A client event was relayed.
+    ClientEvent,
+    /// A cache channel had no event for a new subscriber.
+    CacheMiss,
+}
+
+impl WebhookEvent {
+    /// Every kind.
+    pub fn all() -> Vec<Self> {
+        vec![
+            Self::ChannelOccupied,
+            Self::ChannelVacated,
+            Self::MemberAdded,
+            Self::MemberRemoved,
+            Self::ClientEvent,
+            Self::CacheMiss,
+        ]
+    }
+
+    /// The name in the webhook's body.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ChannelOccupied => "channel_occupied",
+            Self::ChannelVacated => "channel_vacated",
+            Self::MemberAdded => "member_added",
+            Self::MemberRemoved => "member_removed",
+            Self::ClientEvent => "client_event",
+            Self::CacheMiss => "cache_miss",
+        }
+    }
 }
 
 impl PusherApp {
@@ -107,6 +212,7 @@ impl PusherApp {
             user_authentication: false,
             max_connections: 0,
             subscription_count: false,
+            webhook: Vec::new(),
         }
     }
 }
@@ -122,6 +228,7 @@ impl fmt::Debug for PusherApp {
             .field("user_authentication", &self.user_authentication)
             .field("max_connections", &self.max_connections)
             .field("subscription_count", &self.subscription_count)
+            .field("webhook", &self.webhook)
             .finish()
     }
 }
@@ -149,6 +256,8 @@ impl PusherConfig {
         }
         nonzero_size(self.max_presence_member_bytes, "pusher.max_presence_member_bytes")?;
         positive(self.user_authentication_timeout, "pusher.user_authentication_timeout")?;
+        positive(self.cache_ttl, "pusher.cache_ttl")?;
+        check(self.webhook_queue >= 1, "pusher.webhook_queue", || "must be at least 1".to_owned())?;
         self.check_apps()
     }
 
@@ -170,6 +279,25 @@ impl PusherConfig {
             }
             // Never echo the secret itself, even a wrong one.
             check(!app.secret.is_empty(), &format!("pusher.app[{i}].secret"), || "must not be empty".to_owned())?;
+            for (j, hook) in app.webhook.iter().enumerate() {
+                let key = format!("pusher.app[{i}].webhook[{j}]");
+                let host = hook.url.strip_prefix("http://").or_else(|| hook.url.strip_prefix("https://"));
+                check(
+                    host.is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/')),
+                    &format!("{key}.url"),
+                    || format!("{:?} must be an http:// or https:// URL with a host", hook.url),
+                )?;
+                check(!hook.events.is_empty(), &format!("{key}.events"), || "must name at least one event".to_owned())?;
+                for (name, value) in &hook.headers {
+                    let token = !name.is_empty()
+                        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                    check(token, &format!("{key}.headers"), || format!("{name:?} is not a header name"))?;
+                    // A value is never echoed: it may be a credential.
+                    check(!value.contains(['\r', '\n']), &format!("{key}.headers.{name}"), || {
+                        "must not contain a line break".to_owned()
+                    })?;
+                }
+            }
         }
         Ok(())
     }

@@ -125,6 +125,10 @@ impl Config {
             ("drain.interval", d.interval),
             ("pusher.activity_timeout", p.activity_timeout),
             ("pusher.user_authentication_timeout", p.user_authentication_timeout),
+            ("pusher.webhook_grace", p.webhook_grace),
+            ("pusher.webhook_batch", p.webhook_batch),
+            ("pusher.webhook_retry_for", p.webhook_retry_for),
+            ("pusher.cache_ttl", p.cache_ttl),
         ];
         for (key, value) in durations {
             check(value <= MAX_DURATION, key, || format!("{} is too long (at most 365 days)", format_duration(value)))?;

@@ -23,6 +23,8 @@ pub(crate) struct Outputs {
     pub redis: Vec<(LinkConn, bool)>,
     /// The hub's next timer.
     pub timeout: Option<Instant>,
+    /// Webhook requests, in order.
+    pub webhooks: Vec<crate::hub::WebhookRequest>,
 }
 
 /// Polls the hub until `Timeout`, as the crate docs' loop does; transmits are left to the
@@ -36,6 +38,7 @@ pub(crate) fn drain(hub: &mut Hub) -> Outputs {
             Output::Broker(command) => out.broker.push(command),
             Output::RedisOpen { conn, .. } => out.redis.push((conn, true)),
             Output::RedisClose(conn) => out.redis.push((conn, false)),
+            Output::Webhook(request) => out.webhooks.push(request),
             Output::Timeout(at) => {
                 out.timeout = at;
                 return out;

@@ -144,6 +144,17 @@ pub(super) struct PusherConn {
     pub(super) counted: bool,
     /// Client events allowed (`max_client_events_per_second`).
     pub(super) client_events: TokenBucket,
+    /// The user it signed in as (`pusher:signin`).
+    pub(super) user: Option<Box<SignedIn>>,
+}
+
+/// A signed-in Pusher connection's user.
+#[derive(Debug)]
+pub(super) struct SignedIn {
+    /// `user_data.id`.
+    pub(super) id: String,
+    /// `user_data.watchlist`: whose coming and going it hears.
+    pub(super) watchlist: Vec<String>,
 }
 
 impl Connection {

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use super::pusher::{DIRECTORY, is_pusher, split_payload};
+use super::pusher_users::TERMINATE;
 use super::{ConnId, Event, Hub, Phase, slow_consumer_policy};
 use crate::broker::Envelope;
 use crate::channel::ChannelId;
@@ -81,11 +82,17 @@ impl Hub {
         let compressible = body.len() as u64 >= self.config.compression.min_bytes.0;
         let limit = self.config.limits.send_queue_bytes.as_usize();
         let mut slow = Vec::new();
+        let terminate = pusher && skip_socket == TERMINATE;
+        let mut terminated = Vec::new();
         let Self { channels, slots, metrics, events, deflaters, config, frames, .. } = self;
         let Some(chan) = channels.get(channel) else { return };
         for &id in &chan.subscribers {
             let Some(conn) = slots.get_mut(id.index as usize).and_then(|s| s.conn.as_mut()) else { continue };
             if conn.phase != Phase::Open || skip == Some(id) {
+                continue;
+            }
+            if terminate {
+                terminated.push(id);
                 continue;
             }
             if !skip_socket.is_empty() && conn.pusher.as_ref().is_some_and(|p| p.socket_id.as_bytes() == skip_socket) {
@@ -128,6 +135,7 @@ impl Hub {
             self.metrics.slow_consumer_closes += 1;
             self.close(now, id, 1008, "slow consumer");
         }
+        self.terminate_connections(now, terminated);
     }
 }
 

@@ -151,7 +151,9 @@ impl Hub {
             (_, "/metrics") if self.config.http.metrics => get_only("GET"),
             (_, "/api/publish") => get_only("POST"),
             (_, "/api/presence") => get_only("GET"),
-            (_, path) if path.starts_with("/apps/") && self.pusher_on() => self.pusher_api(now, head, body),
+            (_, path) if (path.starts_with("/apps/") || is_users_path(path)) && self.pusher_on() => {
+                self.pusher_api(now, head, body)
+            }
             _ if self.config.route(&head.path).is_some() => {
                 HttpResponse::error(426, "this path serves WebSocket: send an upgrade request")
                     .with_header("Sec-WebSocket-Version", "13")
@@ -295,6 +297,11 @@ impl Hub {
     pub(super) fn conn_name(&self, id: ConnId) -> String {
         format!("{}-{}-{}.{}", self.origin.node, self.origin.worker, id.index, id.generation)
     }
+}
+
+/// A Pusher API path without the `/apps/{id}` prefix (the Python SDK's terminate_connections).
+fn is_users_path(path: &str) -> bool {
+    path.starts_with("/users/") && path.ends_with("/terminate_connections")
 }
 
 /// The percent-decoded value of `key` in a query string.

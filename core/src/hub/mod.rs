@@ -10,9 +10,11 @@ mod ops;
 mod output;
 mod pusher;
 mod pusher_api;
+mod pusher_hooks;
+mod pusher_users;
 mod timers;
 
-pub use output::Output;
+pub use output::{Output, WebhookOutcome, WebhookRequest};
 
 use conn::{Connection, Phase, Slot, Subscription, Timer, TimerTable, live, live_conn};
 use output::Event;
@@ -41,6 +43,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{self};
 use crate::pubsub::{self};
 use crate::pusher::directory::{Directory, Effects, Update};
+use crate::pusher::webhooks::Webhooks;
 use crate::queue::{FrameStore, OutQueue};
 use crate::redis::RedisLink;
 use crate::time::later;
@@ -100,6 +103,8 @@ pub struct Footprint {
     pub peer_metrics: usize,
     /// Pusher channels the directory knows of (on any hub).
     pub pusher_channels: usize,
+    /// Webhook requests out or waiting for a retry, and events waiting out the grace.
+    pub webhooks: usize,
 }
 
 /// The sans-IO hub: bytes and time in, bytes and events out.
@@ -156,9 +161,21 @@ pub struct Hub {
     directory_out: Update,
     /// Directory changes not yet announced to local subscribers, each with the connection
     /// that caused it (which is not told).
-    pusher_effects: Vec<(Effects, Option<ConnId>)>,
+    pusher_effects: Vec<(Effects, Option<ConnId>, pusher::Source)>,
     /// The other nodes missed some of this hub's directory: send all of it when Redis allows.
     directory_resync: bool,
+    /// Webhook deliveries for the shell to perform.
+    webhooks_out: VecDeque<WebhookRequest>,
+    /// The webhook receivers' queues and requests.
+    webhooks: Webhooks,
+    /// `channel_vacated` and `member_removed` events waiting out the grace.
+    held: Vec<pusher_hooks::Held>,
+    /// Leaves seen in the cluster within the grace, so that a quick return is not reported.
+    recent_leaves: HashMap<pusher_hooks::HoldKey, Instant>,
+    /// Cache channels' last events, by `(app id, channel)`.
+    cache: HashMap<(String, String), pusher_hooks::Cached>,
+    /// Signed-in connections watching a user, by `(app id, user id)`.
+    watchers: HashMap<(String, String), Vec<ConnId>>,
 }
 
 impl Hub {
@@ -167,6 +184,7 @@ impl Hub {
     /// queues nothing for other hubs (see `with_workers` and `with_admission`).
     pub fn new(config: Config, node_id: impl Into<String>) -> Result<Self, ConfigError> {
         config.validate()?;
+        let webhooks = Webhooks::new(&config.pusher);
         let mut hub = Self {
             admission: Box::new(AdmissionTable::new(&config.limits)),
             config,
@@ -199,6 +217,12 @@ impl Hub {
             directory_out: Update::default(),
             pusher_effects: Vec::new(),
             directory_resync: false,
+            webhooks_out: VecDeque::new(),
+            webhooks,
+            held: Vec::new(),
+            recent_leaves: HashMap::new(),
+            cache: HashMap::new(),
+            watchers: HashMap::new(),
         };
         hub.socket_seed = hub.seeded(0);
         hub.link_for();
@@ -212,6 +236,16 @@ impl Hub {
         self.link_for();
         self.socket_seed = self.seeded(self.socket_seed);
         self
+    }
+
+    /// A webhook delivery asked for by `Output::Webhook` ended with `outcome`.
+    pub fn handle_webhook_done(&mut self, now: Instant, id: u64, outcome: WebhookOutcome) {
+        self.touch(now);
+        let status = match outcome {
+            WebhookOutcome::Status(status) => Some(status),
+            WebhookOutcome::Failed => None,
+        };
+        self.webhook_done(now, id, status);
     }
 
     /// Mixes `seed` (randomness the shell drew, so that a restarted node does not reuse its
@@ -418,7 +452,7 @@ impl Hub {
         let connection = self.timers.peek().map(|Reverse((at, _))| *at);
         let drain = self.drain.as_ref().map(|d| d.next_batch.min(d.deadline));
         let redis = self.redis.as_ref().and_then(RedisLink::poll_timeout);
-        [connection, drain, redis].into_iter().flatten().min()
+        [connection, drain, redis, self.webhook_timeout()].into_iter().flatten().min()
     }
 
     /// Runs every timer due at `now`.
@@ -443,6 +477,7 @@ impl Hub {
             link.handle_timeout(now);
             self.pump_redis(now);
         }
+        self.run_webhooks(now);
     }
 
     /// Starts a graceful drain: new upgrades get 503, open connections get close 1001 in
@@ -479,6 +514,7 @@ impl Hub {
             presence_waiters: self.presence_waiters.len(),
             peer_metrics: self.peer_metrics.len(),
             pusher_channels: self.directory.len(),
+            webhooks: self.webhooks.pending() + self.held.len(),
         }
     }
 
@@ -590,6 +626,7 @@ impl Hub {
         for index in (0..conn.subscriptions.len()).rev() {
             self.unsubscribe_at(id, index);
         }
+        self.pusher_release(id);
         self.enqueue(id, frame);
         self.rearm(id);
     }
@@ -658,6 +695,7 @@ impl Hub {
         for index in (0..subscriptions).rev() {
             self.unsubscribe_at(id, index);
         }
+        self.pusher_release(id);
         let Some(slot) = self.slots.get_mut(id.index as usize) else { return };
         let Some(mut conn) = slot.conn.take() else { return };
         slot.generation = slot.generation.wrapping_add(1);

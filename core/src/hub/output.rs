@@ -13,6 +13,29 @@ pub(super) enum Event {
     Close(ConnId),
 }
 
+/// An HTTP `POST` for the shell to perform: a webhook delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRequest {
+    /// Names this delivery in [`Hub::handle_webhook_done`].
+    pub id: u64,
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// Request headers (`Content-Type`, `X-Pusher-Key`, `X-Pusher-Signature` and the
+    /// receiver's own), to send as given.
+    pub headers: Vec<(String, String)>,
+    /// The body, to send as given (its signature covers these exact bytes).
+    pub body: Vec<u8>,
+}
+
+/// How a webhook delivery went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// The receiver answered with this status.
+    Status(u16),
+    /// No answer: refused, unreachable, TLS failure, timed out.
+    Failed,
+}
+
 /// What the hub asks of its shell. After every input, call [`Hub::poll_output`] until it
 /// returns `Timeout`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +62,9 @@ pub enum Output {
     RedisTransmit(LinkConn),
     /// Drop this Redis socket; nothing more is reported for it.
     RedisClose(LinkConn),
+    /// Perform this HTTP `POST` (a Pusher webhook) and report how it went with
+    /// [`Hub::handle_webhook_done`]; the hub decides what to send, when, and what to retry.
+    Webhook(WebhookRequest),
     /// Nothing more to do now: call `handle_timeout` at this instant (`None`: no timer is set;
     /// wait for input).
     Timeout(Option<Instant>),
@@ -59,6 +85,9 @@ impl Hub {
         }
         if let Some(command) = self.broker_out.pop_front() {
             return Output::Broker(command);
+        }
+        if let Some(request) = self.webhooks_out.pop_front() {
+            return Output::Webhook(request);
         }
         if let Some(link) = &mut self.redis {
             // Closes first: a reconnect of the same connection may follow at once.

@@ -14,9 +14,11 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::conn::PusherConn;
+use super::pusher_users::ONLINE;
 use super::{ConnId, Hub, Timer};
 use crate::broker::{BrokerCommand, Envelope};
 use crate::config::RateLimitAction;
+use crate::config::WebhookEvent;
 use crate::handshake::RequestHead;
 use crate::limits::{Refusal, TokenBucket};
 use crate::proxy;
@@ -24,6 +26,7 @@ use crate::pusher::directory::{self, Effects, MemberChange, Update};
 use crate::pusher::names::{self, ChannelKind, ChannelType};
 use crate::pusher::protocol::{self, ClientMessage, Limits, PresenceData, PresenceMember, close_code};
 use crate::pusher::sign::verify_channel_auth;
+use crate::pusher::webhooks::Event;
 use crate::time::later;
 
 /// Prefix of the hub channels that carry Pusher channels.
@@ -56,6 +59,20 @@ pub(super) fn split_payload(payload: &[u8]) -> (&[u8], &[u8]) {
         Some(at) => (&payload[..at], &payload[at + 1..]),
         None => (&[], payload),
     }
+}
+
+/// Where a directory change came from, which decides whether this hub reports it in a webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    /// This hub's own connections.
+    Local,
+    /// Another hub's update.
+    Remote,
+    /// A dead hub dropped; `report`: this hub is the one to report what that changed.
+    Dead {
+        /// This hub reports it.
+        report: bool,
+    },
 }
 
 /// A close reason within the 123 bytes a close frame allows.
@@ -126,7 +143,15 @@ impl Hub {
                 self.next_socket += 1;
                 let socket_id = names::socket_id(self.socket_seed, self.next_socket);
                 let rate = f64::from(self.config.pusher.max_client_events_per_second);
+                let sign_in_by = self.config.pusher.app[app]
+                    .user_authentication
+                    .then(|| later(now, self.config.pusher.user_authentication_timeout));
+                let epoch = self.epoch(now);
                 let Some(conn) = self.conn_mut(id) else { return };
+                if let Some(at) = sign_in_by {
+                    // The handshake's timer is free once open: it is the sign-in deadline now.
+                    conn.timers.set(Timer::Handshake, epoch, at);
+                }
                 conn.counted = true;
                 conn.route = usize::MAX;
                 conn.pusher = Some(Box::new(PusherConn {
@@ -134,6 +159,7 @@ impl Hub {
                     socket_id: socket_id.as_str().into(),
                     counted: true,
                     client_events: TokenBucket::full(rate.max(1.0), now),
+                    user: None,
                 }));
                 *self.metrics.connections_by_route.entry(GAUGE.to_owned()).or_default() += 1;
                 self.reply(id, protocol::connection_established(&socket_id, activity.as_secs().max(1)));
@@ -176,18 +202,19 @@ impl Hub {
             ClientMessage::Ping => self.reply(id, protocol::pong()),
             ClientMessage::Pong => {}
             ClientMessage::Subscribe { channel, auth, channel_data } => {
-                self.pusher_subscribe(id, &channel, auth.as_deref(), channel_data)
+                self.pusher_subscribe(now, id, &channel, auth.as_deref(), channel_data)
             }
             ClientMessage::Unsubscribe { channel } => {
+                // The user's own channel stays while signed in: terminate_connections uses it.
+                if ChannelType::of(&channel).kind == ChannelKind::ServerToUser {
+                    return;
+                }
                 let Some(app_id) = self.pusher_app(id).map(|app| app.id.clone()) else { return };
                 if let Some(index) = self.subscription_index(id, &pusher_key(&app_id, &channel)) {
                     self.unsubscribe_at(id, index);
                 }
             }
-            ClientMessage::Signin { .. } => {
-                let message = "pusher:signin (user authentication) is not supported by this server yet";
-                self.reply(id, protocol::error(None, message, None));
-            }
+            ClientMessage::Signin { auth, user_data } => self.pusher_signin(now, id, &auth, &user_data),
             ClientMessage::ClientEvent { event, channel, data } => {
                 self.pusher_client_event(now, id, &event, &channel, data.as_deref())
             }
@@ -216,7 +243,14 @@ impl Hub {
         self.config.pusher.app.get(app)
     }
 
-    fn pusher_subscribe(&mut self, id: ConnId, channel: &str, auth: Option<&str>, channel_data: Option<String>) {
+    fn pusher_subscribe(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        channel: &str,
+        auth: Option<&str>,
+        channel_data: Option<String>,
+    ) {
         let Some(conn) = self.conn(id) else { return };
         let Some(pusher) = conn.pusher.as_ref() else { return };
         let Some(app) = self.config.pusher.app.get(pusher.app) else { return };
@@ -226,8 +260,8 @@ impl Hub {
         let refuse = |hub: &mut Self, kind: &str, message: &str, status: u16| {
             hub.reply(id, protocol::subscription_error(channel, kind, message, status));
         };
-        if kind.kind == ChannelKind::ServerToUser {
-            return refuse(self, "AuthError", "#server-to-user- channels need pusher:signin, not supported yet", 403);
+        if kind.kind == ChannelKind::ServerToUser && self.signed_in_as(id) != names::server_to_user_id(channel) {
+            return refuse(self, "AuthError", "sign in as this channel's user (pusher:signin) first", 403);
         }
         if kind.needs_auth() {
             let data = if kind.is_presence() { channel_data.as_deref() } else { None };
@@ -290,6 +324,8 @@ impl Hub {
         // The new count reaches every subscriber, this one included, once the directory's
         // changes are announced (right after this reply).
         self.reply(id, frame);
+        let app = self.conn(id).and_then(|c| c.pusher.as_ref()).map_or(0, |p| p.app);
+        self.serve_cache(now, id, app, &app_id, channel);
     }
 
     fn pusher_client_event(
@@ -325,12 +361,25 @@ impl Hub {
             protocol::parse_channel_data(info, usize::MAX).ok()
         });
         let frame = protocol::client_event_relay(event, channel, data, user.as_ref().map(|m| &m.user_id));
-        let socket_id = self.conn(id).and_then(|c| c.pusher.as_ref()).map(|p| p.socket_id.clone());
-        self.pusher_publish(now, &key, socket_id.as_deref(), &frame);
+        let Some(pusher) = self.conn(id).and_then(|c| c.pusher.as_ref()) else { return };
+        let (app, socket_id) = (pusher.app, pusher.socket_id.clone());
+        self.pusher_publish(now, &key, Some(&socket_id), &frame);
+        if self.wants_webhook(app, WebhookEvent::ClientEvent, channel) {
+            let user_id = user.as_ref().map(|m| m.user_id.as_str());
+            let hook = Event::client_event(channel, event, data.map(|d| d.get()), &socket_id, user_id);
+            self.webhook(now, app, &hook);
+        }
     }
 
     /// Publishes `frame` on hub channel `key` to every hub, skipping connection `skip`.
     pub(super) fn pusher_publish(&mut self, now: Instant, key: &str, skip: Option<&str>, frame: &str) {
+        if let Some((app, channel)) = split_pusher_key(key)
+            && ChannelType::of(channel).cache
+        {
+            let published_ms = self.unix_ms(now);
+            self.cache_store(now, app, channel, published_ms, frame);
+            self.directory_out.cache.push((app.to_owned(), channel.to_owned(), published_ms, frame.to_owned()));
+        }
         let skip = skip.unwrap_or("");
         let mut payload = Vec::with_capacity(skip.len() + 1 + frame.len());
         payload.extend_from_slice(skip.as_bytes());
@@ -352,6 +401,10 @@ impl Hub {
 
     fn pusher_changed(&mut self, id: ConnId, key: &str, info: Option<&str>, step: i32) {
         let Some((app, channel)) = split_pusher_key(key) else { return };
+        // A user's own channel is theirs, not the app's: no counts, members or webhooks.
+        if channel.starts_with('#') {
+            return;
+        }
         let hub = self.hub_key();
         let local = self.channels.find(key).and_then(|c| self.channels.get(c)).map_or(0, |c| c.subscribers.len());
         let mut effects = Effects::default();
@@ -364,7 +417,12 @@ impl Hub {
             self.directory_out.members.push(directory::member_entry(app, channel, &member, count));
         }
         // The member's own connection never hears of its arrival.
-        self.pusher_effects.push((effects, (step > 0).then_some(id)));
+        self.queue_effects(effects, (step > 0).then_some(id), Source::Local);
+    }
+
+    /// Directory changes to announce (and report) once this input is done.
+    pub(super) fn queue_effects(&mut self, effects: Effects, cause: Option<ConnId>, source: Source) {
+        self.pusher_effects.push((effects, cause, source));
     }
 
     /// An update from another hub of the directory.
@@ -375,10 +433,14 @@ impl Hub {
             return;
         };
         let mut effects = Effects::default();
-        if self.directory.apply(&hub, &update, now, &mut effects) {
+        let sync = self.directory.apply(&hub, &update, now, &mut effects);
+        for (app, channel, published_ms, frame) in &update.cache {
+            self.cache_store(now, app, channel, *published_ms, frame);
+        }
+        if sync {
             self.queue_snapshot(false);
         }
-        self.pusher_effects.push((effects, None));
+        self.queue_effects(effects, None, Source::Remote);
     }
 
     /// Replaces what is waiting to go to the other hubs with all of this hub's entries
@@ -386,6 +448,7 @@ impl Hub {
     pub(super) fn queue_snapshot(&mut self, sync: bool) {
         let mut snapshot = self.directory.snapshot_of(&self.hub_key());
         snapshot.sync = sync || self.directory_out.sync;
+        snapshot.cache = self.latest.map(|now| self.cache_entries(now)).unwrap_or_default();
         self.directory_out = snapshot;
     }
 
@@ -395,15 +458,17 @@ impl Hub {
         let grace = self.config.broker.lease_ttl;
         let own = self.hub_key();
         self.directory.prune(live, &own, now, grace, &mut effects);
-        self.pusher_effects.push((effects, None));
+        // One hub reports what a dead one's end changed: the first live one by name.
+        let report = live.iter().next().is_none_or(|first| *first == own);
+        self.queue_effects(effects, None, Source::Dead { report });
     }
 
     /// Tells local subscribers what the directory's changes mean for them, and the other hubs
     /// what changed here. Runs before the hub's outputs are polled.
     pub(super) fn pusher_flush(&mut self) {
         let Some(now) = self.latest else { return };
-        for (effects, cause) in std::mem::take(&mut self.pusher_effects) {
-            self.announce(now, effects, cause);
+        for (effects, cause, source) in std::mem::take(&mut self.pusher_effects) {
+            self.announce(now, effects, cause, source);
         }
         if self.directory_out.is_empty() {
             return;
@@ -428,8 +493,16 @@ impl Hub {
         }
     }
 
-    fn announce(&mut self, now: Instant, effects: Effects, cause: Option<ConnId>) {
+    fn announce(&mut self, now: Instant, effects: Effects, cause: Option<ConnId>, source: Source) {
+        for (app, channel, occupied) in effects.occupancy {
+            self.occupancy_hook(now, &app, &channel, occupied, source);
+        }
         for (app, channel, change) in effects.members {
+            if channel == ONLINE {
+                self.watchlist_change(&app, &change);
+                continue;
+            }
+            self.member_hook(now, &app, &channel, &change, source);
             let Some(chan) = self.channels.find(&pusher_key(&app, &channel)) else { continue };
             let frame = match &change {
                 MemberChange::Added(PresenceMember { user_id, user_info }) => {

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use super::Hub;
 use super::pusher::pusher_key;
+use crate::config::PusherApp;
 use crate::handshake::{HttpResponse, RequestHead};
 use crate::pusher::api_auth::verify_api_request;
 use crate::pusher::http_api::{self, ApiError, ChannelCounts, Route, Trigger};
@@ -35,20 +36,29 @@ impl Hub {
 
     fn pusher_api_result(&mut self, now: Instant, head: &RequestHead, body: &[u8]) -> Result<String, ApiError> {
         let limits = Limits::new(&self.config.pusher);
+        let query = http_api::parse_query(&head.query)?;
+        if let Some((app_id, user_id)) = terminate_path(&head.path) {
+            if head.method != "POST" {
+                return Err(ApiError::new(405, "method", "terminate_connections takes POST"));
+            }
+            // The Python SDK leaves out `/apps/{id}`: its key says which app.
+            let key = query.iter().find(|(k, _)| k == "auth_key").map(|(_, v)| v.as_str());
+            let app = match app_id {
+                Some(id) => self.config.pusher.app.iter().find(|app| app.id == id),
+                None => self.config.pusher.app.iter().find(|app| Some(app.key.as_str()) == key),
+            };
+            let Some(app) = app else { return Err(ApiError::new(404, "app_id", "no app has this id or key")) };
+            self.check_signature(now, head, &query, body, app)?;
+            let app_id = app.id.clone();
+            self.terminate_user(now, &app_id, &user_id);
+            return Ok("{}".to_owned());
+        }
         let route = http_api::route(&head.method, &head.path, &limits)?;
         let app_id = route.app_id();
         let Some(app) = self.config.pusher.app.iter().find(|app| app.id == app_id) else {
             return Err(ApiError::new(404, "app_id", "no app has this id"));
         };
-        let query = http_api::parse_query(&head.query)?;
-        let Some(unix) = self.unix_secs(now) else {
-            return Err(ApiError::new(503, "auth_timestamp", "the server does not know the time yet"));
-        };
-        verify_api_request(&head.method, &head.path, &query, body, &app.key, &app.secret, unix)
-            .map_err(|e| ApiError::new(e.status(), e.field(), &e.to_string()))?;
-        if !app.enabled {
-            return Err(ApiError::new(403, "app_id", "this app is disabled"));
-        }
+        self.check_signature(now, head, &query, body, app)?;
         let app_id = app.id.clone();
         self.metrics.api_publishes += u64::from(matches!(route, Route::Events { .. } | Route::BatchEvents { .. }));
         match route {
@@ -89,6 +99,26 @@ impl Hub {
         }
     }
 
+    /// The request's signature, at the wall clock's time, and the app's switch.
+    fn check_signature(
+        &self,
+        now: Instant,
+        head: &RequestHead,
+        query: &[(String, String)],
+        body: &[u8],
+        app: &PusherApp,
+    ) -> Result<(), ApiError> {
+        let Some(unix) = self.unix_secs(now) else {
+            return Err(ApiError::new(503, "auth_timestamp", "the server does not know the time yet"));
+        };
+        verify_api_request(&head.method, &head.path, query, body, &app.key, &app.secret, unix)
+            .map_err(|e| ApiError::new(e.status(), e.field(), &e.to_string()))?;
+        if !app.enabled {
+            return Err(ApiError::new(403, "app_id", "this app is disabled"));
+        }
+        Ok(())
+    }
+
     /// Publishes one triggered event on each of its channels, skipping its `socket_id`.
     fn trigger(&mut self, now: Instant, app_id: &str, trigger: &Trigger) {
         for channel in &trigger.channels {
@@ -104,6 +134,21 @@ impl Hub {
         let ms = u128::from(unix_ms) + since;
         u64::try_from(ms / 1000).ok()
     }
+}
+
+/// The app id (when the path has it) and user id of a `terminate_connections` path:
+/// `/apps/{id}/users/{user}/terminate_connections` or `/users/{user}/terminate_connections`.
+fn terminate_path(path: &str) -> Option<(Option<&str>, String)> {
+    let rest = path.strip_suffix("/terminate_connections")?;
+    let (app, user) = match rest.strip_prefix("/apps/") {
+        Some(rest) => {
+            let (app, user) = rest.split_once("/users/")?;
+            (Some(app).filter(|a| !a.is_empty() && !a.contains('/')), user)
+        }
+        None => (None, rest.strip_prefix("/users/")?),
+    };
+    let user = http_api::percent_decode(user).filter(|u| !u.is_empty() && !u.contains('/'))?;
+    Some((app, user))
 }
 
 /// The method an `/apps/…` endpoint takes.

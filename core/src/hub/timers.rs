@@ -36,6 +36,10 @@ impl Hub {
         drain.next_batch = if drain.pending.is_empty() { deadline } else { later(now, self.config.drain.interval) };
         for id in ids {
             match self.conn(id).map(|c| c.phase) {
+                // pusher-js reconnects at once on 4200 (to another node, behind a balancer).
+                Some(Phase::Open) if self.conn(id).is_some_and(|c| c.pusher.is_some()) => {
+                    self.close(now, id, crate::pusher::protocol::close_code::RECONNECT, "server shutting down")
+                }
                 Some(Phase::Open) => self.close(now, id, 1001, "server shutting down"),
                 Some(Phase::Handshake) => self
                     .respond_http(id, &HttpResponse::error(503, "server is draining").with_header("Retry-After", "5")),
@@ -74,8 +78,10 @@ impl Hub {
                 Phase::Responding => {
                     self.respond_http(id, &HttpResponse::error(504, "no answer from the cluster in time"))
                 }
+                // On an open Pusher connection the timer is the sign-in deadline.
+                Phase::Open => self.pusher_sign_in_due(now, id),
                 // The timer is stopped on leaving these phases.
-                Phase::Open | Phase::Closing | Phase::Answered => {}
+                Phase::Closing | Phase::Answered => {}
             }
             return;
         }

@@ -36,12 +36,15 @@ pub(crate) struct Update {
     /// Presence members on the sender.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) members: Vec<MemberEntry>,
+    /// Cache channels' last events: `(app id, channel, published at in Unix ms, frame)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) cache: Vec<(String, String, u64, String)>,
 }
 
 impl Update {
     /// True when there is nothing to send.
     pub(crate) fn is_empty(&self) -> bool {
-        !self.sync && !self.snapshot && self.subs.is_empty() && self.members.is_empty()
+        !self.sync && !self.snapshot && self.subs.is_empty() && self.members.is_empty() && self.cache.is_empty()
     }
 }
 
@@ -78,13 +81,16 @@ pub(crate) struct Effects {
     pub(crate) members: Vec<(String, String, MemberChange)>,
     /// `(app id, channel, new subscription total)`.
     pub(crate) counts: Vec<(String, String, u64)>,
+    /// `(app id, channel, occupied)`: the channel got its first subscriber in the cluster, or
+    /// lost its last.
+    pub(crate) occupancy: Vec<(String, String, bool)>,
 }
 
 impl Effects {
     /// True when nothing changed.
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
-        self.members.is_empty() && self.counts.is_empty()
+        self.members.is_empty() && self.counts.is_empty() && self.occupancy.is_empty()
     }
 }
 
@@ -133,6 +139,9 @@ impl Directory {
         let after = entry.total();
         if before != after {
             effects.counts.push((app.to_owned(), channel.to_owned(), after));
+        }
+        if (before == 0) != (after == 0) {
+            effects.occupancy.push((app.to_owned(), channel.to_owned(), after > 0));
         }
         self.forget_if_empty(app, channel);
     }

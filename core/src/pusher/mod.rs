@@ -14,6 +14,7 @@
 //! - `json`: what those two share: picking an object's fields, escaping strings.
 //! - `directory`: every hub's share of every channel's subscriptions and members, kept in step
 //!   across the cluster, so counts and presence are the cluster's.
+//! - `webhooks`: the webhook queues: what each receiver gets, in which requests, and retries.
 //!
 //! The limits and apps are configured in [`crate::config::PusherConfig`]. Nothing here reads a
 //! clock: the HTTP API's timestamp window takes the wall time as an argument.
@@ -26,3 +27,4 @@ pub(crate) mod mac;
 pub(crate) mod names;
 pub(crate) mod protocol;
 pub(crate) mod sign;
+pub(crate) mod webhooks;

@@ -77,7 +77,6 @@ impl ChannelType {
 }
 
 /// The user id a `#server-to-user-{id}` channel is for.
-#[cfg_attr(not(test), allow(dead_code, reason = "the next issue (user sign-in, cache channels, webhooks) serves it"))]
 pub(crate) fn server_to_user_id(channel: &str) -> Option<&str> {
     channel.strip_prefix(SERVER_TO_USER_PREFIX)
 }

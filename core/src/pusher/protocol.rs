@@ -43,18 +43,10 @@ pub(crate) mod close_code {
     /// The connect URL has no `protocol` query parameter.
     pub(crate) const NO_PROTOCOL: u16 = 4008;
     /// The connection is not authorized: a bad sign-in, or none in time.
-    #[cfg_attr(
-        not(test),
-        allow(dead_code, reason = "the next issue (user sign-in, cache channels, webhooks) serves it")
-    )]
     pub(crate) const UNAUTHORIZED: u16 = 4009;
     /// The node is over capacity; the client backs off and retries.
     pub(crate) const OVER_CAPACITY: u16 = 4100;
     /// Reconnect now (a generic reason, such as a node shutting down).
-    #[cfg_attr(
-        not(test),
-        allow(dead_code, reason = "the next issue (user sign-in, cache channels, webhooks) serves it")
-    )]
     pub(crate) const RECONNECT: u16 = 4200;
     /// A `pusher:ping` went unanswered.
     pub(crate) const PONG_NOT_RECEIVED: u16 = 4201;
@@ -140,7 +132,6 @@ pub(crate) enum ClientMessage {
     /// `pusher:pong`: the answer to the server's [`ping`].
     Pong,
     /// `pusher:signin`.
-    #[cfg_attr(not(test), allow(dead_code, reason = "the next issue serves sign-in"))]
     Signin {
         /// The signature, `"key:hex"`.
         auth: String,
@@ -163,6 +154,10 @@ pub(crate) enum ClientMessage {
     /// caller ignores or refuses it.
     UnknownProtocolEvent {
         /// The event name, within the limit.
+        #[cfg_attr(
+            not(any(test, feature = "fuzzing")),
+            allow(dead_code, reason = "the server ignores these; tests read it")
+        )]
         event: String,
     },
 }
@@ -653,6 +648,7 @@ impl<'a> PresenceData<'a> {
     }
 
     /// How many distinct users.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn count(&self) -> usize {
         self.members.len()
     }
@@ -790,7 +786,6 @@ pub(crate) fn client_event_relay(
     out
 }
 
-#[cfg_attr(not(test), allow(dead_code, reason = "the next issue (user sign-in, cache channels, webhooks) serves it"))]
 /// `pusher:signin_success`: `{"event":"pusher:signin_success","data":{"user_data":"…"}}`,
 /// `user_data` the signed text as the client sent it.
 pub(crate) fn signin_success(user_data: &str) -> String {
@@ -801,17 +796,32 @@ pub(crate) fn signin_success(user_data: &str) -> String {
     frame("pusher:signin_success", None, &Data::Object(&data))
 }
 
-#[cfg_attr(not(test), allow(dead_code, reason = "the next issue (user sign-in, cache channels, webhooks) serves it"))]
 /// `pusher:cache_miss`, sent on a cache channel with no cached event right after
 /// `subscription_succeeded`: `{"event":"pusher:cache_miss","channel":"cache-x"}`.
 pub(crate) fn cache_miss(channel: &str) -> String {
     frame("pusher:cache_miss", Some(channel), &Data::None)
 }
 
+/// `pusher_internal:watchlist_events`: `data` `{"events":[{"name":"online","user_ids":[…]}]}`
+/// encoded, `name` being `online` or `offline`.
+pub(crate) fn watchlist_events(name: &str, user_ids: &[&str]) -> String {
+    let mut data = String::with_capacity(48 + user_ids.iter().map(|id| quoted_len(id) + 1).sum::<usize>());
+    data.push_str("{\"events\":[{\"name\":");
+    push_str(&mut data, name);
+    data.push_str(",\"user_ids\":[");
+    for (i, id) in user_ids.iter().enumerate() {
+        if i > 0 {
+            data.push(',');
+        }
+        push_str(&mut data, id);
+    }
+    data.push_str("]}]}");
+    frame("pusher_internal:watchlist_events", None, &Data::Encoded(&data))
+}
+
 /// How a frame carries `data`.
 enum Data<'a> {
     /// No `data` field.
-    #[cfg_attr(not(test), allow(dead_code, reason = "cache channels (the next issue) send it"))]
     None,
     /// JSON text written as is (an object).
     Object(&'a str),

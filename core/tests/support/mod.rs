@@ -24,13 +24,24 @@ pub struct Sim {
     pub broker: Vec<BrokerCommand>,
     /// `Output::RedisOpen` requests, in order.
     pub redis_opens: Vec<(LinkConn, String)>,
+    /// `Output::Webhook` requests, in order.
+    pub webhooks: Vec<switchboard_core::WebhookRequest>,
 }
 
 impl Sim {
     pub fn new(config: Config) -> Self {
         let t0 = switchboard_testkit::origin();
         let hub = Hub::new(config, "test-node").expect("valid config");
-        Self { hub, t0, now: t0, closed: Vec::new(), timeout: None, broker: Vec::new(), redis_opens: Vec::new() }
+        Self {
+            hub,
+            t0,
+            now: t0,
+            closed: Vec::new(),
+            timeout: None,
+            broker: Vec::new(),
+            redis_opens: Vec::new(),
+            webhooks: Vec::new(),
+        }
     }
 
     /// A hub that is one of `workers` of its node: it queues its publishes for the others.
@@ -83,6 +94,7 @@ impl Sim {
                 Output::Close(id) => self.closed.push(id),
                 Output::Broker(command) => self.broker.push(command),
                 Output::RedisOpen { conn, addr } => self.redis_opens.push((conn, addr)),
+                Output::Webhook(request) => self.webhooks.push(request),
                 Output::Transmit(_) | Output::RedisTransmit(_) | Output::RedisClose(_) => {}
                 Output::Timeout(at) => {
                     self.timeout = at;
