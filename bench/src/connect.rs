@@ -122,8 +122,27 @@ pub(crate) async fn connect_many_with(
     concurrency: usize,
     options: Options,
 ) -> Connected {
+    connect_many_then(executor, target, n, rate, concurrency, options, |ws| async move { Ok(ws) }).await
+}
+
+/// [`connect_many_with`], and `then` on each upgraded connection (a protocol's own handshake)
+/// before its handshake slot is freed; a connection counts as connected once `then` succeeds.
+pub(crate) async fn connect_many_then<F, Fut>(
+    executor: &LocalExecutor<'static>,
+    target: &Target,
+    n: usize,
+    rate: f64,
+    concurrency: usize,
+    options: Options,
+    then: F,
+) -> Connected
+where
+    F: Fn(Ws) -> Fut + 'static,
+    Fut: Future<Output = Result<Ws, String>> + 'static,
+{
     let gate = Arc::new(Semaphore::new(concurrency.max(1)));
     let target = Rc::new(target.clone());
+    let then = Rc::new(then);
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
@@ -132,8 +151,12 @@ pub(crate) async fn connect_many_with(
         }
         let permit = gate.acquire_arc().await;
         let target = Rc::clone(&target);
+        let then = Rc::clone(&then);
         tasks.push(executor.spawn(async move {
-            let result = conn::connect(&target, options).await;
+            let result = match conn::connect(&target, options).await {
+                Ok(ws) => then(ws).await,
+                Err(e) => Err(e),
+            };
             drop(permit);
             result
         }));

@@ -31,11 +31,11 @@ use crate::measure::{self, Window, round3};
 
 /// A publisher whose window has not moved for this long has lost a message for good.
 /// Generous: a single-threaded peer under a loaded machine can take seconds per window.
-const STALL: Duration = Duration::from_secs(10);
+pub(crate) const STALL: Duration = Duration::from_secs(10);
 /// How long the stalled subscriber gets to catch up, or hear its close, once it reads again.
 const DRAIN: Duration = Duration::from_secs(3);
 /// Room for subscribers to batch their reads when the server batches its writes.
-const READ_BUFFER: usize = 16 * 1024;
+pub(crate) const READ_BUFFER: usize = 16 * 1024;
 
 pub(crate) async fn fanout(executor: &LocalExecutor<'static>, args: &mut Args) -> Result<Value, String> {
     let plan = Plan {
@@ -145,45 +145,45 @@ struct Outcome {
     resources: Value,
 }
 
-struct Phase {
-    latency: Histogram<u64>,
+pub(crate) struct Phase {
+    pub(crate) latency: Histogram<u64>,
     /// Messages sent in this phase, and deliveries made in it.
-    sent: u64,
-    delivered: u64,
+    pub(crate) sent: u64,
+    pub(crate) delivered: u64,
 }
 
 /// One publisher's window.
-struct Publisher {
+pub(crate) struct Publisher {
     /// How many counted subscribers have each in-flight message, at `seq % window`.
-    received: RefCell<Vec<u32>>,
+    pub(crate) received: RefCell<Vec<u32>>,
     /// The lowest sequence number some counted subscriber still lacks.
-    complete_below: Cell<u64>,
+    pub(crate) complete_below: Cell<u64>,
     /// The next sequence number to send; numbers start at 1.
-    next: Cell<u64>,
+    pub(crate) next: Cell<u64>,
     /// Wakes the publisher when its window moves; capacity 1, as several moves need one wake.
-    moved: (Sender<()>, Receiver<()>),
+    pub(crate) moved: (Sender<()>, Receiver<()>),
 }
 
 /// Everything the tasks of one run share; a single-threaded executor, so `Cell`s suffice.
-struct Run {
-    counted: u32,
-    window: u64,
-    publishers: Vec<Publisher>,
+pub(crate) struct Run {
+    pub(crate) counted: u32,
+    pub(crate) window: u64,
+    pub(crate) publishers: Vec<Publisher>,
     /// Send-time bounds of the phases: phase i holds messages sent in `[bounds[i], bounds[i+1])`.
-    bounds: RefCell<Vec<u64>>,
-    phases: RefCell<Vec<Phase>>,
-    delivered: Cell<u64>,
-    out_of_order: Cell<u64>,
-    gaps: Cell<u64>,
-    closed: Cell<u64>,
-    stalled: Cell<bool>,
+    pub(crate) bounds: RefCell<Vec<u64>>,
+    pub(crate) phases: RefCell<Vec<Phase>>,
+    pub(crate) delivered: Cell<u64>,
+    pub(crate) out_of_order: Cell<u64>,
+    pub(crate) gaps: Cell<u64>,
+    pub(crate) closed: Cell<u64>,
+    pub(crate) stalled: Cell<bool>,
     /// Set before the clients are dropped, so their own hang-ups are not counted as closes.
-    finished: Cell<bool>,
-    staller: Staller,
+    pub(crate) finished: Cell<bool>,
+    pub(crate) staller: Staller,
 }
 
 #[derive(Default)]
-struct Staller {
+pub(crate) struct Staller {
     stopped: Cell<bool>,
     resume: RefCell<Option<Receiver<()>>>,
     received: Cell<u64>,
@@ -192,13 +192,100 @@ struct Staller {
 }
 
 impl Run {
+    /// A run with `pubs` publishers, each with `window` messages in flight at most, and
+    /// `phases` measured phases; `counted` subscribers must have a message to complete it.
+    pub(crate) fn new(counted: u32, window: u64, pubs: usize, phases: usize) -> Self {
+        Self {
+            counted,
+            window,
+            publishers: (0..pubs)
+                .map(|_| Publisher {
+                    received: RefCell::new(vec![0; window as usize]),
+                    complete_below: Cell::new(1),
+                    next: Cell::new(1),
+                    moved: channel::bounded(1),
+                })
+                .collect(),
+            bounds: RefCell::new(Vec::new()),
+            phases: RefCell::new(
+                (0..phases).map(|_| Phase { latency: measure::histogram(), sent: 0, delivered: 0 }).collect(),
+            ),
+            delivered: Cell::new(0),
+            out_of_order: Cell::new(0),
+            gaps: Cell::new(0),
+            closed: Cell::new(0),
+            stalled: Cell::new(false),
+            finished: Cell::new(false),
+            staller: Staller::default(),
+        }
+    }
+
+    /// Sets the phases' bounds: a warm-up from `start`, then the phases back to back; returns
+    /// when the last one ends.
+    pub(crate) fn schedule(&self, start: u64, warmup: f64, phases: &[f64]) -> Vec<u64> {
+        let mut bounds = vec![start + secs_ns(warmup)];
+        for &secs in phases {
+            bounds.push(bounds[bounds.len() - 1] + secs_ns(secs));
+        }
+        *self.bounds.borrow_mut() = bounds.clone();
+        bounds
+    }
+
+    /// Waits until publisher `index` may send: fewer than `window` of its messages in flight.
+    /// False when the window has not moved for `STALL` (the run is marked stalled).
+    pub(crate) async fn wait_window(&self, index: usize) -> bool {
+        let me = &self.publishers[index];
+        while me.next.get() - me.complete_below.get() >= self.window {
+            let moved = future::or(async { me.moved.1.recv().await.is_ok() }, async {
+                Timer::after(STALL).await;
+                false
+            });
+            if !moved.await {
+                self.stalled.set(true);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Takes publisher `index`'s next sequence number for a message sent at `sent_ns`.
+    pub(crate) fn take_seq(&self, index: usize, sent_ns: u64) -> u64 {
+        let me = &self.publishers[index];
+        let seq = me.next.get();
+        // Counted before the send: a subscriber may see the message before `send` returns.
+        me.next.set(seq + 1);
+        if let Some(i) = self.phase_of(sent_ns) {
+            self.phases.borrow_mut()[i].sent += 1;
+        }
+        seq
+    }
+
+    /// After publishing: waits while deliveries still come, and calls what has not come after
+    /// a quiet `STALL` lost (a slow server may hold a whole window for every subscriber).
+    pub(crate) async fn settle(&self) {
+        let (mut seen, mut quiet_since) = (self.delivered.get(), now_ns());
+        while self.publishers.iter().any(|p| p.complete_below.get() < p.next.get())
+            && now_ns() - quiet_since < secs_ns(STALL.as_secs_f64())
+        {
+            Timer::after(Duration::from_millis(10)).await;
+            if self.delivered.get() != seen {
+                (seen, quiet_since) = (self.delivered.get(), now_ns());
+            }
+        }
+    }
+
+    /// Messages sent over all publishers.
+    pub(crate) fn sent(&self) -> u64 {
+        self.publishers.iter().map(|p| p.next.get() - 1).sum()
+    }
+
     fn phase_of(&self, sent_ns: u64) -> Option<usize> {
         let bounds = self.bounds.borrow();
         let i = bounds.partition_point(|&b| b <= sent_ns);
         (i > 0 && i < bounds.len()).then(|| i - 1)
     }
 
-    fn deliver(&self, stamp: Stamp, now: u64, last: &mut [u64]) {
+    pub(crate) fn deliver(&self, stamp: Stamp, now: u64, last: &mut [u64]) {
         let Some(publisher) = self.publishers.get(stamp.publisher as usize) else { return };
         let prev = &mut last[stamp.publisher as usize];
         if stamp.seq <= *prev {
@@ -235,7 +322,7 @@ impl Run {
         }
     }
 
-    fn lost_connection(&self) {
+    pub(crate) fn lost_connection(&self) {
         if !self.finished.get() {
             self.closed.set(self.closed.get() + 1);
         }
@@ -261,35 +348,13 @@ async fn execute(executor: &LocalExecutor<'static>, plan: &Plan) -> Result<Outco
     let pubs = connect_all(executor, plan, plan.pubs, options, "publishers").await?;
 
     let counted = u32::try_from(subs.len()).map_err(|_| "too many subscribers")?;
-    let run = Rc::new(Run {
-        counted,
-        window: plan.window,
-        publishers: (0..plan.pubs)
-            .map(|_| Publisher {
-                received: RefCell::new(vec![0; plan.window as usize]),
-                complete_below: Cell::new(1),
-                next: Cell::new(1),
-                moved: channel::bounded(1),
-            })
-            .collect(),
-        bounds: RefCell::new(Vec::new()),
-        phases: RefCell::new(
-            plan.phases.iter().map(|_| Phase { latency: measure::histogram(), sent: 0, delivered: 0 }).collect(),
-        ),
-        delivered: Cell::new(0),
-        out_of_order: Cell::new(0),
-        gaps: Cell::new(0),
-        closed: Cell::new(0),
-        stalled: Cell::new(false),
-        finished: Cell::new(false),
-        staller: Staller::default(),
-    });
+    let run = Rc::new(Run::new(counted, plan.window, plan.pubs, plan.phases.len()));
 
     let mut tasks = Vec::new();
     for ws in subs {
         let run = Rc::clone(&run);
         let pubs = plan.pubs;
-        tasks.push(executor.spawn(async move { receive(ws.into_inner(), &run, pubs).await }));
+        tasks.push(executor.spawn(async move { receive(ws.into_inner(), &run, pubs, decode_binary).await }));
     }
     let resume = channel::bounded(1);
     if let Some(ws) = staller {
@@ -309,13 +374,8 @@ async fn execute(executor: &LocalExecutor<'static>, plan: &Plan) -> Result<Outco
     // tokio peer subscribes after its handshake); a pause keeps the first messages from racing it.
     Timer::after(Duration::from_millis(500)).await;
 
-    let start = now_ns();
-    let mut bounds = vec![start + secs_ns(plan.warmup)];
-    for &secs in &plan.phases {
-        bounds.push(bounds[bounds.len() - 1] + secs_ns(secs));
-    }
+    let bounds = run.schedule(now_ns(), plan.warmup, &plan.phases);
     let stop = bounds[bounds.len() - 1];
-    *run.bounds.borrow_mut() = bounds.clone();
     let per_publisher = plan.rate / plan.pubs as f64;
     let publishing: Vec<_> = senders
         .into_iter()
@@ -323,7 +383,8 @@ async fn execute(executor: &LocalExecutor<'static>, plan: &Plan) -> Result<Outco
         .map(|(index, sender)| {
             let run = Rc::clone(&run);
             let size = plan.size;
-            executor.spawn(async move { publish(sender, &run, index, per_publisher, size, stop).await })
+            let encode = move |stamp: Stamp| Message::binary(stamp.encode(size));
+            executor.spawn(async move { publish(sender, &run, index, per_publisher, stop, encode).await })
         })
         .collect();
 
@@ -344,23 +405,13 @@ async fn execute(executor: &LocalExecutor<'static>, plan: &Plan) -> Result<Outco
         return Err(e);
     }
 
-    // A slow server may hold a whole window for every subscriber: wait while deliveries still
-    // come, and call what has not come after a quiet `STALL` lost.
-    let (mut seen, mut quiet_since) = (run.delivered.get(), now_ns());
-    while run.publishers.iter().any(|p| p.complete_below.get() < p.next.get())
-        && now_ns() - quiet_since < secs_ns(STALL.as_secs_f64())
-    {
-        Timer::after(Duration::from_millis(10)).await;
-        if run.delivered.get() != seen {
-            (seen, quiet_since) = (run.delivered.get(), now_ns());
-        }
-    }
+    run.settle().await;
     let staller = if plan.staller {
         run.staller.stopped.set(false);
         let _ = resume.0.try_send(());
         // Reading again shows whether the server kept the stalled connection (it catches up)
         // or ended it (its backlog, then a close or a reset).
-        let expected: u64 = run.publishers.iter().map(|p| p.next.get() - 1).sum();
+        let expected = run.sent();
         let deadline = now_ns() + secs_ns(DRAIN.as_secs_f64());
         while now_ns() < deadline && run.staller.ended.borrow().is_none() && run.staller.received.get() < expected {
             Timer::after(Duration::from_millis(10)).await;
@@ -376,7 +427,7 @@ async fn execute(executor: &LocalExecutor<'static>, plan: &Plan) -> Result<Outco
     run.finished.set(true);
     drop(tasks);
 
-    let sent: u64 = run.publishers.iter().map(|p| p.next.get() - 1).sum();
+    let sent = run.sent();
     let phases = run.phases.replace(Vec::new());
     Ok(Outcome {
         phases,
@@ -406,15 +457,16 @@ async fn connect_all(
     Ok(connected.sockets)
 }
 
-async fn publish(
+/// One publisher on a WebSocket: numbered, timestamped messages, `encode`d into frames, at
+/// `rate` a second (0: as fast as the window allows) until `stop`.
+pub(crate) async fn publish(
     mut sender: async_tungstenite::WebSocketSender<TcpStream>,
     run: &Run,
     index: usize,
     rate: f64,
-    size: usize,
     stop: u64,
+    encode: impl Fn(Stamp) -> Message,
 ) -> Result<(), String> {
-    let me = &run.publishers[index];
     let start = now_ns();
     let interval = if rate > 0.0 { 1e9 / rate } else { 0.0 };
     let publisher = u32::try_from(index).map_err(|_| "too many publishers")?;
@@ -424,27 +476,19 @@ async fn publish(
         if now_ns() >= stop {
             break;
         }
-        while me.next.get() - me.complete_below.get() >= run.window {
-            let moved = future::or(async { me.moved.1.recv().await.is_ok() }, async {
-                Timer::after(STALL).await;
-                false
-            });
-            if !moved.await {
-                run.stalled.set(true);
-                return Ok(());
-            }
+        if !run.wait_window(index).await {
+            return Ok(());
         }
-        let seq = me.next.get();
-        // Counted before the send: a subscriber may see the message before `send` returns.
-        me.next.set(seq + 1);
         let sent_ns = if rate > 0.0 { scheduled } else { now_ns() };
-        if let Some(i) = run.phase_of(sent_ns) {
-            run.phases.borrow_mut()[i].sent += 1;
-        }
+        let seq = run.take_seq(index, sent_ns);
         let stamp = Stamp { publisher, seq, sent_ns };
-        sender.send(Message::binary(stamp.encode(size))).await.map_err(|e| format!("publisher {index}: {e}"))?;
+        sender.send(encode(stamp)).await.map_err(|e| format!("publisher {index}: {e}"))?;
     }
     Ok(())
+}
+
+fn decode_binary(opcode: OpCode, payload: &[u8]) -> Option<Stamp> {
+    if opcode == OpCode::Data(Data::Binary) { Stamp::decode(payload) } else { None }
 }
 
 /// A subscriber's read loop, on the bare socket once async-tungstenite has done the upgrade.
@@ -455,7 +499,14 @@ async fn publish(
 /// in place with tungstenite's own header parser, and reads the clock once per read. Nothing is
 /// lost by leaving tungstenite after the handshake: publishing starts only after every upgrade
 /// has completed and a pause, so no frame can be waiting in tungstenite's buffer.
-async fn receive(stream: TcpStream, run: &Run, pubs: usize) {
+///
+/// `decode` finds the stamp in a data frame's payload (`None`: not a timed message, skipped).
+pub(crate) async fn receive(
+    stream: TcpStream,
+    run: &Run,
+    pubs: usize,
+    mut decode: impl FnMut(OpCode, &[u8]) -> Option<Stamp>,
+) {
     let socket: Arc<Async<std::net::TcpStream>> = stream.into();
     let mut last = vec![0; pubs];
     let mut drained = false;
@@ -501,8 +552,8 @@ async fn receive(stream: TcpStream, run: &Run, pubs: usize) {
                 Walk::Bad(_) => break 'read,
             };
             match opcode {
-                OpCode::Data(Data::Binary) => {
-                    if let Some(stamp) = Stamp::decode(&buf[start..end]) {
+                OpCode::Data(_) => {
+                    if let Some(stamp) = decode(opcode, &buf[start..end]) {
                         run.deliver(stamp, now, &mut last);
                     }
                 }
@@ -533,7 +584,7 @@ fn pong(payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-async fn drain(mut ws: impl Stream<Item = Result<Message, WsError>> + Unpin, run: &Run) {
+pub(crate) async fn drain(mut ws: impl Stream<Item = Result<Message, WsError>> + Unpin, run: &Run) {
     while let Some(message) = ws.next().await {
         if matches!(message, Ok(Message::Close(_)) | Err(_)) {
             break;
@@ -565,13 +616,13 @@ async fn stall(mut ws: conn::Ws, run: &Run) {
     }
 }
 
-async fn sleep_until(ns: u64) {
+pub(crate) async fn sleep_until(ns: u64) {
     let now = now_ns();
     if ns > now {
         Timer::after(Duration::from_nanos(ns - now)).await;
     }
 }
 
-fn secs_ns(secs: f64) -> u64 {
+pub(crate) fn secs_ns(secs: f64) -> u64 {
     (secs * 1e9) as u64
 }

@@ -7,6 +7,9 @@
 //! switchboard-bench storm  --url .. --conns N [--concurrency C]
 //! switchboard-bench slow   --url .. [--subs N] [--rate R] [--size B] [--secs S]
 //! switchboard-bench floor  [--conns N] [--size B] [--rounds R]
+//! switchboard-bench pusher --url ws://127.0.0.1:PORT --subs N [--via api|client] [--pubs P] [--secs S]
+//!                          [--size B] [--window W] [--pipeline K] [--app-id ID --key K --secret S]
+//! switchboard-bench pusher-idle --url ws://127.0.0.1:PORT --conns N [--hold S] [--rate R]
 //! switchboard-bench soak   --url .. --conns N --secs S --server-pid PID [--ping-every 2]
 //!                          [--reconnect-pct 1] [--report-every 30] [--warmup 120] [--rate R]
 //! ```
@@ -20,6 +23,7 @@ mod connect;
 mod fanout;
 mod floor;
 mod measure;
+mod pusher;
 mod soak;
 
 use std::process::ExitCode;
@@ -29,7 +33,8 @@ use smol::LocalExecutor;
 
 use args::Args;
 
-const USAGE: &str = "usage: switchboard-bench <idle|fanout|storm|slow|soak> --url ws://IP:PORT/PATH [options]
+const USAGE: &str =
+    "usage: switchboard-bench <idle|fanout|storm|slow|soak|pusher|pusher-idle> --url ws://IP:PORT/PATH [options]
   idle    --conns N [--hold SECS=10] [--rate CONNS_PER_S=5000] [--concurrency 256]
   storm   --conns N [--concurrency 512]
   fanout  --subs N [--pubs 1] [--rate MSGS_PER_S=0 (as fast as the window allows)] [--secs 5]
@@ -39,6 +44,12 @@ const USAGE: &str = "usage: switchboard-bench <idle|fanout|storm|slow|soak> --ur
   soak    --conns N --secs S --server-pid PID [--ping-every 2] [--reconnect-pct 1] [--report-every 30]
           [--warmup 120] [--rate CONNS_PER_S=5000 (the initial ramp)] [--concurrency 256] [--flat-pct 5]
           (progress on stderr every --report-every seconds; \"pass\" in the summary)
+  pusher  --subs N [--via api|client (HTTP API triggers, or client events)] [--pubs 64 (api) | 1 (client)]
+          [--window 1 (api) | 64 (client), per publisher] [--pipeline 1 (api: requests in flight per
+          connection)] [--secs 5] [--size 64 (event data bytes)] [--warmup 1]
+  pusher-idle --conns N [--hold 10] [--rate 5000] [--concurrency 256]
+          (pusher and pusher-idle: --url ws://IP:PORT, the server's root; Pusher protocol 7 at
+          /app/KEY; [--app-id 1] [--key bench-key] [--secret bench-secret])
   common  [--server-pid PID] [--label TEXT]
 ";
 
@@ -81,6 +92,8 @@ async fn run(executor: &LocalExecutor<'static>, command: &str, mut args: Args) -
         "slow" => fanout::slow(executor, &mut args).await?,
         "floor" => floor::floor(&mut args)?,
         "soak" => soak::soak(executor, &mut args).await?,
+        "pusher" => pusher::pusher(executor, &mut args).await?,
+        "pusher-idle" => pusher::pusher_idle(executor, &mut args).await?,
         other => return Err(format!("unknown subcommand {other:?}\n{USAGE}")),
     };
     if let Some(label) = args.take_str("label") {
