@@ -147,14 +147,20 @@ fn refused_connects_get_pusher_error_then_the_same_close_code() {
 struct Node {
     hubs: Vec<Hub>,
     now: Instant,
+    /// Webhook requests each hub asked for, as `(hub, body)`; every one is answered 200.
+    webhooks: Vec<(usize, Value)>,
 }
 
 impl Node {
     fn new(workers: u32) -> Self {
+        Self::with_config(workers, &config())
+    }
+
+    fn with_config(workers: u32, config: &Config) -> Self {
         let hubs = (0..workers)
-            .map(|w| Hub::new(config(), "n").expect("valid").with_worker(w).with_workers(workers as usize))
+            .map(|w| Hub::new(config.clone(), "n").expect("valid").with_worker(w).with_workers(workers as usize))
             .collect();
-        let mut node = Self { hubs, now: switchboard_testkit::origin() };
+        let mut node = Self { hubs, now: switchboard_testkit::origin(), webhooks: Vec::new() };
         for w in 0..node.hubs.len() {
             node.hubs[w].handle_timeout(node.now);
         }
@@ -168,12 +174,22 @@ impl Node {
             let mut moved = false;
             for from in 0..self.hubs.len() {
                 let mut envelopes = Vec::new();
+                let mut answered = Vec::new();
                 loop {
                     match self.hubs[from].poll_output() {
                         Output::Broker(BrokerCommand::Publish(envelope)) => envelopes.push(envelope),
+                        Output::Webhook(request) => {
+                            let body = serde_json::from_slice(&request.body).expect("a webhook body is JSON");
+                            self.webhooks.push((from, body));
+                            answered.push(request.id);
+                        }
                         Output::Timeout(_) => break,
                         _ => {}
                     }
+                }
+                for id in answered {
+                    moved = true;
+                    self.hubs[from].handle_webhook_done(self.now, id, switchboard_core::WebhookOutcome::Status(200));
                 }
                 for envelope in envelopes {
                     moved = true;
@@ -186,6 +202,28 @@ impl Node {
                 return;
             }
         }
+    }
+
+    /// Moves the clock on, running every hub's timers.
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        for hub in &mut self.hubs {
+            hub.handle_timeout(self.now);
+        }
+        self.settle();
+    }
+
+    /// The webhook events so far, as `(hub, name, channel)`.
+    fn hook_events(&self) -> Vec<(usize, String, String)> {
+        self.webhooks
+            .iter()
+            .flat_map(|(hub, body)| {
+                body["events"].as_array().into_iter().flatten().map(move |event| {
+                    let field = |name: &str| event[name].as_str().unwrap_or_default().to_owned();
+                    (*hub, field("name"), field("channel"))
+                })
+            })
+            .collect()
     }
 
     fn send(&mut self, worker: usize, id: ConnId, bytes: &[u8]) {
@@ -327,4 +365,64 @@ fn the_http_api_checks_signatures_against_the_shells_wall_clock() {
     let (status, body) = call(&mut sim, &api_request("POST", "/apps/1/events", bad_data, unix + 700));
     assert_eq!(status, 400);
     assert!(body.contains("data"), "the 400 names the field: {body}");
+}
+
+fn hooks_config() -> Config {
+    let toml = APPS.replace(
+        "[pusher]\nactivity_timeout = \"30s\"",
+        "[pusher]\nactivity_timeout = \"30s\"\nwebhook_grace = \"3s\"",
+    ) + "\n[[pusher.app]]\nid = \"9\"\nkey = \"hooked\"\nsecret = \"s9\"\n[[pusher.app.webhook]]\nurl = \"http://127.0.0.1:9/hook\"\n";
+    Config::from_toml(&toml).expect("test config parses")
+}
+
+fn subscribe_public(channel: &str) -> Vec<u8> {
+    text(&serde_json::json!({"event":"pusher:subscribe","data":{"channel":channel}}).to_string())
+}
+
+fn unsubscribe(channel: &str) -> Vec<u8> {
+    text(&serde_json::json!({"event":"pusher:unsubscribe","data":{"channel":channel}}).to_string())
+}
+
+impl Node {
+    fn connect_to(&mut self, worker: usize, key: &str) -> ConnId {
+        let id = self.hubs[worker].handle_accept(self.now, Sim::peer(1));
+        self.send(worker, id, support::upgrade_request(&format!("/app/{key}?protocol=7"), "").as_bytes());
+        self.take(worker, id);
+        id
+    }
+}
+
+#[test]
+fn occupied_and_vacated_are_reported_once_for_the_node_by_the_hub_that_caused_them() {
+    let mut node = Node::with_config(2, &hooks_config());
+    let a = node.connect_to(0, "hooked");
+    let b = node.connect_to(1, "hooked");
+    node.send(0, a, &subscribe_public("news"));
+    node.send(1, b, &subscribe_public("news"));
+    assert_eq!(node.hook_events(), [(0, "channel_occupied".to_owned(), "news".to_owned())]);
+    node.send(0, a, &unsubscribe("news"));
+    node.send(1, b, &unsubscribe("news"));
+    node.advance(Duration::from_secs(2));
+    assert_eq!(node.hook_events().len(), 1, "vacated waits out the grace");
+    node.advance(Duration::from_secs(2));
+    assert_eq!(node.hook_events()[1], (1, "channel_vacated".to_owned(), "news".to_owned()), "{:?}", node.hook_events());
+    assert_eq!(node.hook_events().len(), 2);
+}
+
+#[test]
+fn a_return_within_the_grace_reports_neither_the_leave_nor_the_return() {
+    let mut node = Node::with_config(2, &hooks_config());
+    let a = node.connect_to(0, "hooked");
+    let b = node.connect_to(1, "hooked");
+    node.send(0, a, &subscribe_public("room"));
+    node.send(0, a, &unsubscribe("room"));
+    node.advance(Duration::from_secs(1));
+    // Back within the grace, through the other hub.
+    node.send(1, b, &subscribe_public("room"));
+    node.advance(Duration::from_secs(5));
+    assert_eq!(node.hook_events(), [(0, "channel_occupied".to_owned(), "room".to_owned())]);
+    // Gone for longer than the grace: now it is reported.
+    node.send(1, b, &unsubscribe("room"));
+    node.advance(Duration::from_secs(4));
+    assert_eq!(node.hook_events().last(), Some(&(1, "channel_vacated".to_owned(), "room".to_owned())));
 }
