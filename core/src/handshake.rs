@@ -124,13 +124,22 @@ impl HttpResponse {
 
     /// Serialises the response; the connection is closed after it, so it says so.
     pub(crate) fn to_bytes(&self) -> Bytes {
+        self.encode("close")
+    }
+
+    /// The response on a connection that stays open for the next request.
+    pub(crate) fn to_bytes_kept_alive(&self) -> Bytes {
+        self.encode("keep-alive")
+    }
+
+    fn encode(&self, connection: &str) -> Bytes {
         let mut head = format!("HTTP/1.1 {} {}\r\n", self.status, reason_phrase(self.status));
         for (name, value) in &self.headers {
             let _ = write!(head, "{name}: {value}\r\n");
         }
         let _ = write!(
             head,
-            "Content-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "Content-Type: {}\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
             self.content_type,
             self.body.len()
         );

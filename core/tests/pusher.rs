@@ -426,3 +426,35 @@ fn a_return_within_the_grace_reports_neither_the_leave_nor_the_return() {
     node.advance(Duration::from_secs(4));
     assert_eq!(node.hook_events().last(), Some(&(1, "channel_vacated".to_owned(), "room".to_owned())));
 }
+
+#[test]
+fn http_requests_are_kept_alive_and_pipelined_answers_come_in_order() {
+    let mut sim = Sim::new(config());
+    let id = sim.accept();
+    let two = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n";
+    sim.send(id, two.as_bytes());
+    let out = String::from_utf8_lossy(&sim.take_output(id)).into_owned();
+    let statuses: Vec<u16> = out.match_indices("HTTP/1.1 ").map(|(at, _)| status_of(&out[at..])).collect();
+    assert_eq!(statuses, [200, 404], "{out}");
+    assert_eq!(out.matches("Connection: keep-alive").count(), 2);
+    assert!(!sim.is_closed(id), "kept alive for a third request");
+    // Asked to close: answered, then closed.
+    sim.send(id, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let out = String::from_utf8_lossy(&sim.take_output(id)).into_owned();
+    assert!(out.contains("Connection: close"), "{out}");
+    assert!(sim.is_closed(id));
+    // Idle between requests: closed quietly after the handshake timeout, no 408.
+    let idle = sim.accept();
+    sim.send(idle, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    sim.take_output(idle);
+    let timeouts = sim.hub.metrics().handshake_timeouts;
+    sim.advance(Duration::from_secs(11));
+    assert!(sim.is_closed(idle));
+    assert!(sim.take_output(idle).is_empty());
+    assert_eq!(sim.hub.metrics().handshake_timeouts, timeouts, "an idle kept-alive connection is no handshake timeout");
+    // HTTP/1.0 is answered and closed.
+    let old = sim.accept();
+    sim.send(old, b"GET /healthz HTTP/1.0\r\n\r\n");
+    assert!(String::from_utf8_lossy(&sim.take_output(old)).contains("Connection: close"));
+    assert!(sim.is_closed(old));
+}

@@ -338,13 +338,28 @@ pub fn http(addr: SocketAddr, request: &str) -> String {
     let mut stream = tcp(addr);
     stream.write_all(request.as_bytes()).unwrap_or_else(|e| panic!("write request: {e}"));
     let mut response = Vec::new();
-    match stream.read_to_end(&mut response) {
-        Ok(_) => {}
-        // A reset after the response still leaves the response readable above.
-        Err(e) if e.kind() == io::ErrorKind::ConnectionReset && !response.is_empty() => {}
-        Err(e) => panic!("reading response: {e} (after {:?})", String::from_utf8_lossy(&response)),
+    let mut chunk = [0u8; 16 * 1024];
+    // Read the head, then as much body as Content-Length says: an HTTP/1.1 response may
+    // leave the connection open for the next request.
+    while !response_complete(&response) {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => response.extend_from_slice(&chunk[..n]),
+            // A reset after the response still leaves the response readable above.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset && !response.is_empty() => break,
+            Err(e) => panic!("reading response: {e} (after {:?})", String::from_utf8_lossy(&response)),
+        }
     }
     String::from_utf8_lossy(&response).into_owned()
+}
+
+/// True once `bytes` hold a whole response head and the body its Content-Length announces.
+fn response_complete(bytes: &[u8]) -> bool {
+    let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+    let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+    let length =
+        head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok());
+    length.is_some_and(|len| bytes.len() >= end + 4 + len)
 }
 
 /// An upgrade request for `path` with the standard headers plus `extra` lines ("Name: value").

@@ -157,8 +157,10 @@ impl ServerStream {
                         return;
                     }
                     let body = self.buf.drain(..*len).collect();
+                    // A kept-alive connection may answer a next (pipelined) request.
+                    let kept_alive = head.lines().any(|l| l == "Connection: keep-alive");
                     out.push(ServerItem::Response { status: *status, head: head.clone(), body });
-                    self.state = StreamState::Done;
+                    self.state = if kept_alive { StreamState::Head } else { StreamState::Done };
                 }
                 StreamState::Frames => match self.frame() {
                     Some(item) => {

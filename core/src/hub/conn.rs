@@ -111,6 +111,8 @@ pub(super) struct Connection {
     pub(super) route: usize,
     /// Admitted among the node's connections, and counted in the per-route gauges.
     pub(super) counted: bool,
+    /// Answered an HTTP request and waits for the next one on the same connection.
+    pub(super) kept_alive: bool,
     /// Request bytes until the head (and body) is complete; unallocated afterwards.
     pub(super) head: Vec<u8>,
     pub(super) decoder: Decoder,

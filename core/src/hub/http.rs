@@ -18,18 +18,27 @@ use crate::time::later;
 
 impl Hub {
     pub(super) fn read_head(&mut self, now: Instant, id: ConnId, data: &[u8]) {
+        let Some(conn) = live_conn(&mut self.slots, id) else { return };
+        conn.head.extend_from_slice(data);
+        // Pipelined requests on a kept-alive connection are answered in order.
+        while self.next_request(now, id) {}
+    }
+
+    /// Answers the request at the start of the connection's buffer, if it is all there;
+    /// true when the connection was kept alive with bytes of a next request waiting.
+    fn next_request(&mut self, now: Instant, id: ConnId) -> bool {
         let max = self.config.server.max_header_bytes;
         let max_body = self.config.http.max_body_bytes.as_usize();
         let (pusher_api, pusher_body) = (self.pusher_on(), self.pusher_body_limit());
-        let Some(conn) = live_conn(&mut self.slots, id) else { return };
-        conn.head.extend_from_slice(data);
+        let Some(conn) = live_conn(&mut self.slots, id) else { return false };
         if conn.proxy_pending {
             match proxy::parse_proxy_header(&conn.head) {
-                ProxyHeader::Incomplete => return,
+                ProxyHeader::Incomplete => return false,
                 ProxyHeader::Invalid(_) => {
                     // Not from the proxy we were told sits in front: nothing to answer.
                     self.metrics.proxy_header_errors += 1;
-                    return self.finish(id);
+                    self.finish(id);
+                    return false;
                 }
                 ProxyHeader::Parsed { len, source } => {
                     conn.head.drain(..len.min(conn.head.len()));
@@ -44,19 +53,17 @@ impl Hub {
                 }
             }
         }
+        let refuse = |hub: &mut Self, status: u16, reason: &str| {
+            hub.respond_http(id, &HttpResponse::error(status, reason));
+            false
+        };
         let head = match handshake::parse_head(&conn.head) {
-            Ok(None) if conn.head.len() > max => {
-                return self.respond_http(id, &HttpResponse::error(431, "request head too large"));
-            }
-            Ok(None) => return,
-            Ok(Some(head)) if head.head_len > max => {
-                return self.respond_http(id, &HttpResponse::error(431, "request head too large"));
-            }
+            Ok(None) if conn.head.len() > max => return refuse(self, 431, "request head too large"),
+            Ok(None) => return false,
+            Ok(Some(head)) if head.head_len > max => return refuse(self, 431, "request head too large"),
             Ok(Some(head)) => head,
-            Err(HeadError::TooManyHeaders) => {
-                return self.respond_http(id, &HttpResponse::error(431, "too many header fields"));
-            }
-            Err(HeadError::Malformed(reason)) => return self.respond_http(id, &HttpResponse::error(400, reason)),
+            Err(HeadError::TooManyHeaders) => return refuse(self, 431, "too many header fields"),
+            Err(HeadError::Malformed(reason)) => return refuse(self, 400, reason),
         };
         let trusted = &self.config.server.trusted_proxies;
         conn.client = proxy::client_from_headers(
@@ -68,31 +75,76 @@ impl Hub {
         if head.is_upgrade() {
             let rest = conn.head.split_off(head.head_len);
             conn.head = Vec::new();
-            return self.upgrade(now, id, &head, &rest);
+            self.upgrade(now, id, &head, &rest);
+            return false;
         }
         if head.header("transfer-encoding").is_some() {
-            return self.respond_http(id, &HttpResponse::error(411, "send the body with Content-Length"));
+            return refuse(self, 411, "send the body with Content-Length");
         }
         let body_len = match head.header("content-length").map(str::parse::<usize>) {
             None => 0,
             Some(Ok(len)) => len,
-            Some(Err(_)) => return self.respond_http(id, &HttpResponse::error(400, "malformed Content-Length")),
+            Some(Err(_)) => return refuse(self, 400, "malformed Content-Length"),
         };
         let max_body = if pusher_api && head.path.starts_with("/apps/") { pusher_body } else { max_body };
         if body_len > max_body {
-            return self.respond_http(id, &HttpResponse::error(413, "request body too large"));
+            return refuse(self, 413, "request body too large");
         }
-        if conn.head.len() < head.head_len + body_len {
-            return;
+        if conn.head.len() < head.head_len.saturating_add(body_len) {
+            return false;
         }
-        let body = conn.head[head.head_len..head.head_len + body_len].to_vec();
+        let next = conn.head.split_off(head.head_len + body_len);
+        let body = conn.head.split_off(head.head_len);
         // The whole request is here: it is being answered, not holding a handshake place.
         self.end_handshake(id);
         if head.path == "/api/presence" && head.method == "GET" {
-            return self.api_presence(now, id, &head);
+            self.api_presence(now, id, &head);
+            return false;
         }
         let response = self.http_request(now, &head, &body);
+        let close_asked =
+            head.header_values("connection").any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+        if head.http11 && !close_asked && self.drain.is_none() {
+            return self.respond_keep_alive(now, id, &response, next);
+        }
         self.respond_http(id, &response);
+        false
+    }
+
+    /// Answers and waits for the connection's next request (HTTP/1.1 keeps connections
+    /// open unless asked not to): the connection is counted among those in their handshake
+    /// again and has `handshake_timeout` to send it. True when its bytes are already here.
+    fn respond_keep_alive(&mut self, now: Instant, id: ConnId, response: &HttpResponse, next: Vec<u8>) -> bool {
+        if response.status >= 400 {
+            self.metrics.count_rejection(response.status);
+        }
+        self.enqueue(id, response.to_bytes_kept_alive());
+        let limit = self.config.limits.send_queue_bytes.as_usize();
+        let Some(conn) = self.conn(id) else { return false };
+        // A client that pipelines requests without reading the answers is let go.
+        let flooded = conn.out.unsent() > limit.max(64 * 1024);
+        let peer = conn.peer.ip();
+        let handshake = if flooded { None } else { self.admission.begin_handshake(self.handshake_key(peer), now).ok() };
+        let Some(handshaking) = handshake else {
+            let Some(conn) = self.conn_mut(id) else { return false };
+            conn.phase = Phase::Answered;
+            conn.close_when_flushed = true;
+            return false;
+        };
+        let epoch = self.epoch(now);
+        let handshake_timeout = self.config.server.handshake_timeout;
+        let Some(conn) = self.conn_mut(id) else { return false };
+        conn.head = next;
+        conn.handshaking = true;
+        conn.kept_alive = true;
+        conn.timers.set(Timer::Handshake, epoch, later(now, handshake_timeout));
+        self.metrics.handshaking += 1;
+        self.handshakes.push_back(id);
+        if handshaking > self.config.limits.max_handshaking {
+            self.evict_oldest_handshake(id);
+        }
+        self.rearm(id);
+        self.conn(id).is_some_and(|c| c.phase == Phase::Handshake && !c.head.is_empty())
     }
 
     /// `GET /api/presence?channel=NAME`: members from every live node. It needs the API key

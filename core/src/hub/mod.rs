@@ -339,6 +339,7 @@ impl Hub {
             proxy_pending: self.config.server.proxy_protocol,
             route: 0,
             counted: false,
+            kept_alive: false,
             head: Vec::new(),
             decoder: Decoder::default(),
             deflate: None,

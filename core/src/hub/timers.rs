@@ -65,6 +65,8 @@ impl Hub {
         if conn.timers.expired(Timer::Handshake, epoch, now) {
             conn.timers.stop(Timer::Handshake);
             match conn.phase {
+                // Idle between two requests: closed quietly, as HTTP servers do.
+                Phase::Handshake if conn.kept_alive && conn.head.is_empty() => self.finish(id),
                 Phase::Handshake if conn.proxy_pending => {
                     // No PROXY header: not from the balancer, so nothing HTTP is answered.
                     self.metrics.handshake_timeouts += 1;

@@ -318,7 +318,7 @@ impl Driver {
         let body = format!("{{\"channel\":\"{}\",\"data\":{data}}}", CHANNELS[channel]);
         let key = if right_key { API_KEY } else { "nope" };
         let request = format!(
-            "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /api/publish HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         let id = self.hub.handle_accept(self.now, peer_addr(100));
