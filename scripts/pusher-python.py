@@ -1,6 +1,11 @@
 """Drives Switchboard's Pusher HTTP API with the official Python server SDK (`pusher` 3.3.4).
 
-Usage: pusher-python.py PORT
+Usage: pusher-python.py PORT [users]
+
+With `users`, it checks user authentication instead: `authenticate_user` signs a raw
+`pusher:signin`, `send_to_user` reaches every connection of the user once, and
+`terminate_user_connections` (the SDK posts to `/users/{id}/terminate_connections`, without
+`/apps/{id}`) closes them with 4009 while another user's connection stays.
 
 A small raw WebSocket client (the `websockets` package) holds a public and a presence
 subscription, signing the presence authorization itself with hmac/hashlib as an application
@@ -17,6 +22,7 @@ import time
 
 import pusher
 from pusher.errors import PusherBadAuth
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 # The app of tests/src/pusher.rs (APPS_TOML).
@@ -63,6 +69,15 @@ class Socket:
             if pred(message):
                 return message
             self.seen.append(message)
+
+    def settle(self, seconds):
+        """Reads whatever comes within `seconds` into `seen`."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                self.seen.append(json.loads(self.ws.recv(timeout=left)))
+            except TimeoutError:
+                return
 
     def send(self, event, data):
         self.ws.send(json.dumps({"event": event, "data": data}))
@@ -169,5 +184,71 @@ def main():
     print("ok: python sdk passed", flush=True)
 
 
+def sign_in(sock, client, user_data, what):
+    """Sends `pusher:signin` signed by the SDK's `authenticate_user`; checks `signin_success`."""
+    sock.send("pusher:signin", client.authenticate_user(sock.socket_id, user_data))
+    answer = sock.expect(lambda m: m.get("event") in ("pusher:signin_success", "pusher:error"), f"{what}: signin answer")
+    check(answer["event"] == "pusher:signin_success", f"{what}: pusher:signin_success", answer)
+    data = answer["data"]
+    data = json.loads(data) if isinstance(data, str) else data
+    check(json.loads(data["user_data"]) == user_data, f"{what}: signin_success carries user_data", data)
+
+
+def expect_closed(sock, code, what):
+    """A `pusher:error` with `code`, then a close frame with the same code."""
+    error = sock.expect(lambda m: m.get("event") == "pusher:error", f"{what}: pusher:error")
+    data = error["data"]
+    data = json.loads(data) if isinstance(data, str) else data
+    check(data.get("code") == code, f"{what}: pusher:error {code}", error)
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            try:
+                sock.ws.recv(timeout=deadline - time.monotonic())
+            except TimeoutError:
+                continue
+    except ConnectionClosed as closed:
+        check(closed.rcvd is not None and closed.rcvd.code == code, f"{what}: close {code}", closed.rcvd)
+        return
+    raise AssertionError(f"{what}: no close within {TIMEOUT} s")
+
+
+def users(port):
+    client = pusher.Pusher(app_id=APP_ID, key=KEY, secret=SECRET, host="127.0.0.1", port=port, ssl=False)
+    suffix = str(int(time.time() * 1000))
+    alice, bob = f"py-alice-{suffix}", f"py-bob-{suffix}"
+    a1, a2, b = Socket(port), Socket(port), Socket(port)
+    sign_in(a1, client, {"id": alice, "user_info": {"n": 1}}, "alice 1")
+    sign_in(a2, client, {"id": alice}, "alice 2")
+    sign_in(b, client, {"id": bob}, "bob")
+    # As pusher-js does after signing in.
+    for sock, user in ((a1, alice), (a2, alice), (b, bob)):
+        answer = sock.subscribe(f"#server-to-user-{user}")
+        check(answer["event"] == "pusher_internal:subscription_succeeded", f"{user} subscribes to its own channel", answer)
+
+    client.send_to_user(alice, "note", {"py": 1})
+    for sock, who in ((a1, "alice 1"), (a2, "alice 2")):
+        check(event_on(sock, f"#server-to-user-{alice}", "note") == {"py": 1}, f"send_to_user reaches {who}")
+    client.send_to_user(bob, "note", {"py": 2})
+    check(event_on(b, f"#server-to-user-{bob}", "note") == {"py": 2}, "send_to_user reaches bob")
+    for sock, who in ((a1, "alice 1"), (a2, "alice 2"), (b, "bob")):
+        sock.settle(0.3)
+        notes = [m for m in sock.seen if m.get("event") == "note"]
+        check(not notes, f"{who}: each note arrives once, to its user only", notes)
+
+    result = client.terminate_user_connections(alice)
+    check(result == {} or result is None or isinstance(result, dict), "terminate_user_connections answers", result)
+    expect_closed(a1, 4009, "terminate_user_connections: alice 1")
+    expect_closed(a2, 4009, "terminate_user_connections: alice 2")
+    b.send("pusher:ping", {})
+    b.expect(lambda m: m.get("event") == "pusher:pong", "bob's pong")
+    ok("bob stays connected")
+    b.ws.close()
+    print("ok: python sdk users passed", flush=True)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[2:] == ["users"]:
+        users(int(sys.argv[1]))
+    else:
+        main()

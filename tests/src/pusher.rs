@@ -6,9 +6,10 @@
 //! `scripts/test` runs both first. A test without its tool fails, naming that step, unless
 //! `SWITCHBOARD_SKIP_NODE` / `SWITCHBOARD_SKIP_PYTHON` asks to skip it.
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::{Message, Settings, Ws, json, tcp};
@@ -51,6 +52,15 @@ pub fn pusher_toml(activity_timeout: &str, extra: &str) -> String {
     format!(
         "[pusher]\nactivity_timeout = \"{activity_timeout}\"\nmax_client_events_per_second = 10\n{extra}\n{APPS_TOML}"
     )
+}
+
+/// Like [`pusher_toml`], with `main` lines added to app 1001 and `quiet` lines to app 1002
+/// (plain keys first, then tables such as `[[pusher.app.webhook]]`).
+pub fn pusher_toml_apps(activity_timeout: &str, extra: &str, main: &str, quiet: &str) -> String {
+    let apps = APPS_TOML
+        .replacen("subscription_count = true\n", &format!("subscription_count = true\n{main}\n"), 1)
+        .replacen("client_events = false\n", &format!("client_events = false\n{quiet}\n"), 1);
+    format!("[pusher]\nactivity_timeout = \"{activity_timeout}\"\nmax_client_events_per_second = 10\n{extra}\n{apps}")
 }
 
 /// Settings of a small Pusher test server: `workers` and the `[pusher]` lines of [`pusher_toml`].
@@ -143,9 +153,101 @@ fn read_on_thread(mut pipe: impl std::io::Read + Send + 'static) -> std::thread:
 
 /// Runs scenario `name` of `tests/node/pusher-suite.mjs` with `args` (JSON); returns stdout.
 pub fn run_node(name: &str, args: &serde_json::Value) -> String {
-    let script = repo().join("tests/node/pusher-suite.mjs");
+    run_node_file("pusher-suite.mjs", name, args)
+}
+
+/// Runs scenario `name` of `tests/node/{file}` with `args` (JSON); returns stdout.
+pub fn run_node_file(file: &str, name: &str, args: &serde_json::Value) -> String {
+    let script = repo().join("tests/node").join(file);
     let script = script.to_string_lossy();
     run_script(Path::new("node"), &[&script, name, &args.to_string()])
+}
+
+/// `tests/node/webhook-receiver.mjs` on a port of 127.0.0.1: it checks each request's
+/// signature and records it; killed on drop.
+#[derive(Debug)]
+pub struct WebhookReceiver {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl WebhookReceiver {
+    /// Starts one that answers the first `fail` requests with 500.
+    pub fn start(fail: usize) -> Self {
+        let script = repo().join("tests/node/webhook-receiver.mjs");
+        let mut child = Command::new("node")
+            .arg(&script)
+            .arg(serde_json::json!({ "fail": fail }).to_string())
+            .current_dir(repo())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", script.display()));
+        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout pipe"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next());
+            // Keep reading so that the receiver never blocks on a full pipe.
+            lines.for_each(drop);
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Some(Ok(line))) => line,
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the webhook receiver did not start: {other:?}");
+            }
+        };
+        let port = line.strip_prefix("listening on ").and_then(|p| p.trim().parse().ok());
+        let Some(port) = port else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the webhook receiver printed {line:?}");
+        };
+        Self { child, port }
+    }
+
+    /// The URL of `path` on it.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Every request it recorded (see webhook-receiver.mjs), oldest first.
+    pub fn log(&self) -> Vec<serde_json::Value> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let response = crate::http(addr, "GET /_log HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let value = json(crate::body(&response));
+        value.as_array().cloned().unwrap_or_else(|| panic!("the receiver's log is not a list: {value}"))
+    }
+
+    /// The recorded requests to `path` whose events include one `name` on `channel`.
+    pub fn requests_for(&self, path: &str, name: &str, channel: &str) -> Vec<serde_json::Value> {
+        self.log()
+            .into_iter()
+            .filter(|r| r["path"] == path)
+            .filter(|r| {
+                r["body"]["events"]
+                    .as_array()
+                    .is_some_and(|events| events.iter().any(|e| e["name"] == name && e["channel"] == channel))
+            })
+            .collect()
+    }
+}
+
+impl Drop for WebhookReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port of 127.0.0.1 that nothing listens on (it was free a moment ago): a receiver that is down.
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("local_addr: {e}"))
 }
 
 /// Asserts that `stdout` has an `ok: <check>` line for each of `checks` (as line prefixes).
