@@ -885,8 +885,10 @@ def pusher_section(results):
       "subscribes, and the run starts once every subscription has succeeded. `api`: each event is a signed "
       "`POST /apps/1/events` (auth_key, auth_timestamp, body_md5, HMAC-SHA256 auth_signature) on one of 64 "
       "connections, each with one request in flight and its next request held until its last event has "
-      "reached every subscriber (64 in flight in all, as fan-out's window; both servers answer with "
-      "`Connection: close`, so each request opens a connection). `client`: one client sends `client-e` events on "
+      "reached every subscriber (64 in flight in all, as fan-out's window; Switchboard keeps the connections "
+      "alive, Sockudo answers `Connection: close`, so there each request opens a connection). In both modes the "
+      "load generator runs near a whole CPU (the `client` CPU in the run log), so these figures are bounded by it "
+      "as much as by the server. `client`: one client sends `client-e` events on "
       "`private-bench` (subscriptions signed), window 64. Latency runs from the send (the request's write, or "
       "the client event's) to each subscriber's read.")
     w("")
