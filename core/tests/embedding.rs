@@ -66,7 +66,8 @@ fn a_lone_hub_grows_nothing_over_a_simulated_hour() {
             assert!(
                 !grew(now.slots, at_ten_minutes.slots)
                     && !grew(now.timers, at_ten_minutes.timers)
-                    && !grew(now.handshakes, at_ten_minutes.handshakes)
+                    // Ended handshakes are skipped when met; the queue is compacted past this.
+                    && now.handshakes <= 2 * sim.hub.metrics().handshaking as usize + 65
                     && now.frames <= at_ten_minutes.frames + 64
                     && now.events == 0
                     && now.presence_waiters == 0,
