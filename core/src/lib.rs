@@ -79,6 +79,7 @@
 #![warn(missing_docs)]
 
 mod api;
+mod auth;
 mod broker;
 mod channel;
 pub mod config;
