@@ -74,6 +74,10 @@ fn hs256_tokens_verify_and_their_claims_are_read() {
     assert_eq!(claims.info.map(|i| i.get().to_owned()).as_deref(), Some(r#"{"n":1}"#));
     assert_eq!(claims.channels, ["a", "b"]);
     assert_eq!(check(&token, &keys("other", &[])).err(), Some(TokenError::BadSignature), "wrong key");
+    let subscription = hs256("s3cret", r#"{"sub":"alice","channel":"chat:room","exp":1800000100}"#);
+    let claims = check(&subscription, &keys("s3cret", &[])).expect("a subscription token");
+    assert_eq!(claims.channel.as_deref(), Some("chat:room"));
+    assert!(claims.info.is_none() && claims.channels.is_empty());
 }
 
 #[test]
