@@ -215,6 +215,8 @@ pub(crate) fn stats_json(m: &Metrics, info: &NodeInfo) -> String {
             "queued": m.webhooks_queued,
         },
         "proxy_header_errors": m.proxy_header_errors,
+        "auth_failures": m.auth_failures,
+        "resubscribes": m.resubscribes,
         "rate_limited": m.rate_limited,
         "protocol_errors": m.protocol_errors,
         "slow_consumer_closes": m.slow_consumer_closes,
@@ -385,6 +387,8 @@ mod tests {
             webhooks_failed: 35,
             webhooks_dropped: 36,
             webhooks_queued: 37,
+            auth_failures: 38,
+            resubscribes: 39,
         }
     }
 
@@ -532,6 +536,8 @@ mod tests {
             ("switchboard_webhooks_failed_total", &[], 35.0),
             ("switchboard_webhooks_dropped_total", &[], 36.0),
             ("switchboard_webhooks_queued", &[], 37.0),
+            ("switchboard_auth_failures_total", &[], 38.0),
+            ("switchboard_resubscribes_total", &[], 39.0),
             ("switchboard_uptime_seconds", &[], 3600.0),
             ("switchboard_draining", &[], 0.0),
             ("switchboard_cluster_connections", &[], 900.0),
@@ -618,6 +624,8 @@ mod tests {
             "handshakes": { "in_progress": 29, "evictions": 30, "refusals": 31 },
             "webhooks": { "sent": 33, "retried": 34, "failed": 35, "dropped": 36, "queued": 37 },
             "proxy_header_errors": 32,
+            "auth_failures": 38,
+            "resubscribes": 39,
             "rate_limited": 24,
             "protocol_errors": 25,
             "slow_consumer_closes": 17,

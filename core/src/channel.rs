@@ -15,8 +15,11 @@ pub(crate) struct Channel {
     pub name: String,
     /// Subscribers, in no particular order; a subscriber knows its position.
     pub subscribers: Vec<ConnId>,
-    /// Sequence number of the last message delivered on this hub.
+    /// Sequence number of the last message delivered on this hub (on a channel with history,
+    /// the stream's offset).
     pub seq: u64,
+    /// The stream's epoch, on a channel with history once this hub knows it.
+    pub epoch: Option<Box<str>>,
 }
 
 /// What `Channels::unsubscribe` changed.
@@ -58,7 +61,7 @@ impl Channels {
         let (id, created) = match self.by_name.get(name) {
             Some(id) => (*id, false),
             None => {
-                let channel = Channel { name: name.to_owned(), subscribers: Vec::new(), seq: 0 };
+                let channel = Channel { name: name.to_owned(), subscribers: Vec::new(), seq: 0, epoch: None };
                 let id = match self.free.pop() {
                     Some(id) => {
                         self.slots[id as usize] = Some(channel);

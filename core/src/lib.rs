@@ -89,6 +89,7 @@ mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handshake;
+mod history;
 mod hub;
 mod limits;
 mod metrics;
@@ -101,7 +102,8 @@ mod time;
 
 pub use broker::{BrokerCommand, Envelope, Origin};
 pub use config::{Config, ConfigError};
-pub use hub::{ConnId, Footprint, Hub, Output, PublishError, WebhookOutcome, WebhookRequest};
+pub use history::{HistoryStore, HistoryTable, StreamRead, StreamRules, StreamTop};
+pub use hub::{check_public_keys, ConnId, Footprint, Hub, Output, PublishError, WebhookOutcome, WebhookRequest};
 pub use limits::{Admission, AdmissionTable, Refusal};
 pub use metrics::{Figure, Kind as FigureKind, Metrics};
 pub use proxy::{Cidr, CidrError};

@@ -116,6 +116,10 @@ metrics! {
     webhooks_dropped: Counter,
     /// Pusher webhook events waiting for delivery.
     webhooks_queued: Gauge,
+    /// Native-protocol tokens refused (connection, subscription and refresh tokens).
+    auth_failures: Counter,
+    /// Native subscriptions ended with `resubscribe` (a new epoch, or missed publications).
+    resubscribes: Counter,
     maps:
     /// Open WebSocket connections per route path (gauges).
     connections_by_route: String,

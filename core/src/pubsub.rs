@@ -22,7 +22,7 @@ pub(crate) const MAX_PRESENCE_BYTES: usize = 1024;
 pub(crate) const MAX_ID_BYTES: usize = 64;
 
 /// The characters a channel name may use, as quoted to clients in error messages.
-pub(crate) const CHANNEL_CHARSET: &str = "[A-Za-z0-9_.:-]";
+pub(crate) const CHANNEL_CHARSET: &str = "[A-Za-z0-9_.:-] (then optionally #user1,user2)";
 
 /// Longest piece of client text (op or field name) quoted back in an error message.
 const MAX_QUOTED_BYTES: usize = 64;
@@ -48,6 +48,10 @@ pub(crate) enum ClientOp {
         channel: String,
         /// Presence info as raw JSON; `None` when absent or `null`.
         presence: Option<Box<RawValue>>,
+        /// A subscription token, for namespaces that require one.
+        token: Option<String>,
+        /// Where the client's copy of the stream ends: recover what came after.
+        recover: Option<Position>,
     },
     /// Leave a channel.
     Unsubscribe {
@@ -77,10 +81,43 @@ pub(crate) enum ClientOp {
         /// Channel whose members are listed.
         channel: String,
     },
+    /// Authenticate with a connection token.
+    Connect {
+        /// Request id to echo in the reply.
+        id: Option<RequestId>,
+        /// The connection token (a JWT).
+        token: String,
+    },
+    /// Replace the connection token before it expires.
+    Refresh {
+        /// Request id to echo in the reply.
+        id: Option<RequestId>,
+        /// The new connection token (a JWT).
+        token: String,
+    },
+    /// Read a page of a channel's history.
+    History {
+        /// Request id to echo in the reply.
+        id: Option<RequestId>,
+        /// Channel whose history is read.
+        channel: String,
+        /// Only publications after this position (all kept ones when absent).
+        since: Option<Position>,
+        /// At most this many publications (the namespace's `max_recover` when absent).
+        limit: Option<usize>,
+    },
+}
+
+/// A position in a channel's stream: the stream's epoch and an offset in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Position {
+    /// The stream's epoch (changes when the stream is created afresh).
+    pub epoch: String,
+    /// The last offset the client holds.
+    pub offset: u64,
 }
 
 impl ClientOp {
-    #[cfg(any(test, feature = "fuzzing"))]
     /// The request id the client sent with this op, if any.
     pub(crate) fn id(&self) -> Option<&RequestId> {
         match self {
@@ -88,7 +125,10 @@ impl ClientOp {
             | Self::Unsubscribe { id, .. }
             | Self::Publish { id, .. }
             | Self::Ping { id }
-            | Self::Presence { id, .. } => id.as_ref(),
+            | Self::Presence { id, .. }
+            | Self::Connect { id, .. }
+            | Self::Refresh { id, .. }
+            | Self::History { id, .. } => id.as_ref(),
         }
     }
 
@@ -99,8 +139,9 @@ impl ClientOp {
             Self::Subscribe { channel, .. }
             | Self::Unsubscribe { channel, .. }
             | Self::Publish { channel, .. }
-            | Self::Presence { channel, .. } => Some(channel),
-            Self::Ping { .. } => None,
+            | Self::Presence { channel, .. }
+            | Self::History { channel, .. } => Some(channel),
+            Self::Ping { .. } | Self::Connect { .. } | Self::Refresh { .. } => None,
         }
     }
 
@@ -113,6 +154,9 @@ impl ClientOp {
             Self::Publish { .. } => "publish",
             Self::Ping { .. } => "ping",
             Self::Presence { .. } => "presence",
+            Self::Connect { .. } => "connect",
+            Self::Refresh { .. } => "refresh",
+            Self::History { .. } => "history",
         }
     }
 }
@@ -140,12 +184,24 @@ pub(crate) enum ErrorCode {
     RateLimited,
     /// A field (presence info) is larger than allowed.
     TooBig,
+    /// The op needs an authenticated connection (`auth.require`, or the namespace's rule).
+    NotAuthenticated,
+    /// A second `connect` on an authenticated connection.
+    AlreadyConnected,
+    /// The namespace's rules or a user-limited channel refuse this connection.
+    Forbidden,
+    /// A subscription or refresh token is invalid, expired or for something else.
+    BadToken,
+    /// The `since` position of a history read is from another epoch.
+    EpochChanged,
+    /// The channel keeps no history.
+    HistoryUnavailable,
 }
 
 impl ErrorCode {
     #[cfg(test)]
     /// Every code, in declaration order.
-    pub(crate) const ALL: [Self; 10] = [
+    pub(crate) const ALL: [Self; 16] = [
         Self::BadJson,
         Self::UnknownOp,
         Self::BadRequest,
@@ -156,6 +212,12 @@ impl ErrorCode {
         Self::PublishForbidden,
         Self::RateLimited,
         Self::TooBig,
+        Self::NotAuthenticated,
+        Self::AlreadyConnected,
+        Self::Forbidden,
+        Self::BadToken,
+        Self::EpochChanged,
+        Self::HistoryUnavailable,
     ];
 
     /// The stable wire string, e.g. `"bad_channel"`.
@@ -171,6 +233,12 @@ impl ErrorCode {
             Self::PublishForbidden => "publish_forbidden",
             Self::RateLimited => "rate_limited",
             Self::TooBig => "too_big",
+            Self::NotAuthenticated => "not_authenticated",
+            Self::AlreadyConnected => "already_connected",
+            Self::Forbidden => "forbidden",
+            Self::BadToken => "bad_token",
+            Self::EpochChanged => "epoch_changed",
+            Self::HistoryUnavailable => "history_unavailable",
         }
     }
 
@@ -220,10 +288,28 @@ impl fmt::Display for OpError {
 
 impl std::error::Error for OpError {}
 
-/// True when `name` is 1..=`max` bytes of `[A-Za-z0-9_.:-]`.
+/// True when `name` is 1..=`max` bytes of `[A-Za-z0-9_.:-]`, optionally followed by `#` and a
+/// user list of `[A-Za-z0-9_.:@,-]` (a user-limited channel).
 pub(crate) fn valid_channel(name: &str, max: usize) -> bool {
-    (1..=max).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+    let plain = |part: &str| {
+        !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+    };
+    if !(1..=max).contains(&name.len()) {
+        return false;
+    }
+    match name.split_once('#') {
+        None => plain(name),
+        Some((base, users)) => {
+            plain(base)
+                && !users.is_empty()
+                && users.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b',' | b'-'))
+        }
+    }
+}
+
+/// The users a user-limited channel (`name#u1,u2`) admits; `None` for any other channel.
+pub(crate) fn channel_users(name: &str) -> Option<impl Iterator<Item = &str>> {
+    name.split_once('#').map(|(_, users)| users.split(',').filter(|u| !u.is_empty()))
 }
 
 /// Parses one client text message into an op.
@@ -238,10 +324,12 @@ pub(crate) fn parse_op(text: &str, max_channel_bytes: usize) -> Result<ClientOp,
     let op = req.string(req.required("op")?, "op")?;
     let op = match op.as_str() {
         "subscribe" => {
-            req.allow(&["op", "id", "channel", "presence"])?;
+            req.allow(&["op", "id", "channel", "presence", "token", "recover"])?;
             let channel = req.channel(max_channel_bytes)?;
             let presence = req.presence()?;
-            ClientOp::Subscribe { id, channel, presence }
+            let token = req.members.get("token").map(|raw| req.string(raw, "token")).transpose()?;
+            let recover = req.position("recover")?;
+            ClientOp::Subscribe { id, channel, presence, token, recover }
         }
         "unsubscribe" => {
             req.allow(&["op", "id", "channel"])?;
@@ -262,6 +350,28 @@ pub(crate) fn parse_op(text: &str, max_channel_bytes: usize) -> Result<ClientOp,
             req.allow(&["op", "id", "channel"])?;
             let channel = req.channel(max_channel_bytes)?;
             ClientOp::Presence { id, channel }
+        }
+        "connect" => {
+            req.allow(&["op", "id", "token"])?;
+            let token = req.string(req.required("token")?, "token")?;
+            ClientOp::Connect { id, token }
+        }
+        "refresh" => {
+            req.allow(&["op", "id", "token"])?;
+            let token = req.string(req.required("token")?, "token")?;
+            ClientOp::Refresh { id, token }
+        }
+        "history" => {
+            req.allow(&["op", "id", "channel", "since", "limit"])?;
+            let channel = req.channel(max_channel_bytes)?;
+            let since = req.position("since")?;
+            let limit = match req.members.get("limit") {
+                None => None,
+                Some(raw) => Some(serde_json::from_str::<usize>(raw.get()).map_err(|_| {
+                    req.fail(ErrorCode::BadRequest, "field `limit` must be a non-negative integer")
+                })?),
+            };
+            ClientOp::History { id, channel, since, limit }
         }
         other => return Err(req.fail(ErrorCode::UnknownOp, format!("unknown op {}", quote(other)))),
     };
@@ -388,6 +498,27 @@ impl<'a> Request<'_, 'a> {
         Ok(channel)
     }
 
+    /// An optional `{"epoch":"…","offset":N}` field.
+    fn position(&self, name: &str) -> Result<Option<Position>, OpError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Wire {
+            epoch: String,
+            offset: u64,
+        }
+        let Some(raw) = self.members.get(name) else { return Ok(None) };
+        let wire: Wire = serde_json::from_str(raw.get()).map_err(|_| {
+            self.fail(
+                ErrorCode::BadRequest,
+                format!("field `{name}` must be {{\"epoch\": string, \"offset\": non-negative integer}}"),
+            )
+        })?;
+        if wire.epoch.len() > MAX_ID_BYTES {
+            return Err(self.fail(ErrorCode::BadRequest, format!("`{name}.epoch` is longer than {MAX_ID_BYTES} bytes")));
+        }
+        Ok(Some(Position { epoch: wire.epoch, offset: wire.offset }))
+    }
+
     fn presence(&self) -> Result<Option<Box<RawValue>>, OpError> {
         match self.members.get("presence") {
             Some(raw) if raw.get() == "null" => Ok(None),
@@ -486,6 +617,134 @@ pub(crate) fn welcome(
     out
 }
 
+/// Adds `"user"` and `"expires_at"` to a frame (before its closing brace).
+pub(crate) fn with_identity(mut frame: String, user: &str, expires_at: Option<u64>) -> String {
+    frame.pop();
+    frame.push_str(",\"user\":");
+    push_json_str(&mut frame, user);
+    frame.push_str(",\"expires_at\":");
+    match expires_at {
+        Some(at) => push_u64(&mut frame, at),
+        None => frame.push_str("null"),
+    }
+    frame.push('}');
+    frame
+}
+
+/// Encodes `connected` (or `refreshed`): the token was accepted.
+pub(crate) fn connected(kind: &str, id: Option<&RequestId>, user: &str, expires_at: Option<u64>) -> String {
+    let mut out = open(kind, id, 64 + user.len());
+    out.push('}');
+    with_identity(out, user, expires_at)
+}
+
+/// A stream position and the publications a reply carries.
+pub(crate) struct Stream<'a> {
+    /// The stream's epoch.
+    pub epoch: &'a str,
+    /// Its latest offset.
+    pub offset: u64,
+    /// `(offset, data)` in order.
+    pub publications: &'a [(u64, bytes::Bytes)],
+}
+
+fn push_stream(out: &mut String, stream: &Stream<'_>) {
+    out.push_str(",\"epoch\":");
+    push_json_str(out, stream.epoch);
+    out.push_str(",\"offset\":");
+    push_u64(out, stream.offset);
+    out.push_str(",\"publications\":[");
+    for (i, (offset, data)) in stream.publications.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"offset\":");
+        push_u64(out, *offset);
+        out.push_str(",\"data\":");
+        out.push_str(std::str::from_utf8(data).unwrap_or("null"));
+        out.push('}');
+    }
+    out.push(']');
+}
+
+/// Encodes `subscribed`: the subscription is live, with the stream's position when the
+/// channel keeps history (`recovered` says whether `publications` holds all that was missed).
+pub(crate) fn subscribed(
+    id: Option<&RequestId>,
+    channel: &str,
+    stream: Option<(&Stream<'_>, bool, bool)>,
+) -> String {
+    let extra = stream.map_or(0, |(s, _, _)| s.publications.iter().map(|(_, d)| d.len() + 24).sum());
+    let mut out = open("subscribed", id, 96 + channel.len() + extra);
+    out.push_str(",\"channel\":");
+    push_json_str(&mut out, channel);
+    if let Some((stream, recoverable, recovered)) = stream {
+        push_stream(&mut out, stream);
+        out.push_str(if recoverable { ",\"recoverable\":true" } else { ",\"recoverable\":false" });
+        out.push_str(if recovered { ",\"recovered\":true" } else { ",\"recovered\":false" });
+    }
+    out.push('}');
+    out
+}
+
+/// Encodes a `history` reply.
+pub(crate) fn history(id: Option<&RequestId>, channel: &str, stream: &Stream<'_>) -> String {
+    let extra: usize = stream.publications.iter().map(|(_, d)| d.len() + 24).sum();
+    let mut out = open("history", id, 64 + channel.len() + extra);
+    out.push_str(",\"channel\":");
+    push_json_str(&mut out, channel);
+    push_stream(&mut out, stream);
+    out.push('}');
+    out
+}
+
+/// Encodes `unsubscribed`: the server ended a subscription; `code` says why (`resubscribe`:
+/// subscribe again, recovering from the last offset).
+pub(crate) fn unsubscribed(channel: &str, code: &str, message: &str) -> String {
+    let mut out = open("unsubscribed", None, 64 + channel.len() + message.len());
+    out.push_str(",\"channel\":");
+    push_json_str(&mut out, channel);
+    out.push_str(",\"code\":");
+    push_json_str(&mut out, code);
+    out.push_str(",\"message\":");
+    push_json_str(&mut out, message);
+    out.push('}');
+    out
+}
+
+/// Separates a presence member's connection name from its user in one member string (a
+/// connection name never holds a control character).
+pub(crate) const USER_SEPARATOR: char = '\u{1f}';
+
+/// The member string for connection `conn_id` of `user` (`""`: anonymous).
+pub(crate) fn member_key(conn_id: &str, user: &str) -> String {
+    if user.is_empty() { conn_id.to_owned() } else { format!("{conn_id}{USER_SEPARATOR}{user}") }
+}
+
+fn push_member(out: &mut String, member: &str, info: Option<&str>) {
+    let (conn_id, user) = member.split_once(USER_SEPARATOR).unwrap_or((member, ""));
+    out.push_str("{\"conn_id\":");
+    push_json_str(out, conn_id);
+    if !user.is_empty() {
+        out.push_str(",\"user\":");
+        push_json_str(out, user);
+    }
+    out.push_str(",\"info\":");
+    out.push_str(info.unwrap_or("null"));
+    out.push('}');
+}
+
+/// Encodes `join` or `leave` for `member` (a [`member_key`]) on `channel`.
+pub(crate) fn join_leave(kind: &str, channel: &str, member: &str, info: Option<&str>) -> String {
+    let mut out = open(kind, None, 64 + channel.len() + member.len() + info.map_or(4, str::len));
+    out.push_str(",\"channel\":");
+    push_json_str(&mut out, channel);
+    out.push_str(",\"member\":");
+    push_member(&mut out, member, info);
+    out.push('}');
+    out
+}
+
 /// Encodes an `ack` frame for a successful op that carried `id`.
 pub(crate) fn ack(id: &RequestId) -> String {
     let mut out = open("ack", Some(id), 0);
@@ -512,12 +771,21 @@ pub(crate) fn message(channel: &str, seq: u64, data: &RawValue) -> String {
 
 /// Encodes a `message` frame from JSON text the caller has already validated (e.g. a `RawValue`'s text).
 pub(crate) fn message_from_raw(channel: &str, seq: u64, data: &str) -> String {
+    message_at(channel, seq, false, data)
+}
+
+/// Encodes a `message` frame; with `offset`, `seq` is the stream's offset and is sent as both.
+pub(crate) fn message_at(channel: &str, seq: u64, offset: bool, data: &str) -> String {
     debug_assert!(serde_json::from_str::<&RawValue>(data).is_ok(), "message data must be valid JSON");
-    let mut out = open("message", None, 48 + channel.len() + data.len());
+    let mut out = open("message", None, 64 + channel.len() + data.len());
     out.push_str(",\"channel\":");
     push_json_str(&mut out, channel);
     out.push_str(",\"seq\":");
     push_u64(&mut out, seq);
+    if offset {
+        out.push_str(",\"offset\":");
+        push_u64(&mut out, seq);
+    }
     out.push_str(",\"data\":");
     out.push_str(data);
     out.push('}');
@@ -538,15 +806,11 @@ pub(crate) fn presence(id: Option<&RequestId>, channel: &str, members: &[(String
     out.push_str(",\"channel\":");
     push_json_str(&mut out, channel);
     out.push_str(",\"members\":[");
-    for (i, (conn_id, info)) in members.iter().enumerate() {
+    for (i, (member, info)) in members.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        out.push_str("{\"conn_id\":");
-        push_json_str(&mut out, conn_id);
-        out.push_str(",\"info\":");
-        out.push_str(info.map_or("null", |raw| raw.get()));
-        out.push('}');
+        push_member(&mut out, member, info.map(|raw| raw.get()));
     }
     out.push_str("]}");
     out
@@ -599,14 +863,14 @@ mod tests {
     #[test]
     fn subscribe_parses_with_and_without_presence() {
         let op = ok(r#"{"op":"subscribe","channel":"news","id":1,"presence":{"name":"ann", "tags":[1, 2]}}"#);
-        let ClientOp::Subscribe { id, channel, presence: Some(info) } = &op else { panic!("{op:?}") };
+        let ClientOp::Subscribe { id, channel, presence: Some(info), .. } = &op else { panic!("{op:?}") };
         assert_eq!((id, channel.as_str()), (&num(1), "news"));
         assert_eq!(info.get(), r#"{"name":"ann", "tags":[1, 2]}"#);
         assert_eq!((op.id(), op.channel(), op.name()), (num(1).as_ref(), Some("news"), "subscribe"));
 
         for text in [r#"{"op":"subscribe","channel":"a:b"}"#, r#"{"channel":"a:b","presence":null,"op":"subscribe"}"#] {
             let op = ok(text);
-            assert!(matches!(&op, ClientOp::Subscribe { id: None, channel, presence: None } if channel == "a:b"));
+            assert!(matches!(&op, ClientOp::Subscribe { id: None, channel, presence: None, .. } if channel == "a:b"));
         }
     }
 
@@ -730,7 +994,7 @@ mod tests {
                 r#"{"op":"subscribe","chanel":"news","id":8}"#.into(),
                 num(8),
                 ErrorCode::BadRequest,
-                "unknown field `chanel`, expected one of `op`, `id`, `channel`, `presence`".into(),
+                "unknown field `chanel`, expected one of `op`, `id`, `channel`, `presence`, `token`, `recover`".into(),
             ),
             (
                 r#"{"op":"ping","id":9,"channel":"c"}"#.into(),
@@ -749,13 +1013,13 @@ mod tests {
                 r#"{"op":"subscribe","channel":"bad channel","id":4}"#.into(),
                 num(4),
                 ErrorCode::BadChannel,
-                "channel name must be 1..=128 bytes of [A-Za-z0-9_.:-]".into(),
+                "channel name must be 1..=128 bytes of [A-Za-z0-9_.:-] (then optionally #user1,user2)".into(),
             ),
             (
                 r#"{"op":"presence","channel":"","id":"p"}"#.into(),
                 text("p"),
                 ErrorCode::BadChannel,
-                "channel name must be 1..=128 bytes of [A-Za-z0-9_.:-]".into(),
+                "channel name must be 1..=128 bytes of [A-Za-z0-9_.:-] (then optionally #user1,user2)".into(),
             ),
             (
                 format!(r#"{{"op":"subscribe","channel":"c","id":5,"presence":"{}"}}"#, "z".repeat(MAX_PRESENCE_BYTES)),
@@ -822,7 +1086,13 @@ mod tests {
                 "already_subscribed",
                 "publish_forbidden",
                 "rate_limited",
-                "too_big"
+                "too_big",
+                "not_authenticated",
+                "already_connected",
+                "forbidden",
+                "bad_token",
+                "epoch_changed",
+                "history_unavailable"
             ]
         );
         let strikes: Vec<ErrorCode> = ErrorCode::ALL.into_iter().filter(|c| c.is_strike()).collect();
@@ -876,9 +1146,12 @@ mod tests {
         let weird = "\u{0}\u{1f}\"\\/\u{e9}\u{1f600}\u{7f}";
         let frame = welcome(weird, 1, 2, 0, 3);
         assert_eq!(json(&frame)["conn_id"], weird);
-        let frame = presence(text(weird).as_ref(), weird, &[(weird.to_owned(), None)]);
+        // A member string is a connection name, the separator, then its user.
+        let member = member_key("n1-0-3.1", weird);
+        let frame = presence(text(weird).as_ref(), weird, &[(member, None)]);
         let v = json(&frame);
-        assert_eq!([&v["id"], &v["channel"], &v["members"][0]["conn_id"]], [weird; 3]);
+        assert_eq!([&v["id"], &v["channel"], &v["members"][0]["user"]], [weird; 3]);
+        assert_eq!(v["members"][0]["conn_id"], "n1-0-3.1");
         assert_eq!(json(&error(None, ErrorCode::TooBig, weird))["message"], weird);
     }
 

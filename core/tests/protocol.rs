@@ -102,8 +102,10 @@ fn plain_http_is_answered_by_the_core() {
     sim.send(id, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     let out = String::from_utf8_lossy(&sim.take_output(id)).into_owned();
     assert_eq!(status_of(&out), 200, "{out}");
-    assert_eq!(rejected("GET /missing HTTP/1.1\r\nHost: x\r\n\r\n"), 404);
-    assert_eq!(rejected("DELETE /healthz HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
+    // Plain HTTP keeps the connection alive unless the client says otherwise.
+    assert!(!sim.is_closed(id), "HTTP/1.1 keeps the connection alive: {out}");
+    assert_eq!(rejected("GET /missing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), 404);
+    assert_eq!(rejected("DELETE /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), 405);
 }
 
 #[test]

@@ -305,8 +305,9 @@ export class Client extends Emitter<ClientEvents> {
     if (ws) {
       ws.onmessage = null;
       ws.onclose = null;
-      ws.onerror = null;
       ws.onopen = null;
+      // Not null: `ws` raises an unhandled 'error' when a socket still connecting is closed.
+      ws.onerror = () => {};
     }
     for (const t of [this.connectTimer, this.silenceTimer, this.pongTimer, this.refreshTimer]) clearTimeout(t);
     this.connectTimer = this.silenceTimer = this.pongTimer = this.refreshTimer = undefined;

@@ -5,11 +5,6 @@
 //! - `keys`: the verification keys, from an HMAC secret and PEM public keys (SubjectPublicKeyInfo).
 //! - `base64`: the two alphabets the formats use.
 
-#![cfg_attr(
-    not(test),
-    allow(dead_code, reason = "the native protocol's connect, refresh and subscribe ops take these next")
-)]
-
 pub(crate) mod base64;
 pub(crate) mod jwt;
 pub(crate) mod keys;

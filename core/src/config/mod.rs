@@ -12,6 +12,7 @@ use toml::de::DeTable;
 
 use crate::proxy::Cidr;
 
+mod auth;
 mod located;
 mod pusher;
 #[cfg(test)]
@@ -19,6 +20,7 @@ mod tests;
 mod units;
 mod validate;
 
+pub use auth::{AuthConfig, NamespaceConfig, PublishRule, SubscribeRule};
 pub use located::ConfigError;
 pub use pusher::{PusherApp, PusherConfig, Webhook, WebhookEvent};
 pub use units::{MAX_DURATION, Size, format_duration, parse_duration};
@@ -50,6 +52,10 @@ pub struct Config {
     pub drain: DrainConfig,
     /// The Pusher Channels protocol: its limits and apps (`[[pusher.app]]`).
     pub pusher: PusherConfig,
+    /// JSON Web Tokens for the native protocol.
+    pub auth: AuthConfig,
+    /// Rules of the native protocol's channels by prefix (`[[namespace]]`).
+    pub namespace: Vec<NamespaceConfig>,
     /// WebSocket routes (`[[route]]`); a file without any keeps the three defaults.
     // Last so the serializer emits `[[route]]` after all plain sections.
     pub route: Vec<RouteConfig>,
@@ -458,6 +464,8 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             drain: DrainConfig::default(),
             pusher: PusherConfig::default(),
+            auth: AuthConfig::default(),
+            namespace: Vec::new(),
             route: vec![
                 RouteConfig::new("/echo", RouteMode::Echo),
                 RouteConfig::new("/chat", RouteMode::Broadcast),
@@ -495,7 +503,7 @@ impl Config {
         }
     }
 
-    /// A copy with every secret (`http.api_key`, each `pusher.app[].secret`) replaced by
+    /// A copy with every secret (`http.api_key`, `auth.hmac_secret`, each `pusher.app[].secret`) replaced by
     /// `"<redacted>"`, for showing a configuration to people. An empty one stays empty: it means
     /// "off", not "hidden".
     pub fn redacted(&self) -> Self {
@@ -506,6 +514,7 @@ impl Config {
             }
         };
         hide(&mut copy.http.api_key);
+        copy.auth.redact();
         for app in &mut copy.pusher.app {
             hide(&mut app.secret);
             // Webhook headers often carry the receiver's credentials.
@@ -518,6 +527,12 @@ impl Config {
     /// `to_toml` itself stays an exact round trip.
     pub fn to_toml_redacted(&self) -> String {
         self.redacted().to_toml()
+    }
+
+    /// The namespace governing `channel` (named by the part before its first `:`), if any.
+    pub fn namespace_of(&self, channel: &str) -> Option<&NamespaceConfig> {
+        let (prefix, _) = channel.split_once(':')?;
+        self.namespace.iter().find(|ns| ns.name == prefix)
     }
 
     /// Finds a route by exact path, with its index in `route`.

@@ -104,6 +104,18 @@ impl Config {
         check(self.drain.batch >= 1, "drain.batch", || "must be at least 1".to_owned())?;
 
         self.pusher.check_rules()?;
+        self.auth.check_rules()?;
+        super::auth::check_namespaces(&self.namespace, &self.auth)?;
+        if b.kind == BrokerKind::Redis
+            && let Some(i) = self.namespace.iter().position(|ns| ns.has_history())
+        {
+            return Err(Invalid::new(
+                &format!("namespace[{i}].history_size"),
+                "history is kept in the node's memory, which nodes sharing a Redis do not share: \
+                 history_size needs broker.kind = \"memory\" for now"
+                    .to_owned(),
+            ));
+        }
         self.validate_routes()
     }
 
@@ -129,6 +141,8 @@ impl Config {
             ("pusher.webhook_batch", p.webhook_batch),
             ("pusher.webhook_retry_for", p.webhook_retry_for),
             ("pusher.cache_ttl", p.cache_ttl),
+            ("auth.leeway", self.auth.leeway),
+            ("auth.expire_grace", self.auth.expire_grace),
         ];
         for (key, value) in durations {
             check(value <= MAX_DURATION, key, || format!("{} is too long (at most 365 days)", format_duration(value)))?;

@@ -133,6 +133,8 @@ pub(super) struct Connection {
     pub(super) wake_at: Option<Instant>,
     /// Set on a Pusher protocol connection (`/app/{key}`); boxed, as most connections are not.
     pub(super) pusher: Option<Box<PusherConn>>,
+    /// What a native connection's token proved; `None` until one is verified.
+    pub(super) native: Option<Box<super::native::NativeAuth>>,
 }
 
 /// What a Pusher protocol connection adds.

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use super::pusher::{DIRECTORY, is_pusher, split_payload};
+use super::native::Payload;
 use super::pusher_users::TERMINATE;
 use super::{ConnId, Event, Hub, Phase, slow_consumer_policy};
 use crate::broker::Envelope;
@@ -37,8 +38,11 @@ impl Hub {
         }
         let Some(channel) = self.channels.find(&envelope.channel) else { return };
         let checked = envelope.origin.node == self.origin.node;
-        let json =
-            if is_pusher(&envelope.channel) { split_payload(&envelope.payload).1 } else { &envelope.payload[..] };
+        let json = if is_pusher(&envelope.channel) {
+            split_payload(&envelope.payload).1
+        } else {
+            Payload::parse(&envelope.payload).map_or(&b""[..], |p| p.json())
+        };
         if !checked && !is_room(&envelope.channel) && serde_json::from_slice::<&RawValue>(json).is_err() {
             self.metrics.protocol_errors += 1;
             return;
@@ -48,7 +52,8 @@ impl Hub {
 
     /// Frames a message once (and compresses it once per window size) and queues the same
     /// bytes to every subscriber of `channel` but `skip`. On a Pusher channel the payload
-    /// names a socket to skip too, and carries the frame's text.
+    /// names a socket to skip too, and carries the frame's text; on a native channel it is
+    /// the data, a whole frame, or a stream publication (see `native`).
     pub(super) fn deliver(
         &mut self,
         now: Instant,
@@ -58,23 +63,39 @@ impl Hub {
         skip: Option<ConnId>,
     ) {
         let Some(chan) = self.channels.get_mut(channel) else { return };
-        let pusher = is_pusher(&chan.name);
-        let pubsub = !pusher && !is_room(&chan.name);
-        chan.seq += 1;
-        let seq = chan.seq;
-        let wire: Vec<u8>;
-        let mut skip_socket: &[u8] = &[];
-        let (text, body) = if pusher {
+        if is_pusher(&chan.name) {
             let (socket, frame) = split_payload(payload);
-            skip_socket = socket;
-            (true, frame)
-        } else if pubsub {
-            let raw = std::str::from_utf8(payload).unwrap_or("null");
-            wire = pubsub::message_from_raw(&chan.name, seq, raw).into_bytes();
-            (true, wire.as_slice())
-        } else {
-            (text, payload)
-        };
+            return self.send_frame(now, channel, true, frame, skip, socket);
+        }
+        if is_room(&chan.name) {
+            return self.send_frame(now, channel, text, payload, skip, &[]);
+        }
+        match Payload::parse(payload) {
+            Some(Payload::Data(data)) => {
+                chan.seq += 1;
+                let raw = std::str::from_utf8(data).unwrap_or("null");
+                let wire = pubsub::message_from_raw(&chan.name, chan.seq, raw);
+                self.send_frame(now, channel, true, wire.as_bytes(), skip, &[]);
+            }
+            Some(Payload::Framed(frame)) => self.send_frame(now, channel, true, frame, skip, &[]),
+            Some(Payload::Streamed { epoch, offset, data }) => self.deliver_streamed(now, channel, epoch, offset, data),
+            None => self.metrics.protocol_errors += 1,
+        }
+    }
+
+    /// Queues `body`, framed once (and compressed once per window size), to every open
+    /// subscriber of `channel` but `skip` and the Pusher socket `skip_socket`.
+    pub(super) fn send_frame(
+        &mut self,
+        now: Instant,
+        channel: ChannelId,
+        text: bool,
+        body: &[u8],
+        skip: Option<ConnId>,
+        skip_socket: &[u8],
+    ) {
+        let Some(chan) = self.channels.get(channel) else { return };
+        let pusher = is_pusher(&chan.name);
         let plain = frame::encode(frame::data_opcode(text), false, body);
         // Stored on first use, so a frame that no subscriber takes is never stored.
         let mut plain_frame = None;

@@ -8,7 +8,7 @@ use super::{ConnId, Hub, Phase, PresenceWaiter, PublishError, Timer, live_conn, 
 use crate::api::{self, NodeInfo};
 use crate::config::RouteMode;
 use crate::deflate::{self, Inflater};
-use crate::frame::{self, Decoder};
+use crate::frame::Decoder;
 use crate::handshake::{self, HeadError, HttpResponse, RequestHead};
 use crate::limits::Refusal;
 use crate::proxy::{self, ProxyHeader};
@@ -293,16 +293,7 @@ impl Hub {
         *self.metrics.connections_by_route.entry(path.clone()).or_default() += 1;
         match mode {
             RouteMode::Broadcast => self.subscribe(id, &room_name(&path), None),
-            RouteMode::Pubsub => {
-                let welcome = pubsub::welcome(
-                    &self.conn_name(id),
-                    heartbeat.ping_interval.as_millis() as u64,
-                    heartbeat.pong_timeout.as_millis() as u64,
-                    heartbeat.idle_timeout.as_millis() as u64,
-                    self.config.limits.max_message_bytes.0,
-                );
-                self.enqueue(id, frame::encode(frame::data_opcode(true), false, welcome.as_bytes()));
-            }
+            RouteMode::Pubsub => self.native_open(now, id, query_value(&head.query, "token")),
             RouteMode::Echo => {}
         }
         self.rearm(id);

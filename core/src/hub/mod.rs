@@ -6,6 +6,7 @@ mod fanout;
 mod handshakes;
 mod http;
 mod messages;
+mod native;
 mod ops;
 mod output;
 mod pusher;
@@ -38,6 +39,8 @@ use crate::config::{BrokerKind, Config, ConfigError, RouteMode, SlowConsumerPoli
 use crate::deflate::Deflater;
 use crate::frame::{self, Decoded, Decoder};
 use crate::handshake::HttpResponse;
+use crate::auth::keys::KeySet;
+use crate::history::{HistoryStore, HistoryTable};
 use crate::limits::{Admission, AdmissionTable, TokenBucket};
 use crate::metrics::Metrics;
 use crate::proxy::{self};
@@ -176,6 +179,10 @@ pub struct Hub {
     cache: HashMap<(String, String), pusher_hooks::Cached>,
     /// Signed-in connections watching a user, by `(app id, user id)`.
     watchers: HashMap<(String, String), Vec<ConnId>>,
+    /// Verifies native-protocol tokens: `auth.hmac_secret`, and the public keys the shell read.
+    keys: KeySet,
+    /// The node's channel streams (shared with its other hubs by the shell).
+    history: Box<dyn HistoryStore>,
 }
 
 impl Hub {
@@ -223,10 +230,29 @@ impl Hub {
             recent_leaves: HashMap::new(),
             cache: HashMap::new(),
             watchers: HashMap::new(),
+            keys: KeySet::default(),
+            history: Box::new(HistoryTable::new(0)),
         };
+        // The public keys come later (`with_public_keys`): their files are the shell's to read.
+        let secret_only = Config { auth: crate::config::AuthConfig { public_keys: Vec::new(), ..hub.config.auth.clone() }, ..Config::default() };
+        hub.keys = auth_keys(&secret_only, &[])?;
         hub.socket_seed = hub.seeded(0);
         hub.link_for();
         Ok(hub)
+    }
+
+    /// Verifies native tokens with the public keys of `auth.public_keys` too: `pems` holds
+    /// each file's text, in the same order (the shell reads them; the core reads no file).
+    pub fn with_public_keys(mut self, pems: &[String]) -> Result<Self, ConfigError> {
+        self.keys = auth_keys(&self.config, pems)?;
+        Ok(self)
+    }
+
+    /// Keeps channel history in `store`, which the node's other hubs share (a hub alone
+    /// keeps its own).
+    pub fn with_history(mut self, store: Box<dyn HistoryStore>) -> Self {
+        self.history = store;
+        self
     }
 
     /// Names this hub's worker within the node (envelopes carry it to avoid echoes).
@@ -358,6 +384,7 @@ impl Hub {
             subscriptions: Vec::new(),
             wake_at: None,
             pusher: None,
+            native: None,
         };
         let index = match self.free.pop() {
             Some(index) => index,
@@ -533,7 +560,7 @@ impl Hub {
             return Err(PublishError::BadJson);
         }
         self.touch(now);
-        self.fan_out(now, channel.to_owned(), true, Bytes::copy_from_slice(data.as_bytes()));
+        self.publish_native(now, channel.to_owned(), data.as_bytes());
         Ok(())
     }
 
@@ -732,6 +759,27 @@ impl Hub {
 /// The slow-consumer policy of the route at index `route` (its override, else the global one).
 fn slow_consumer_policy(config: &Config, route: usize) -> SlowConsumerPolicy {
     config.route.get(route).map_or(config.limits.slow_consumer, |r| config.slow_consumer_for(r))
+}
+
+/// Checks the keys `config.auth` names, with `pems` the text of its `public_keys` files in
+/// order (`--check-config`); the error names the entry that is not a usable key.
+pub fn check_public_keys(config: &Config, pems: &[String]) -> Result<(), ConfigError> {
+    auth_keys(config, pems).map(drop)
+}
+
+/// The verification keys of `config.auth`, with `pems` the text of its `public_keys` files
+/// in order; an unreadable key is an error naming its entry.
+fn auth_keys(config: &Config, pems: &[String]) -> Result<KeySet, ConfigError> {
+    let error = |key: String, message: String| ConfigError { key, line: 0, column: 0, message };
+    if pems.len() != config.auth.public_keys.len() {
+        let message = format!("{} PEM texts given for {} files", pems.len(), config.auth.public_keys.len());
+        return Err(error("auth.public_keys".to_owned(), message));
+    }
+    for (i, pem) in pems.iter().enumerate() {
+        KeySet::new("", &[pem]).map_err(|e| error(format!("auth.public_keys[{i}]"), e.to_string()))?;
+    }
+    let texts: Vec<&str> = pems.iter().map(String::as_str).collect();
+    KeySet::new(&config.auth.hmac_secret, &texts).map_err(|e| error("auth.public_keys".to_owned(), e.to_string()))
 }
 
 #[cfg(test)]

@@ -2,8 +2,6 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
-
 use super::pusher::is_pusher;
 use super::{ConnId, Hub, PresenceWaiter, Subscription, is_room};
 use crate::frame;
@@ -23,27 +21,33 @@ impl Hub {
             Ok(op) => op,
             Err(error) => return self.op_error(now, id, error),
         };
+        if self.needs_connect(id) && !matches!(op, ClientOp::Connect { .. } | ClientOp::Ping { .. }) {
+            let message = "authenticate first: a connection token in ?token= or a connect op".to_owned();
+            return self.op_error(now, id, OpError { id: op.id().cloned(), code: ErrorCode::NotAuthenticated, message });
+        }
         let (request, result) = match op {
             ClientOp::Ping { id: request } => return self.reply(id, pubsub::pong(request.as_ref())),
-            ClientOp::Presence { id: request, channel } => {
-                return self.ask_presence(now, PresenceWaiter::Op { conn: id, request, channel });
+            ClientOp::Connect { id: request, token } => return self.op_connect(now, id, request, &token),
+            ClientOp::Refresh { id: request, token } => return self.op_refresh(now, id, request, &token),
+            ClientOp::History { id: request, channel, since, limit } => {
+                return self.op_history(now, id, request, &channel, since, limit);
             }
-            ClientOp::Subscribe { id: request, channel, presence } => {
-                (request, self.op_subscribe(id, &channel, presence.map(|p| p.get().into())))
+            ClientOp::Presence { id: request, channel } => match self.may_see_presence(id, &channel) {
+                Ok(()) => return self.ask_presence(now, PresenceWaiter::Op { conn: id, request, channel }),
+                Err(refusal) => (request, Err(refusal)),
+            },
+            ClientOp::Subscribe { id: request, channel, presence, token, recover } => {
+                let info = presence.map(|p| p.get().into());
+                return self.op_subscribe_native(now, id, request, &channel, info, token.as_deref(), recover);
             }
             ClientOp::Unsubscribe { id: request, channel } => (request, self.op_unsubscribe(id, &channel)),
-            ClientOp::Publish { id: request, channel, data } => {
-                let allowed =
-                    self.conn(id).and_then(|c| self.config.route.get(c.route)).is_some_and(|r| r.client_publish);
-                if allowed {
-                    self.fan_out(now, channel, true, Bytes::copy_from_slice(data.get().as_bytes()));
+            ClientOp::Publish { id: request, channel, data } => match self.may_publish(id, &channel) {
+                Ok(()) => {
+                    self.publish_native(now, channel, data.get().as_bytes());
                     (request, Ok(()))
-                } else {
-                    let refusal =
-                        (ErrorCode::PublishForbidden, "this route does not accept publishes from clients".to_owned());
-                    (request, Err(refusal))
                 }
-            }
+                Err(refusal) => (request, Err(refusal)),
+            },
         };
         match result {
             Ok(()) => {
@@ -106,7 +110,7 @@ impl Hub {
                     .conn(member)
                     .and_then(|c| c.subscriptions.iter().find(|s| s.channel == chan_id))
                     .and_then(|s| s.info.clone());
-                (self.conn_name(member), info)
+                (self.member_name(member), info)
             })
             .collect()
     }
@@ -133,9 +137,14 @@ impl Hub {
             let info = self.conn(id).and_then(|c| c.subscriptions.last()).and_then(|s| s.info.clone());
             self.pusher_joined(id, channel, info.as_deref());
         } else if !is_room(channel) {
-            let member = self.conn_name(id);
+            let member = self.member_name(id);
             let info = self.conn(id).and_then(|c| c.subscriptions.last()).and_then(|s| s.info.clone());
-            self.broker_presence(now, channel, &member, Some(info.as_deref()));
+            if self.tracks_presence(channel) {
+                self.broker_presence(now, channel, &member, Some(info.as_deref()));
+            }
+            if self.announces_members(channel) {
+                self.announce_member(now, channel, "join", &member, info.as_deref(), Some(id));
+            }
         }
     }
 
@@ -156,8 +165,13 @@ impl Hub {
         if is_pusher(&name) {
             self.pusher_left(id, &name, subscription.info.as_deref());
         } else if !is_room(&name) {
-            let member = self.conn_name(id);
-            self.broker_presence(now, &name, &member, None);
+            let member = self.member_name(id);
+            if self.tracks_presence(&name) {
+                self.broker_presence(now, &name, &member, None);
+            }
+            if self.announces_members(&name) {
+                self.announce_member(now, &name, "leave", &member, subscription.info.as_deref(), None);
+            }
         }
         if removal.emptied {
             self.broker_interest(now, &name, false);

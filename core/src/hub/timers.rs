@@ -80,8 +80,10 @@ impl Hub {
                 Phase::Responding => {
                     self.respond_http(id, &HttpResponse::error(504, "no answer from the cluster in time"))
                 }
-                // On an open Pusher connection the timer is the sign-in deadline.
-                Phase::Open => self.pusher_sign_in_due(now, id),
+                // On an open connection the timer is the Pusher sign-in deadline, or the native
+                // token's (its expiry, or the connect op's deadline).
+                Phase::Open if conn.pusher.is_some() => self.pusher_sign_in_due(now, id),
+                Phase::Open => self.native_deadline(now, id),
                 // The timer is stopped on leaving these phases.
                 Phase::Closing | Phase::Answered => {}
             }
