@@ -134,8 +134,7 @@ impl HistoryStore for HistoryTable {
         let top = StreamTop { epoch: stream.epoch.clone(), offset: stream.top };
         let oldest = stream.entries.front().map_or(stream.top + 1, |(offset, _)| *offset);
         let complete = after >= stream.top || oldest <= after + 1;
-        let publications =
-            stream.entries.iter().filter(|(offset, _)| *offset > after).take(limit).cloned().collect();
+        let publications = stream.entries.iter().filter(|(offset, _)| *offset > after).take(limit).cloned().collect();
         StreamRead { top, publications, complete }
     }
 }
@@ -152,7 +151,7 @@ mod tests {
 
     #[test]
     fn offsets_count_from_one_and_old_entries_are_evicted() {
-        let now = Instant::now();
+        let now = switchboard_testkit::origin();
         let mut table = HistoryTable::new(7);
         let first = table.append("c", data(1), RULES, now);
         assert_eq!(first.offset, 1);
@@ -173,7 +172,7 @@ mod tests {
 
     #[test]
     fn an_expired_stream_starts_again_with_a_new_epoch() {
-        let now = Instant::now();
+        let now = switchboard_testkit::origin();
         let mut table = HistoryTable::new(7);
         let before = table.append("c", data(1), RULES, now);
         let after = table.append("c", data(2), RULES, now + Duration::from_secs(11));

@@ -103,7 +103,7 @@ mod time;
 pub use broker::{BrokerCommand, Envelope, Origin};
 pub use config::{Config, ConfigError};
 pub use history::{HistoryStore, HistoryTable, StreamRead, StreamRules, StreamTop};
-pub use hub::{check_public_keys, ConnId, Footprint, Hub, Output, PublishError, WebhookOutcome, WebhookRequest};
+pub use hub::{ConnId, Footprint, Hub, Output, PublishError, WebhookOutcome, WebhookRequest, check_public_keys};
 pub use limits::{Admission, AdmissionTable, Refusal};
 pub use metrics::{Figure, Kind as FigureKind, Metrics};
 pub use proxy::{Cidr, CidrError};

@@ -302,7 +302,9 @@ pub(crate) fn valid_channel(name: &str, max: usize) -> bool {
         Some((base, users)) => {
             plain(base)
                 && !users.is_empty()
-                && users.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b',' | b'-'))
+                && users
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b',' | b'-'))
         }
     }
 }
@@ -367,9 +369,10 @@ pub(crate) fn parse_op(text: &str, max_channel_bytes: usize) -> Result<ClientOp,
             let since = req.position("since")?;
             let limit = match req.members.get("limit") {
                 None => None,
-                Some(raw) => Some(serde_json::from_str::<usize>(raw.get()).map_err(|_| {
-                    req.fail(ErrorCode::BadRequest, "field `limit` must be a non-negative integer")
-                })?),
+                Some(raw) => Some(
+                    serde_json::from_str::<usize>(raw.get())
+                        .map_err(|_| req.fail(ErrorCode::BadRequest, "field `limit` must be a non-negative integer"))?,
+                ),
             };
             ClientOp::History { id, channel, since, limit }
         }
@@ -669,11 +672,7 @@ fn push_stream(out: &mut String, stream: &Stream<'_>) {
 
 /// Encodes `subscribed`: the subscription is live, with the stream's position when the
 /// channel keeps history (`recovered` says whether `publications` holds all that was missed).
-pub(crate) fn subscribed(
-    id: Option<&RequestId>,
-    channel: &str,
-    stream: Option<(&Stream<'_>, bool, bool)>,
-) -> String {
+pub(crate) fn subscribed(id: Option<&RequestId>, channel: &str, stream: Option<(&Stream<'_>, bool, bool)>) -> String {
     let extra = stream.map_or(0, |(s, _, _)| s.publications.iter().map(|(_, d)| d.len() + 24).sum());
     let mut out = open("subscribed", id, 96 + channel.len() + extra);
     out.push_str(",\"channel\":");

@@ -7,6 +7,7 @@ mod accept;
 mod admission;
 pub mod cli;
 mod driver;
+mod history;
 mod listen;
 pub mod node;
 mod redis;
@@ -22,11 +23,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cli::Command;
 use log::{debug, error, info};
-use switchboard_core::{AdmissionTable, Config, ConnId, Envelope, Hub};
+use switchboard_core::{AdmissionTable, Config, ConnId, Envelope, HistoryTable, Hub};
 
 pub use accept::Accepting;
 pub use admission::SharedAdmission;
 pub use driver::{Message, Next, Peers, Post, Reactor, Worker};
+pub use history::SharedHistory;
 pub use redis::{Flush, RedisSockets, read_redis, resolve, write_redis};
 pub use turn::{Sockets, drain_outputs, resume_redis};
 pub use webhook::{WebhookClient, Webhooks};
@@ -59,6 +61,10 @@ pub struct Node {
     pub admission: SharedAdmission,
     /// Randomness for the hubs (their Pusher socket ids), drawn at start.
     pub seed: u64,
+    /// The text of each `auth.public_keys` file, in order.
+    pub public_keys: Vec<String>,
+    /// The node's channel history, lent to every worker's hub.
+    pub history: SharedHistory,
 }
 
 impl Node {
@@ -67,10 +73,13 @@ impl Node {
     pub fn hub(&self, index: u32) -> io::Result<Hub> {
         let hub = Hub::new(self.config.clone(), self.node_id.clone()).map_err(io::Error::other)?;
         Ok(hub
+            .with_public_keys(&self.public_keys)
+            .map_err(io::Error::other)?
             .with_worker(index)
             .with_seed(self.seed)
             .with_workers(self.workers)
-            .with_admission(Box::new(self.admission.clone())))
+            .with_admission(Box::new(self.admission.clone()))
+            .with_history(Box::new(self.history.clone())))
     }
 
     /// Prints `listening on ADDR`, the line tests and scripts wait for. Call it once signals
@@ -126,13 +135,20 @@ pub fn main(program: &'static str, serve: impl FnOnce(Node) -> io::Result<()>) -
             return ExitCode::FAILURE;
         }
     };
+    let public_keys = match read_public_keys(&config) {
+        Ok(pems) => pems,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match args.command {
         Command::CheckConfig => println!("{}: ok", args.config.as_deref().unwrap_or("built-in defaults")),
         // Secrets (the API key, app secrets) never leave the process.
         Command::PrintConfig => print!("{}", config.to_toml_redacted()),
         _ => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-            if let Err(e) = prepare(program, config).and_then(serve) {
+            if let Err(e) = prepare(program, config, public_keys).and_then(serve) {
                 error!("{e}");
                 return ExitCode::FAILURE;
             }
@@ -141,7 +157,25 @@ pub fn main(program: &'static str, serve: impl FnOnce(Node) -> io::Result<()>) -
     ExitCode::SUCCESS
 }
 
-fn prepare(program: &'static str, config: Config) -> io::Result<Node> {
+/// The text of every `auth.public_keys` file, checked as keys; the error names the entry.
+fn read_public_keys(config: &Config) -> Result<Vec<String>, String> {
+    let mut pems = Vec::with_capacity(config.auth.public_keys.len());
+    for (i, path) in config.auth.public_keys.iter().enumerate() {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("auth.public_keys[{i}]: {path}: {e}"))?;
+        pems.push(text);
+    }
+    switchboard_core::check_public_keys(config, &pems).map_err(|e| {
+        let path = e.key.strip_prefix("auth.public_keys[").and_then(|rest| rest.strip_suffix(']'));
+        let file = path.and_then(|i| i.parse::<usize>().ok()).and_then(|i| config.auth.public_keys.get(i));
+        match file {
+            Some(file) => format!("{}: {file}: {}", e.key, e.message),
+            None => format!("{}: {}", e.key, e.message),
+        }
+    })?;
+    Ok(pems)
+}
+
+fn prepare(program: &'static str, config: Config, public_keys: Vec<String>) -> io::Result<Node> {
     let addr: SocketAddr = config
         .server
         .listen
@@ -155,7 +189,10 @@ fn prepare(program: &'static str, config: Config) -> io::Result<Node> {
     let local = listeners.first().map(TcpListener::local_addr).transpose()?.unwrap_or(addr);
     let node_id = if config.broker.node_id.is_empty() { random_node_id() } else { config.broker.node_id.clone() };
     let admission = SharedAdmission::new(AdmissionTable::new(&config.limits));
-    Ok(Node { program, config, node_id, workers, listeners, local, admission, seed: random_seed() })
+    let seed = random_seed();
+    // Epochs come from the node's seed too, so a restarted node starts new ones.
+    let history = SharedHistory::new(HistoryTable::new(seed.rotate_left(17) ^ 0x5eed));
+    Ok(Node { program, config, node_id, workers, listeners, local, admission, seed, public_keys, history })
 }
 
 /// 64 random bits from the standard library's hasher keys (themselves drawn from the OS),

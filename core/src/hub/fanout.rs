@@ -6,8 +6,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use super::pusher::{DIRECTORY, is_pusher, split_payload};
 use super::native::Payload;
+use super::pusher::{DIRECTORY, is_pusher, split_payload};
 use super::pusher_users::TERMINATE;
 use super::{ConnId, Event, Hub, Phase, slow_consumer_policy};
 use crate::broker::Envelope;

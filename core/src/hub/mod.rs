@@ -33,13 +33,13 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use crate::api::BrokerState;
+use crate::auth::keys::KeySet;
 use crate::broker::{BrokerCommand, Envelope, Origin};
 use crate::channel::Channels;
 use crate::config::{BrokerKind, Config, ConfigError, RouteMode, SlowConsumerPolicy};
 use crate::deflate::Deflater;
 use crate::frame::{self, Decoded, Decoder};
 use crate::handshake::HttpResponse;
-use crate::auth::keys::KeySet;
 use crate::history::{HistoryStore, HistoryTable};
 use crate::limits::{Admission, AdmissionTable, TokenBucket};
 use crate::metrics::Metrics;
@@ -234,7 +234,10 @@ impl Hub {
             history: Box::new(HistoryTable::new(0)),
         };
         // The public keys come later (`with_public_keys`): their files are the shell's to read.
-        let secret_only = Config { auth: crate::config::AuthConfig { public_keys: Vec::new(), ..hub.config.auth.clone() }, ..Config::default() };
+        let secret_only = Config {
+            auth: crate::config::AuthConfig { public_keys: Vec::new(), ..hub.config.auth.clone() },
+            ..Config::default()
+        };
         hub.keys = auth_keys(&secret_only, &[])?;
         hub.socket_seed = hub.seeded(0);
         hub.link_for();

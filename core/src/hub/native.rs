@@ -84,6 +84,20 @@ fn streamed(epoch: &str, offset: u64, data: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
+/// A client's `subscribe` op.
+pub(super) struct SubscribeOp {
+    /// Request id to echo.
+    pub(super) request: Option<RequestId>,
+    /// The channel.
+    pub(super) channel: String,
+    /// Presence info given (raw JSON).
+    pub(super) presence: Option<Box<str>>,
+    /// A subscription token.
+    pub(super) token: Option<String>,
+    /// Where the client's copy of the stream ends.
+    pub(super) recover: Option<Position>,
+}
+
 /// A refusal of an op, as the op handlers return it.
 type Refused = (ErrorCode, String);
 
@@ -364,19 +378,11 @@ impl Hub {
     }
 
     /// `subscribe` from a client: permissions, then the subscription.
-    pub(super) fn op_subscribe_native(
-        &mut self,
-        now: Instant,
-        id: ConnId,
-        request: Option<RequestId>,
-        channel: &str,
-        presence: Option<Box<str>>,
-        token: Option<&str>,
-        recover: Option<Position>,
-    ) {
+    pub(super) fn op_subscribe_native(&mut self, now: Instant, id: ConnId, op: SubscribeOp) {
+        let SubscribeOp { request, channel, presence, token, recover } = op;
         let result = self
-            .may_subscribe(now, id, channel, token)
-            .and_then(|()| self.subscribe_checked(now, id, request.clone(), channel, presence, recover));
+            .may_subscribe(now, id, &channel, token.as_deref())
+            .and_then(|()| self.subscribe_checked(now, id, request.clone(), &channel, presence, recover));
         if let Err((code, message)) = result {
             if code == ErrorCode::BadToken {
                 self.metrics.auth_failures += 1;
@@ -448,7 +454,8 @@ impl Hub {
         let result = self.read_history(now, id, channel, since, limit);
         match result {
             Ok(read) => {
-                let stream = Stream { epoch: &read.top.epoch, offset: read.top.offset, publications: &read.publications };
+                let stream =
+                    Stream { epoch: &read.top.epoch, offset: read.top.offset, publications: &read.publications };
                 self.reply(id, pubsub::history(request.as_ref(), channel, &stream));
             }
             Err((code, message)) => self.op_error(now, id, OpError { id: request, code, message }),
@@ -512,7 +519,12 @@ impl Hub {
         if let Some(chan) = self.channels.find(channel) {
             self.send_frame(now, chan, true, frame.as_bytes(), skip, &[]);
         }
-        let envelope = Envelope { origin: self.origin.clone(), channel: channel.to_owned(), text: true, payload: Bytes::from(payload) };
+        let envelope = Envelope {
+            origin: self.origin.clone(),
+            channel: channel.to_owned(),
+            text: true,
+            payload: Bytes::from(payload),
+        };
         self.broker_publish(now, envelope);
     }
 
@@ -524,7 +536,14 @@ impl Hub {
     /// Delivers a stream publication in order: an old one is dropped, a missing one is read
     /// back from the node's history first, and a new epoch (or a gap history no longer
     /// covers) ends every local subscription, telling each client to resubscribe.
-    pub(super) fn deliver_streamed(&mut self, now: Instant, chan: crate::channel::ChannelId, epoch: &str, offset: u64, data: &[u8]) {
+    pub(super) fn deliver_streamed(
+        &mut self,
+        now: Instant,
+        chan: crate::channel::ChannelId,
+        epoch: &str,
+        offset: u64,
+        data: &[u8],
+    ) {
         let Some(channel) = self.channels.get(chan) else { return };
         let name = channel.name.clone();
         match channel.epoch.as_deref() {

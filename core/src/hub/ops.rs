@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use super::native::SubscribeOp;
 use super::pusher::is_pusher;
 use super::{ConnId, Hub, PresenceWaiter, Subscription, is_room};
 use crate::frame;
@@ -23,7 +24,11 @@ impl Hub {
         };
         if self.needs_connect(id) && !matches!(op, ClientOp::Connect { .. } | ClientOp::Ping { .. }) {
             let message = "authenticate first: a connection token in ?token= or a connect op".to_owned();
-            return self.op_error(now, id, OpError { id: op.id().cloned(), code: ErrorCode::NotAuthenticated, message });
+            return self.op_error(
+                now,
+                id,
+                OpError { id: op.id().cloned(), code: ErrorCode::NotAuthenticated, message },
+            );
         }
         let (request, result) = match op {
             ClientOp::Ping { id: request } => return self.reply(id, pubsub::pong(request.as_ref())),
@@ -37,8 +42,9 @@ impl Hub {
                 Err(refusal) => (request, Err(refusal)),
             },
             ClientOp::Subscribe { id: request, channel, presence, token, recover } => {
-                let info = presence.map(|p| p.get().into());
-                return self.op_subscribe_native(now, id, request, &channel, info, token.as_deref(), recover);
+                let presence = presence.map(|p| p.get().into());
+                let op = SubscribeOp { request, channel, presence, token, recover };
+                return self.op_subscribe_native(now, id, op);
             }
             ClientOp::Unsubscribe { id: request, channel } => (request, self.op_unsubscribe(id, &channel)),
             ClientOp::Publish { id: request, channel, data } => match self.may_publish(id, &channel) {
