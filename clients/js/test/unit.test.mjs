@@ -129,7 +129,7 @@ test('reconnects with exponential backoff after abnormal closes, reset by welcom
   for (let i = 0; i < 5; i++) {
     const gap = opened[i + 1] - opened[i];
     assert.ok(gap >= expected[i] * 0.9 - 5, `gap ${i} was ${gap} ms, expected ≈${expected[i]}`);
-    assert.ok(gap < expected[i] + 150, `gap ${i} was ${gap} ms, expected ≈${expected[i]}`);
+    assert.ok(gap < expected[i] + 300, `gap ${i} was ${gap} ms, expected ≈${expected[i]}`);
   }
   assert.deepEqual(
     connecting.slice(1).map((e) => e.code),
@@ -142,7 +142,7 @@ test('reconnects with exponential backoff after abnormal closes, reset by welcom
   const t = Date.now();
   conn5.kill();
   await server.connection(6, 3000);
-  assert.ok(Date.now() - t < 250, 'first retry after a good connection uses the minimum delay');
+  assert.ok(Date.now() - t < 380, 'first retry after a good connection uses the minimum delay');
   assert.equal(connecting.at(-1).attempt, 1);
 });
 
