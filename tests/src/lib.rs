@@ -829,4 +829,5 @@ mod tests {
         assert_eq!(status(""), 0);
     }
 }
+pub mod native;
 pub mod pusher;

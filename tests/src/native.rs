@@ -1,0 +1,79 @@
+//! The native protocol's test server: JWT keys, namespaces, and tokens signed as an
+//! application's backend would sign them. The Node client tests (`clients/js/test/`) assume
+//! this same configuration.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ring::hmac;
+use serde_json::Value;
+
+/// The HS256 secret of [`CONFIG`].
+pub const SECRET: &str = "native-test-secret";
+/// The `http.api_key` of [`CONFIG`].
+pub const API_KEY: &str = "native-api-key";
+
+/// `[auth]`, `[[namespace]]` and the API key every native test server has.
+pub const CONFIG: &str = r#"
+[http]
+api_key = "native-api-key"
+
+[auth]
+hmac_secret = "native-test-secret"
+expire_grace = "2s"
+
+[[namespace]]
+name = "chat"
+subscribe = "authenticated"
+publish = "subscribers"
+presence = true
+join_leave = true
+history_size = 100
+history_ttl = "5m"
+recover = true
+
+[[namespace]]
+name = "secret"
+subscribe = "token"
+publish = "subscribers"
+
+[[namespace]]
+name = "news"
+subscribe = "anyone"
+publish = "none"
+history_size = 10
+recover = true
+"#;
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn b64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len() * 4 / 3 + 3);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
+
+/// An HS256 token over `claims`, signed with `secret`.
+pub fn token_signed(secret: &str, claims: &Value) -> String {
+    let signing = format!("{}.{}", b64(br#"{"alg":"HS256","typ":"JWT"}"#), b64(claims.to_string().as_bytes()));
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
+    format!("{signing}.{}", b64(hmac::sign(&key, signing.as_bytes()).as_ref()))
+}
+
+/// An HS256 token over `claims`, signed with [`SECRET`].
+pub fn token(claims: &Value) -> String {
+    token_signed(SECRET, claims)
+}
+
+/// A connection token for `user`, valid for an hour.
+pub fn user_token(user: &str) -> String {
+    token(&serde_json::json!({"sub": user, "exp": unix_now() + 3600}))
+}
