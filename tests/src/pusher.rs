@@ -117,8 +117,14 @@ pub fn python_ready() -> Option<PathBuf> {
 
 /// Runs `program args`, killed after [`SCRIPT_TIMEOUT`]; asserts success and returns stdout.
 pub fn run_script(program: &Path, args: &[&str]) -> String {
+    run_script_with_env(program, args, &[])
+}
+
+/// [`run_script`] with `env` added to the program's environment.
+pub fn run_script_with_env(program: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
     let mut child = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(repo())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
