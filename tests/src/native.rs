@@ -12,11 +12,15 @@ pub const SECRET: &str = "native-test-secret";
 /// The `http.api_key` of [`CONFIG`].
 pub const API_KEY: &str = "native-api-key";
 
-/// `[auth]`, `[[namespace]]` and the API key every native test server has.
-pub const CONFIG: &str = r#"
-[http]
-api_key = "native-api-key"
+/// `[http]` with [`API_KEY`], then [`AUTH_AND_NAMESPACES`]: every native test server's.
+pub const CONFIG: &str = concat!("[http]\napi_key = \"native-api-key\"\n", auth_and_namespaces!());
 
+/// `[auth]` and `[[namespace]]` of the native test servers, to append to any configuration.
+pub const AUTH_AND_NAMESPACES: &str = auth_and_namespaces!();
+
+macro_rules! auth_and_namespaces {
+    () => {
+        r#"
 [auth]
 hmac_secret = "native-test-secret"
 expire_grace = "2s"
@@ -42,7 +46,10 @@ subscribe = "anyone"
 publish = "none"
 history_size = 10
 recover = true
-"#;
+"#
+    };
+}
+use auth_and_namespaces;
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {

@@ -129,7 +129,7 @@ fn a_client_recovers_on_another_worker_exactly_what_it_missed() {
 }
 
 #[test]
-fn check_config_names_bad_key_files_and_history_over_redis() {
+fn check_config_names_bad_key_files_and_namespace_rules() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let bad_key = dir.path().join("bad.pem");
     std::fs::write(&bad_key, "not a key").expect("write");
@@ -137,11 +137,8 @@ fn check_config_names_bad_key_files_and_history_over_redis() {
     let cases = [
         (format!("[auth]\npublic_keys = [{:?}]\n", bad_key.display().to_string()), "auth.public_keys[0]"),
         (format!("[auth]\npublic_keys = [{:?}]\n", missing.display().to_string()), "auth.public_keys[0]"),
-        (
-            "[broker]\nkind = \"redis\"\n\n[auth]\nhmac_secret = \"s\"\n\n[[namespace]]\nname = \"c\"\nhistory_size = 5\n"
-                .to_owned(),
-            "namespace[0].history_size",
-        ),
+        ("[[namespace]]\nname = \"c\"\nsubscribe = \"token\"\n".to_owned(), "namespace[0].subscribe"),
+        ("[[namespace]]\nname = \"c\"\nrecover = true\n".to_owned(), "namespace[0].recover"),
     ];
     for bin in switchboard_tests::binaries() {
         for (config, key) in &cases {

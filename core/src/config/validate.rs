@@ -106,16 +106,6 @@ impl Config {
         self.pusher.check_rules()?;
         self.auth.check_rules()?;
         super::auth::check_namespaces(&self.namespace, &self.auth)?;
-        if b.kind == BrokerKind::Redis
-            && let Some(i) = self.namespace.iter().position(|ns| ns.has_history())
-        {
-            return Err(Invalid::new(
-                &format!("namespace[{i}].history_size"),
-                "history is kept in the node's memory, which nodes sharing a Redis do not share: \
-                 history_size needs broker.kind = \"memory\" for now"
-                    .to_owned(),
-            ));
-        }
         self.validate_routes()
     }
 

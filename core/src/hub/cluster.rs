@@ -82,6 +82,10 @@ impl Hub {
         while let Some(answer) = link.poll_presence() {
             answers.push(answer);
         }
+        let mut reads = Vec::new();
+        while let Some(answer) = link.poll_history() {
+            reads.push(answer);
+        }
         let resync = link.take_resync();
         let live = link.take_live_hubs();
         let can_publish = link.can_publish();
@@ -91,6 +95,9 @@ impl Hub {
         link.set_local_connections(open);
         for envelope in deliveries {
             self.deliver_remote(now, &envelope);
+        }
+        for answer in reads {
+            self.on_history_answer(now, answer.token, answer.read);
         }
         if self.pusher_on() {
             if let Some(live) = live {

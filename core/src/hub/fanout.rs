@@ -65,33 +65,33 @@ impl Hub {
         let Some(chan) = self.channels.get_mut(channel) else { return };
         if is_pusher(&chan.name) {
             let (socket, frame) = split_payload(payload);
-            return self.send_frame(now, channel, true, frame, skip, socket);
+            return self.send_frame(now, channel, true, frame, skip.as_slice(), socket);
         }
         if is_room(&chan.name) {
-            return self.send_frame(now, channel, text, payload, skip, &[]);
+            return self.send_frame(now, channel, text, payload, skip.as_slice(), &[]);
         }
         match Payload::parse(payload) {
             Some(Payload::Data(data)) => {
                 chan.seq += 1;
                 let raw = std::str::from_utf8(data).unwrap_or("null");
                 let wire = pubsub::message_from_raw(&chan.name, chan.seq, raw);
-                self.send_frame(now, channel, true, wire.as_bytes(), skip, &[]);
+                self.send_frame(now, channel, true, wire.as_bytes(), skip.as_slice(), &[]);
             }
-            Some(Payload::Framed(frame)) => self.send_frame(now, channel, true, frame, skip, &[]),
+            Some(Payload::Framed(frame)) => self.send_frame(now, channel, true, frame, skip.as_slice(), &[]),
             Some(Payload::Streamed { epoch, offset, data }) => self.deliver_streamed(now, channel, epoch, offset, data),
             None => self.metrics.protocol_errors += 1,
         }
     }
 
     /// Queues `body`, framed once (and compressed once per window size), to every open
-    /// subscriber of `channel` but `skip` and the Pusher socket `skip_socket`.
+    /// subscriber of `channel` but those in `skip` and the Pusher socket `skip_socket`.
     pub(super) fn send_frame(
         &mut self,
         now: Instant,
         channel: ChannelId,
         text: bool,
         body: &[u8],
-        skip: Option<ConnId>,
+        skip: &[ConnId],
         skip_socket: &[u8],
     ) {
         let Some(chan) = self.channels.get(channel) else { return };
@@ -109,7 +109,7 @@ impl Hub {
         let Some(chan) = channels.get(channel) else { return };
         for &id in &chan.subscribers {
             let Some(conn) = slots.get_mut(id.index as usize).and_then(|s| s.conn.as_mut()) else { continue };
-            if conn.phase != Phase::Open || skip == Some(id) {
+            if conn.phase != Phase::Open || skip.contains(&id) {
                 continue;
             }
             if terminate {

@@ -15,6 +15,7 @@ mod pusher_hooks;
 mod pusher_users;
 mod timers;
 
+pub(crate) use native::STREAMED;
 pub use output::{Output, WebhookOutcome, WebhookRequest};
 
 use conn::{Connection, Phase, Slot, Subscription, Timer, TimerTable, live, live_conn};
@@ -183,6 +184,10 @@ pub struct Hub {
     keys: KeySet,
     /// The node's channel streams (shared with its other hubs by the shell).
     history: Box<dyn HistoryStore>,
+    /// History reads sent to Redis, by token.
+    history_waiters: HashMap<u64, native::HistoryWaiter>,
+    /// Subscribers whose live messages wait for (or are trimmed by) their history read.
+    recovering: Vec<native::Recovering>,
 }
 
 impl Hub {
@@ -232,6 +237,8 @@ impl Hub {
             watchers: HashMap::new(),
             keys: KeySet::default(),
             history: Box::new(HistoryTable::new(0)),
+            history_waiters: HashMap::new(),
+            recovering: Vec::new(),
         };
         // The public keys come later (`with_public_keys`): their files are the shell's to read.
         let secret_only = Config {

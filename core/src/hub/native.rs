@@ -16,6 +16,7 @@ use crate::broker::Envelope;
 use crate::config::{NamespaceConfig, PublishRule, SubscribeRule};
 use crate::history::{StreamRead, StreamRules};
 use crate::pubsub::{self, ErrorCode, OpError, Position, RequestId, Stream};
+use crate::redis::HistoryRead;
 use crate::time::later;
 
 /// Close code: the token expired or never came; fetch a new one and reconnect.
@@ -26,7 +27,7 @@ pub(crate) const TOKEN_INVALID: u16 = 4403;
 /// First byte of a payload that is a whole frame (join, leave).
 pub(super) const FRAMED: u8 = 1;
 /// First byte of a stream publication: `{epoch}:{offset}\n{data}` follows.
-pub(super) const STREAMED: u8 = 2;
+pub(crate) const STREAMED: u8 = 2;
 
 /// What a connection's token proved.
 #[derive(Debug)]
@@ -82,6 +83,27 @@ fn streamed(epoch: &str, offset: u64, data: &[u8]) -> Bytes {
     out.push(b'\n');
     out.extend_from_slice(data);
     Bytes::from(out)
+}
+
+/// A history read waiting for Redis.
+#[derive(Debug)]
+pub(super) enum HistoryWaiter {
+    /// A new subscriber waiting for its `subscribed` reply (its live messages are held).
+    Subscribe { conn: ConnId, channel: String, request: Option<RequestId>, recover: Option<Position> },
+    /// A `history` op.
+    Page { conn: ConnId, channel: String, request: Option<RequestId>, since: Option<Position> },
+}
+
+/// A subscriber whose live messages are held while its history is read from Redis, then
+/// trimmed up to where the read reached (live messages may overtake the read's answer).
+#[derive(Debug)]
+pub(super) struct Recovering {
+    conn: ConnId,
+    channel: String,
+    /// Live publications that arrived before the answer.
+    held: Vec<(u64, Bytes)>,
+    /// Once answered: the read's last offset; live ones up to it are dropped for this one.
+    floor: Option<u64>,
 }
 
 /// A client's `subscribe` op.
@@ -414,6 +436,15 @@ impl Hub {
             return Err((ErrorCode::AlreadySubscribed, format!("already subscribed to \"{channel}\"")));
         }
         let (recoverable, max_recover) = self.namespace(channel).map_or((false, 0), |ns| (ns.recover, ns.max_recover));
+        if self.redis.is_some() {
+            self.op_subscribe(id, channel, info)?;
+            self.recovering.push(Recovering { conn: id, channel: channel.to_owned(), held: Vec::new(), floor: None });
+            let recover = recover.filter(|_| recoverable);
+            let (after, limit) = recover.as_ref().map_or((u64::MAX, 0), |p| (p.offset, max_recover + 1));
+            let waiter = HistoryWaiter::Subscribe { conn: id, channel: channel.to_owned(), request, recover };
+            self.read_from_redis(now, waiter, channel, after, limit, rules);
+            return Ok(());
+        }
         let wanted = recover.as_ref().filter(|_| recoverable);
         let read = match wanted {
             Some(position) => self.history.read(channel, position.offset, max_recover + 1, rules, now),
@@ -429,6 +460,23 @@ impl Hub {
             chan.epoch = Some(read.top.epoch.clone().into());
             chan.seq = chan.seq.max(read.top.offset);
         }
+        self.reply_subscribed(id, request.as_ref(), channel, &read, wanted, recoverable, max_recover);
+        Ok(())
+    }
+
+    /// Sends `subscribed` with the stream's position and, when the recovery is whole, what
+    /// the client missed since `wanted`.
+    #[allow(clippy::too_many_arguments, reason = "one reply, from two paths that hold these apart")]
+    fn reply_subscribed(
+        &mut self,
+        id: ConnId,
+        request: Option<&RequestId>,
+        channel: &str,
+        read: &StreamRead,
+        wanted: Option<&Position>,
+        recoverable: bool,
+        max_recover: usize,
+    ) {
         let recovered = wanted.is_some_and(|position| {
             position.epoch == read.top.epoch
                 && read.complete
@@ -437,8 +485,102 @@ impl Hub {
         });
         let publications = if recovered { read.publications.as_slice() } else { &[] };
         let stream = Stream { epoch: &read.top.epoch, offset: read.top.offset, publications };
-        self.reply(id, pubsub::subscribed(request.as_ref(), channel, Some((&stream, recoverable, recovered))));
-        Ok(())
+        self.reply(id, pubsub::subscribed(request, channel, Some((&stream, recoverable, recovered))));
+    }
+
+    /// Asks Redis for a read of `channel`'s stream; `waiter` gets the answer.
+    fn read_from_redis(
+        &mut self,
+        now: Instant,
+        waiter: HistoryWaiter,
+        channel: &str,
+        after: u64,
+        limit: usize,
+        rules: StreamRules,
+    ) {
+        self.next_token += 1;
+        let token = self.next_token;
+        let epoch = format!("{:016x}", crate::redis::splitmix64(&mut self.socket_seed.wrapping_add(token)));
+        let Some(link) = &mut self.redis else { return };
+        self.history_waiters.insert(token, waiter);
+        let read = HistoryRead { token, channel: channel.to_owned(), after, limit, rules, epoch };
+        link.history_read(now, read);
+        self.pump_redis(now);
+    }
+
+    /// A history read came back from Redis (`read` is `None` when Redis was out of reach).
+    pub(super) fn on_history_answer(&mut self, now: Instant, token: u64, read: Option<StreamRead>) {
+        let Some(waiter) = self.history_waiters.remove(&token) else { return };
+        match waiter {
+            HistoryWaiter::Subscribe { conn, channel, request, recover } => {
+                let held = match self.recovering.iter().position(|r| r.conn == conn && r.channel == channel) {
+                    Some(index) => self.recovering.swap_remove(index).held,
+                    // Unsubscribed or gone meanwhile.
+                    None => return,
+                };
+                let Some(read) = read else {
+                    if let Some(index) = self.subscription_index(conn, &channel) {
+                        self.unsubscribe_at(conn, index);
+                    }
+                    let message = "the history could not be read (Redis is out of reach): subscribe again";
+                    return self.op_error(now, conn, OpError::new(request, ErrorCode::HistoryUnavailable, message));
+                };
+                let (recoverable, max_recover) =
+                    self.namespace(&channel).map_or((false, 0), |ns| (ns.recover, ns.max_recover));
+                self.reply_subscribed(
+                    conn,
+                    request.as_ref(),
+                    &channel,
+                    &read,
+                    recover.as_ref(),
+                    recoverable,
+                    max_recover,
+                );
+                let floor = read.top.offset;
+                let mut caught_up = false;
+                for (offset, data) in held.into_iter().filter(|(offset, _)| *offset > floor) {
+                    let raw = std::str::from_utf8(&data).unwrap_or("null");
+                    self.reply(conn, pubsub::message_at(&channel, offset, true, raw));
+                    caught_up = true;
+                }
+                if !caught_up {
+                    self.recovering.push(Recovering { conn, channel, held: Vec::new(), floor: Some(floor) });
+                }
+            }
+            HistoryWaiter::Page { conn, channel, request, since } => {
+                let result = match read {
+                    None => Err((ErrorCode::HistoryUnavailable, "Redis is out of reach".to_owned())),
+                    Some(read) => match since {
+                        Some(since) if since.epoch != read.top.epoch => Err((
+                            ErrorCode::EpochChanged,
+                            format!("the stream's epoch is now {:?}: what you hold is stale", read.top.epoch),
+                        )),
+                        _ => Ok(read),
+                    },
+                };
+                if !self.conn(conn).is_some_and(|c| c.phase == Phase::Open) {
+                    return;
+                }
+                match result {
+                    Ok(read) => {
+                        let stream = Stream {
+                            epoch: &read.top.epoch,
+                            offset: read.top.offset,
+                            publications: &read.publications,
+                        };
+                        self.reply(conn, pubsub::history(request.as_ref(), &channel, &stream));
+                    }
+                    Err((code, message)) => self.op_error(now, conn, OpError { id: request, code, message }),
+                }
+            }
+        }
+    }
+
+    /// Forgets a subscriber's held recovery when it leaves the channel.
+    pub(super) fn forget_recovering(&mut self, id: ConnId, channel: &str) {
+        if !self.recovering.is_empty() {
+            self.recovering.retain(|r| !(r.conn == id && r.channel == channel));
+        }
     }
 
     /// `history`: a page of a channel's stream.
@@ -451,6 +593,9 @@ impl Hub {
         since: Option<Position>,
         limit: Option<usize>,
     ) {
+        if self.redis.is_some() {
+            return self.history_from_redis(now, id, request, channel, since, limit);
+        }
         let result = self.read_history(now, id, channel, since, limit);
         match result {
             Ok(read) => {
@@ -460,6 +605,31 @@ impl Hub {
             }
             Err((code, message)) => self.op_error(now, id, OpError { id: request, code, message }),
         }
+    }
+
+    fn history_from_redis(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        request: Option<RequestId>,
+        channel: &str,
+        since: Option<Position>,
+        limit: Option<usize>,
+    ) {
+        let checked = match self.stream_rules(channel) {
+            None => Err((ErrorCode::HistoryUnavailable, format!("\"{channel}\" keeps no history"))),
+            Some(rules) if self.subscription_index(id, channel).is_some() => Ok(rules),
+            Some(rules) => self.may_subscribe(now, id, channel, None).map(|()| rules),
+        };
+        let rules = match checked {
+            Ok(rules) => rules,
+            Err((code, message)) => return self.op_error(now, id, OpError { id: request, code, message }),
+        };
+        let max = self.namespace(channel).map_or(0, |ns| ns.max_recover);
+        let limit = limit.unwrap_or(max).min(max);
+        let after = since.as_ref().map_or(0, |p| p.offset);
+        let waiter = HistoryWaiter::Page { conn: id, channel: channel.to_owned(), request, since };
+        self.read_from_redis(now, waiter, channel, after, limit, rules);
     }
 
     fn read_history(
@@ -497,6 +667,22 @@ impl Hub {
         let Some(rules) = self.stream_rules(&channel) else {
             return self.fan_out(now, channel, true, Bytes::copy_from_slice(data));
         };
+        if self.redis.is_some() {
+            // Through Redis only, to every node this one included: its order is the stream's.
+            self.metrics.publishes += 1;
+            let epoch = format!(
+                "{:016x}",
+                crate::redis::splitmix64(&mut self.socket_seed.wrapping_add(self.metrics.publishes))
+            );
+            let envelope =
+                Envelope { origin: self.origin.clone(), channel, text: true, payload: Bytes::copy_from_slice(data) };
+            if let Some(link) = &mut self.redis
+                && !link.history_publish(now, &envelope, rules, &epoch)
+            {
+                self.metrics.broker_dropped = link.dropped();
+            }
+            return self.pump_redis(now);
+        }
         let top = self.history.append(&channel, Bytes::copy_from_slice(data), rules, now);
         self.fan_out(now, channel, true, streamed(&top.epoch, top.offset, data));
     }
@@ -517,7 +703,7 @@ impl Hub {
         payload.push(FRAMED);
         payload.extend_from_slice(frame.as_bytes());
         if let Some(chan) = self.channels.find(channel) {
-            self.send_frame(now, chan, true, frame.as_bytes(), skip, &[]);
+            self.send_frame(now, chan, true, frame.as_bytes(), skip.as_slice(), &[]);
         }
         let envelope = Envelope {
             origin: self.origin.clone(),
@@ -566,8 +752,8 @@ impl Hub {
             return self.deliver_offset(now, chan, &name, offset, data);
         }
         match self.stream_rules(&name) {
-            Some(rules) => self.catch_up(now, chan, rules, Some(offset)),
-            None => self.resubscribe_all(now, chan, "publications were missed"),
+            Some(rules) if self.redis.is_none() => self.catch_up(now, chan, rules, Some(offset)),
+            _ => self.resubscribe_all(now, chan, "publications were missed"),
         }
     }
 
@@ -596,7 +782,23 @@ impl Hub {
         }
         let raw = std::str::from_utf8(data).unwrap_or("null");
         let frame = pubsub::message_at(name, offset, true, raw);
-        self.send_frame(now, chan, true, frame.as_bytes(), None, &[]);
+        let mut muted = Vec::new();
+        if !self.recovering.is_empty() {
+            self.recovering.retain_mut(|r| {
+                if r.channel != name {
+                    return true;
+                }
+                match r.floor {
+                    None => r.held.push((offset, Bytes::copy_from_slice(data))),
+                    Some(floor) if offset <= floor => {}
+                    // Past what its read covered: live from here on.
+                    Some(_) => return false,
+                }
+                muted.push(r.conn);
+                true
+            });
+        }
+        self.send_frame(now, chan, true, frame.as_bytes(), &muted, &[]);
     }
 
     /// Ends every local subscription of `chan`, telling each subscriber to subscribe again

@@ -171,6 +171,7 @@ impl Hub {
         if is_pusher(&name) {
             self.pusher_left(id, &name, subscription.info.as_deref());
         } else if !is_room(&name) {
+            self.forget_recovering(id, &name);
             let member = self.member_name(id);
             if self.tracks_presence(&name) {
                 self.broker_presence(now, &name, &member, None);

@@ -24,6 +24,9 @@ impl RedisLink {
         }
         let owed = self.conn_mut(which).reset();
         self.abandon(owed);
+        // A lost subscriber connection drops every subscription; a lost command connection
+        // can send nothing: either way the waiting reads cannot be made whole.
+        self.abandon_reads();
         if matches!(self.breaker, Breaker::Closed { .. }) {
             let delay = backoff_delay(&self.backoff, self.conn(which).attempt, &mut self.rng);
             let conn = self.conn_mut(which);

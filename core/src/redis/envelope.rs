@@ -82,8 +82,10 @@ impl RedisLink {
         let Some(wire) = decode_envelope(payload) else { return };
         let envelope = wire.envelope;
         // Workers of one node reach each other through the node's in-process bus, which keeps
-        // working while Redis is down; through Redis they would hear each other twice.
-        if envelope.origin.node == self.origin.node || !self.channels.contains(&envelope.channel) {
+        // working while Redis is down; through Redis they would hear each other twice. A
+        // stream publication is the exception: it goes through Redis only, for its order.
+        let streamed = envelope.payload.first() == Some(&crate::hub::STREAMED);
+        if (envelope.origin.node == self.origin.node && !streamed) || !self.channels.contains(&envelope.channel) {
             return;
         }
         let channel = key.strip_prefix(self.prefix.as_bytes()).and_then(|rest| rest.strip_prefix(b":ch:"));

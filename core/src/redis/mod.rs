@@ -73,12 +73,14 @@
 mod breaker;
 mod conn;
 mod envelope;
+mod history;
 mod lease;
 mod presence;
 mod resp;
 mod rng;
 mod url;
 
+pub(crate) use history::{HistoryAnswer, HistoryRead};
 pub(crate) use presence::PresenceAnswer;
 pub(crate) use rng::splitmix64;
 pub(crate) use url::{UrlError, parse_url};
@@ -88,7 +90,7 @@ use conn::{Conn, Expect, Phase};
 use envelope::encode_envelope;
 use lease::MIN_TICK;
 use presence::{Member, PresenceQuery};
-use resp::{ProtocolError, next_frame};
+use resp::{ProtocolError, bulk, next_frame};
 use rng::SplitMix;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -168,6 +170,12 @@ pub(crate) struct RedisLink {
     resync: bool,
     /// The hubs (`node:worker`) holding a lease at the last stats refresh, not yet taken.
     live_hubs: Option<BTreeSet<String>>,
+    /// Channels whose subscription Redis has confirmed on the current subscriber connection.
+    confirmed: BTreeSet<String>,
+    /// History reads waiting for their channel's subscription to be confirmed.
+    waiting_reads: Vec<HistoryRead>,
+    /// Answers to history reads, for the hub.
+    history_answers: VecDeque<HistoryAnswer>,
 }
 
 impl RedisLink {
@@ -214,6 +222,9 @@ impl RedisLink {
             watched: None,
             resync: false,
             live_hubs: None,
+            confirmed: BTreeSet::new(),
+            waiting_reads: Vec::new(),
+            history_answers: VecDeque::new(),
         })
     }
 
@@ -566,6 +577,9 @@ impl RedisLink {
             }
             (Expect::StatsKeys, OwnedFrame::Array(keys)) => self.on_stats_keys(now, &keys),
             (Expect::StatsValues, OwnedFrame::Array(values)) => self.on_stats_values(&values),
+            (Expect::History { token, after }, OwnedFrame::Array(items)) => {
+                self.on_history_reply(token, after, &items)?
+            }
             _ => return Err(ProtocolError),
         }
         self.record_success(LinkConn::Command);
@@ -580,6 +594,7 @@ impl RedisLink {
             Expect::PresenceAll { token, channel } | Expect::PresenceLeases(PresenceQuery { token, channel, .. }) => {
                 self.answer_locally(token, &channel);
             }
+            Expect::History { token, .. } => self.history_answers.push_back(HistoryAnswer { token, read: None }),
             _ => {}
         }
         self.record_failure(now);
@@ -603,6 +618,20 @@ impl RedisLink {
                         && self.watched.as_ref() == Some(key)
                     {
                         self.resync = true;
+                    }
+                    let channel = rest
+                        .first()
+                        .and_then(bulk)
+                        .and_then(|key| key.strip_prefix(self.prefix.as_bytes()))
+                        .and_then(|rest| rest.strip_prefix(b":ch:"))
+                        .and_then(|name| std::str::from_utf8(name).ok())
+                        .map(str::to_owned);
+                    match (kind.as_slice(), channel) {
+                        (b"subscribe", Some(channel)) => self.on_confirmed(now, channel),
+                        (b"unsubscribe", Some(channel)) => {
+                            self.confirmed.remove(&channel);
+                        }
+                        _ => {}
                     }
                     self.sub.expect.pop_front();
                 }
