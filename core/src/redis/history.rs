@@ -27,7 +27,7 @@ use crate::history::{StreamRead, StreamRules, StreamTop};
 
 /// Appends a publication and publishes it. KEYS: stream, meta, Redis channel. ARGV: envelope
 /// header (with the payload's marker byte), data, candidate epoch, MAXLEN, TTL in ms.
-const PUBLISH: &str = "\
+pub(super) const PUBLISH: &str = "\
 local e = redis.call('HGET', KEYS[2], 'e')
 if not e then
   e = ARGV[3]
@@ -111,9 +111,18 @@ impl RedisLink {
         let (stream, meta) = self.stream_keys(&envelope.channel);
         let key = self.channel_key(&envelope.channel);
         let (size, ttl) = (rules.size.to_string(), rules.ttl.as_millis().max(1).to_string());
+        if !self.script_loading {
+            // Until Redis answers with its SHA1, publications go as EVAL.
+            self.script_loading = true;
+            self.cmd.send(now, &[b"SCRIPT", b"LOAD", PUBLISH.as_bytes()], Expect::ScriptLoad);
+        }
+        let (verb, script): (&[u8], &[u8]) = match &self.publish_sha {
+            Some(sha) => (b"EVALSHA", sha.as_bytes()),
+            None => (b"EVAL", PUBLISH.as_bytes()),
+        };
         let args: [&[u8]; 11] = [
-            b"EVAL",
-            PUBLISH.as_bytes(),
+            verb,
+            script,
             b"3",
             stream.as_bytes(),
             meta.as_bytes(),

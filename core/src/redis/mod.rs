@@ -176,6 +176,11 @@ pub(crate) struct RedisLink {
     waiting_reads: Vec<HistoryRead>,
     /// Answers to history reads, for the hub.
     history_answers: VecDeque<HistoryAnswer>,
+    /// The SHA1 Redis gave the history publish script on this command connection (`EVALSHA`
+    /// then spares Redis hashing the script's text on every publication).
+    publish_sha: Option<String>,
+    /// `SCRIPT LOAD` was sent on this command connection.
+    script_loading: bool,
 }
 
 impl RedisLink {
@@ -225,6 +230,8 @@ impl RedisLink {
             confirmed: BTreeSet::new(),
             waiting_reads: Vec::new(),
             history_answers: VecDeque::new(),
+            publish_sha: None,
+            script_loading: false,
         })
     }
 
@@ -294,6 +301,9 @@ impl RedisLink {
                     let db = self.db.to_string();
                     self.cmd.send(now, &[b"SELECT", db.as_bytes()], Expect::Select);
                 }
+                // Loaded again (lazily) on this connection: the Redis behind it may be new.
+                self.publish_sha = None;
+                self.script_loading = false;
                 if self.epoch.is_none() {
                     let key = format!("{}:epoch", self.prefix);
                     self.cmd.send(now, &[b"INCR", key.as_bytes()], Expect::Epoch);
@@ -579,6 +589,9 @@ impl RedisLink {
             (Expect::StatsValues, OwnedFrame::Array(values)) => self.on_stats_values(&values),
             (Expect::History { token, after }, OwnedFrame::Array(items)) => {
                 self.on_history_reply(token, after, &items)?
+            }
+            (Expect::ScriptLoad, OwnedFrame::BulkString(sha)) => {
+                self.publish_sha = String::from_utf8(sha).ok();
             }
             _ => return Err(ProtocolError),
         }

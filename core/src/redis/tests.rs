@@ -5,6 +5,7 @@ use super::envelope::{Wire, decode_envelope};
 use super::resp::{Scan, bulk, scan_frame};
 use super::*;
 use crate::config::{BreakerConfig, BrokerKind};
+use crate::history::StreamRules;
 use bytes::Bytes;
 use proptest::prelude::*;
 use redis_protocol::resp2::decode::decode;
@@ -744,4 +745,79 @@ proptest! {
     fn arbitrary_envelope_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
         let _ = decode_envelope(&bytes);
     }
+}
+
+const RULES: StreamRules = StreamRules { size: 100, ttl: Duration::from_secs(60) };
+
+fn read(token: u64, channel: &str, after: u64, limit: usize) -> HistoryRead {
+    HistoryRead { token, channel: channel.to_owned(), after, limit, rules: RULES, epoch: "cafe".to_owned() }
+}
+
+#[test]
+fn history_publications_load_the_script_once_then_use_its_sha() {
+    let mut sim = Sim::ready();
+    let publication = envelope(origin("n1", 0), "h:x", b"{\"a\":1}");
+    assert!(sim.link.history_publish(sim.now, &publication, RULES, "cafe"));
+    let sent = sim.commands(LinkConn::Command);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[0][..2], ["SCRIPT", "LOAD"]);
+    assert_eq!(sent[1][0], "EVAL");
+    assert_eq!(sent[1][3..6], ["sb:stream:h:x", "sb:meta:h:x", "sb:ch:h:x"]);
+    assert_eq!(sent[1][7..], ["{\"a\":1}", "cafe", "100", "60000"]);
+    // The header is an envelope whose payload starts with the stream marker, for the script
+    // to append `{epoch}:{offset}\n{data}` to.
+    let Some(wire) = decode_envelope(sent[1][6].as_bytes()) else { panic!("an envelope header") };
+    assert_eq!((wire.envelope.channel.as_str(), &wire.envelope.payload[..]), ("h:x", &[crate::hub::STREAMED][..]));
+    sim.feed(LinkConn::Command, b"$4\r\nab12\r\n:1\r\n");
+    assert!(sim.link.history_publish(sim.now, &publication, RULES, "cafe"));
+    let sent = sim.commands(LinkConn::Command);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0][..2], ["EVALSHA", "ab12"]);
+    assert!(sim.closes().is_empty(), "the SHA reply is not a protocol error");
+}
+
+#[test]
+fn a_read_waits_for_its_channel_subscription_and_returns_the_entries() {
+    let mut sim = Sim::ready();
+    sim.link.subscribe(sim.now, "h:x");
+    assert_eq!(sim.commands(LinkConn::Subscriber), [vec!["SUBSCRIBE", "sb:ch:h:x"]]);
+    sim.link.history_read(sim.now, read(5, "h:x", 2, 10));
+    assert!(sim.commands(LinkConn::Command).is_empty(), "not before the subscription is confirmed");
+    sim.feed(LinkConn::Subscriber, b"*3\r\n$9\r\nsubscribe\r\n$9\r\nsb:ch:h:x\r\n:1\r\n");
+    let sent = sim.commands(LinkConn::Command);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0][3..], ["sb:stream:h:x", "sb:meta:h:x", "3", "10", "cafe", "60000"]);
+    // [epoch, last offset, [[id, [d, data]], ...]]
+    let reply = b"*3\r\n$4\r\nbeef\r\n$1\r\n4\r\n*2\r\n*2\r\n$3\r\n3-0\r\n*2\r\n$1\r\nd\r\n$1\r\n7\r\n*2\r\n$3\r\n4-0\r\n*2\r\n$1\r\nd\r\n$3\r\n\"x\"\r\n";
+    sim.feed(LinkConn::Command, reply);
+    let Some(answer) = sim.link.poll_history() else { panic!("no answer") };
+    let Some(got) = answer.read else { panic!("no read") };
+    assert_eq!((answer.token, got.top.epoch.as_str(), got.top.offset, got.complete), (5, "beef", 4, true));
+    assert_eq!(got.publications, [(3, Bytes::from_static(b"7")), (4, Bytes::from_static(b"\"x\""))]);
+
+    // A read of a channel the hub does not hold goes at once; a gap at its start is reported.
+    sim.link.history_read(sim.now, read(6, "h:y", 0, 10));
+    assert_eq!(sim.commands(LinkConn::Command).len(), 1);
+    sim.feed(
+        LinkConn::Command,
+        b"*3\r\n$4\r\nbeef\r\n$1\r\n9\r\n*1\r\n*2\r\n$3\r\n8-0\r\n*2\r\n$1\r\nd\r\n$1\r\n1\r\n",
+    );
+    let Some(HistoryAnswer { read: Some(got), .. }) = sim.link.poll_history() else { panic!("no answer") };
+    assert!(!got.complete, "1 to 7 are gone");
+}
+
+#[test]
+fn reads_are_answered_empty_when_redis_is_lost() {
+    let mut sim = Sim::ready();
+    sim.link.subscribe(sim.now, "h:x");
+    sim.commands(LinkConn::Subscriber);
+    sim.link.history_read(sim.now, read(1, "h:x", 0, 10));
+    sim.link.handle_eof(sim.now, LinkConn::Subscriber);
+    let Some(answer) = sim.link.poll_history() else { panic!("no answer") };
+    assert!(answer.read.is_none());
+    // A read in flight on the command connection too.
+    sim.link.history_read(sim.now, read(2, "h:z", 0, 10));
+    sim.link.handle_eof(sim.now, LinkConn::Command);
+    let Some(answer) = sim.link.poll_history() else { panic!("no answer") };
+    assert_eq!((answer.token, answer.read.is_none()), (2, true));
 }

@@ -1,0 +1,263 @@
+//! `history_bench`: publications per second through Redis with channel history on (Redis
+//! Streams: the publish script increments, appends and publishes) and off (plain PUBLISH),
+//! between two `switchboard-mio` nodes (one worker each), interleaved runs, medians and their
+//! ratio.
+//!
+//! It starts its own `redis-server` (no persistence) and two nodes on free ports of
+//! 127.0.0.1, keeps their PIDs and stops them at the end. One publisher on the first node
+//! (authenticated by a token, so it need not subscribe) sends `count` publish ops of `size`
+//! bytes of data as fast as the socket takes them; `subscribers` connections on the second
+//! node each read all of them, so every publication crosses Redis. A run's rate is
+//! `count` over the time from the first publish to the last subscriber's last message.
+//! History runs also check the offsets arrive 1, 2, 3… with no gap.
+//!
+//! `cargo build --release --bins && target/release/history_bench [runs] [count] [subscribers] [size]`
+//! (defaults 3, 20000, 4, 64); results in `bench/results/history.json`.
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_tungstenite::tungstenite::{self, Message};
+use ring::hmac;
+
+const SECRET: &str = "history-bench-secret";
+/// A run that has not finished by then is reported as failed, not waited for.
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+/// A child process stopped (and reaped) when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn b64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
+
+fn token(sub: &str) -> String {
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 3600;
+    let claims = format!(r#"{{"sub":"{sub}","exp":{exp}}}"#);
+    let signing = format!("{}.{}", b64(br#"{"alg":"HS256","typ":"JWT"}"#), b64(claims.as_bytes()));
+    let key = hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes());
+    format!("{signing}.{}", b64(hmac::sign(&key, signing.as_bytes()).as_ref()))
+}
+
+fn start_redis(port: u16) -> Process {
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server runs (apt-get install -y redis-server)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not listen on {port}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    Process(child)
+}
+
+fn start_server(redis_port: u16, dir: &std::path::Path, node: &str) -> (Process, String) {
+    let config = format!(
+        r#"[server]
+workers = 1
+[rate_limit]
+messages_per_second = 0.0
+bytes_per_second = "1GiB"
+[limits]
+send_queue_bytes = "64MiB"
+[broker]
+kind = "redis"
+url = "redis://127.0.0.1:{redis_port}"
+node_id = "{node}"
+[auth]
+hmac_secret = "{SECRET}"
+[[namespace]]
+name = "on"
+subscribe = "anyone"
+publish = "authenticated"
+history_size = 1000
+history_ttl = "5m"
+recover = true
+[[namespace]]
+name = "off"
+subscribe = "anyone"
+publish = "authenticated"
+"#
+    );
+    let path = dir.join(format!("{node}.toml"));
+    std::fs::write(&path, config).expect("write the config");
+    let binary = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/switchboard-mio");
+    let mut child = Command::new(&binary)
+        .arg("--config")
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (cargo build --release --bins)", binary.display()));
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    BufReader::new(stdout).read_line(&mut line).expect("the address line");
+    let addr = line.trim().strip_prefix("listening on ").expect("`listening on ADDR`").to_owned();
+    (Process(child), addr)
+}
+
+fn connect(url: &str) -> tungstenite::WebSocket<TcpStream> {
+    let host = url.trim_start_matches("ws://").split('/').next().expect("a host");
+    let stream = TcpStream::connect(host).expect("connect");
+    stream.set_read_timeout(Some(RUN_LIMIT)).expect("timeout");
+    let (mut ws, _) = tungstenite::client(url, stream).expect("upgrade");
+    let _welcome = ws.read().expect("welcome");
+    ws
+}
+
+/// One run: the publications/s, or why it failed. The publisher is on node `publish_to`,
+/// the subscribers on `addr`: every publication crosses Redis.
+fn run(
+    addr: &str,
+    publish_to: &str,
+    channel: &str,
+    count: usize,
+    subscribers: usize,
+    size: usize,
+    history: bool,
+) -> Result<f64, String> {
+    let (done_tx, done_rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    for _ in 0..subscribers {
+        let (url, channel, done, ready) =
+            (format!("ws://{addr}/ws"), channel.to_owned(), done_tx.clone(), ready_tx.clone());
+        thread::spawn(move || {
+            let mut ws = connect(&url);
+            let subscribe = format!(r#"{{"op":"subscribe","channel":"{channel}","id":1}}"#);
+            let _ = ws.send(Message::text(subscribe));
+            let _reply = ws.read();
+            let _ = ready.send(());
+            let mut seen = 0usize;
+            let mut gaps = 0usize;
+            let mut last = 0u64;
+            while seen < count {
+                match ws.read() {
+                    Ok(Message::Text(text)) if text.as_str().starts_with(r#"{"type":"message""#) => {
+                        seen += 1;
+                        if history {
+                            let offset = text
+                                .as_str()
+                                .split(r#""offset":"#)
+                                .nth(1)
+                                .and_then(|rest| rest.split(',').next())
+                                .and_then(|n| n.parse::<u64>().ok())
+                                .unwrap_or(0);
+                            if last != 0 && offset != last + 1 {
+                                gaps += 1;
+                            }
+                            last = offset;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = done.send(Err(format!("subscriber: {e} after {seen}")));
+                        return;
+                    }
+                }
+            }
+            let _ = done.send(if gaps == 0 { Ok(Instant::now()) } else { Err(format!("{gaps} gaps in the offsets")) });
+        });
+    }
+    for _ in 0..subscribers {
+        ready_rx.recv_timeout(RUN_LIMIT).map_err(|_| "a subscriber never subscribed".to_owned())?;
+    }
+    // The subscribers' node must hold its Redis subscription before the first publish.
+    thread::sleep(Duration::from_millis(300));
+    let mut publisher = connect(&format!("ws://{publish_to}/ws?token={}", token("bench")));
+    let data = format!("\"{}\"", "x".repeat(size.saturating_sub(2)));
+    let op = format!(r#"{{"op":"publish","channel":"{channel}","data":{data}}}"#);
+    let start = Instant::now();
+    for _ in 0..count {
+        publisher.write(Message::text(op.clone())).map_err(|e| format!("publish: {e}"))?;
+    }
+    publisher.flush().map_err(|e| format!("flush: {e}"))?;
+    let mut last = start;
+    for _ in 0..subscribers {
+        let finished =
+            done_rx.recv_timeout(RUN_LIMIT).map_err(|_| "a subscriber did not finish in time".to_owned())??;
+        last = last.max(finished);
+    }
+    let _ = publisher.close(None);
+    Ok(count as f64 / (last - start).as_secs_f64())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>().expect("numeric arguments"));
+    let runs = args.next().unwrap_or(3);
+    let count = args.next().unwrap_or(20_000);
+    let subscribers = args.next().unwrap_or(4);
+    let size = args.next().unwrap_or(64);
+    let dir = std::env::temp_dir().join(format!("history-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let redis_port = free_port();
+    let _redis = start_redis(redis_port);
+    let (_subscribers_node, addr) = start_server(redis_port, &dir, "sub");
+    let (_publishers_node, publish_to) = start_server(redis_port, &dir, "pub");
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    let mut rows = Vec::new();
+    for r in 0..runs {
+        for (history, results) in [(false, &mut off), (true, &mut on)] {
+            let channel = format!("{}:run{r}", if history { "on" } else { "off" });
+            match run(&addr, &publish_to, &channel, count, subscribers, size, history) {
+                Ok(rate) => {
+                    println!("run {r} history {}: {rate:.0} publications/s", if history { "on " } else { "off" });
+                    rows.push(format!(r#"{{"run":{r},"history":{history},"publications_per_sec":{rate:.0}}}"#));
+                    results.push(rate);
+                }
+                Err(e) => {
+                    println!("run {r} history {history}: failed: {e}");
+                    rows.push(format!(r#"{{"run":{r},"history":{history},"error":{:?}}}"#, e));
+                }
+            }
+        }
+    }
+    let (m_on, m_off) = (median(&mut on), median(&mut off));
+    let ratio = if m_off > 0.0 { m_on / m_off } else { 0.0 };
+    println!(
+        "median of {runs}: history off {m_off:.0}/s, history on {m_on:.0}/s, on/off {ratio:.2} \
+         ({count} publications of {size} B, {subscribers} subscribers on another node than the publisher, one Redis)"
+    );
+    let json = format!(
+        "{{\"count\":{count},\"subscribers\":{subscribers},\"size\":{size},\"median_off\":{m_off:.0},\"median_on\":{m_on:.0},\"ratio\":{ratio:.3},\"runs\":[\n{}\n]}}\n",
+        rows.join(",\n")
+    );
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results/history.json");
+    if let Err(e) = std::fs::File::create(&out).and_then(|mut f| f.write_all(json.as_bytes())) {
+        eprintln!("{}: {e}", out.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
