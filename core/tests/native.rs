@@ -603,3 +603,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_tokens_channels_are_subscribed_by_the_server() {
+    let mut sim = sim();
+    let claims = json!({"sub":"ann","exp": NOW_SECS + 60,"channels":["feed:a","chat:s","bad channel"]});
+    let (id, list, close) = connect(&mut sim, &format!("?token={}", token(&claims)));
+    assert_eq!(close, None);
+    let subscribed = of_type(&list, "subscribed");
+    assert_eq!(subscribed.len(), 2, "{list:?}");
+    assert_eq!(subscribed[0]["channel"], "feed:a");
+    assert!(subscribed[0].get("epoch").is_none(), "no history on feed:");
+    assert_eq!((subscribed[1]["channel"].clone(), subscribed[1]["offset"].clone()), (json!("chat:s"), json!(0)));
+    assert_eq!(of_type(&list, "error")[0]["code"], "bad_channel");
+    sim.hub.handle_publish(sim.now, "feed:a", "1").unwrap();
+    assert_eq!(of_type(&frames(&mut sim, id).0, "message").len(), 1);
+}

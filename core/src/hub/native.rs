@@ -206,7 +206,14 @@ impl Hub {
         let max = self.config.pubsub.max_channel_bytes;
         for channel in channels {
             let result = if pubsub::valid_channel(&channel, max) {
-                self.subscribe_checked(now, id, None, &channel, None, None)
+                let streamed = self.stream_rules(&channel).is_some();
+                let result = self.subscribe_checked(now, id, None, &channel, None, None);
+                // A channel with history says `subscribed` itself; the others are told here,
+                // since the client never asked.
+                if result.is_ok() && !streamed {
+                    self.reply(id, pubsub::subscribed(None, &channel, None));
+                }
+                result
             } else {
                 Err((ErrorCode::BadChannel, format!("the token's channel {channel:?} is not a valid channel name")))
             };
