@@ -93,6 +93,7 @@ mod history;
 mod hub;
 mod limits;
 mod metrics;
+mod presence;
 mod proxy;
 mod pubsub;
 mod pusher;
@@ -106,6 +107,7 @@ pub use history::{HistoryStore, HistoryTable, StreamRead, StreamRules, StreamTop
 pub use hub::{ConnId, Footprint, Hub, Output, PublishError, WebhookOutcome, WebhookRequest, check_public_keys};
 pub use limits::{Admission, AdmissionTable, Refusal};
 pub use metrics::{Figure, Kind as FigureKind, Metrics};
+pub use presence::{PresenceStore, PresenceTable};
 pub use proxy::{Cidr, CidrError};
 pub use redis::LinkConn;
 

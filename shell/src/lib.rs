@@ -28,7 +28,7 @@ use switchboard_core::{AdmissionTable, Config, ConnId, Envelope, HistoryTable, H
 pub use accept::Accepting;
 pub use admission::SharedAdmission;
 pub use driver::{Message, Next, Peers, Post, Reactor, Worker};
-pub use history::SharedHistory;
+pub use history::{SharedHistory, SharedPresence};
 pub use redis::{Flush, RedisSockets, read_redis, resolve, write_redis};
 pub use turn::{Sockets, drain_outputs, resume_redis};
 pub use webhook::{WebhookClient, Webhooks};
@@ -65,6 +65,8 @@ pub struct Node {
     pub public_keys: Vec<String>,
     /// The node's channel history, lent to every worker's hub.
     pub history: SharedHistory,
+    /// The node's native presence (without Redis), lent to every worker's hub.
+    pub presence: SharedPresence,
 }
 
 impl Node {
@@ -79,7 +81,8 @@ impl Node {
             .with_seed(self.seed)
             .with_workers(self.workers)
             .with_admission(Box::new(self.admission.clone()))
-            .with_history(Box::new(self.history.clone())))
+            .with_history(Box::new(self.history.clone()))
+            .with_presence(Box::new(self.presence.clone())))
     }
 
     /// Prints `listening on ADDR`, the line tests and scripts wait for. Call it once signals
@@ -192,7 +195,8 @@ fn prepare(program: &'static str, config: Config, public_keys: Vec<String>) -> i
     let seed = random_seed();
     // Epochs come from the node's seed too, so a restarted node starts new ones.
     let history = SharedHistory::new(HistoryTable::new(seed.rotate_left(17) ^ 0x5eed));
-    Ok(Node { program, config, node_id, workers, listeners, local, admission, seed, public_keys, history })
+    let presence = SharedPresence::default();
+    Ok(Node { program, config, node_id, workers, listeners, local, admission, seed, public_keys, history, presence })
 }
 
 /// 64 random bits from the standard library's hasher keys (themselves drawn from the OS),

@@ -151,3 +151,28 @@ fn check_config_names_bad_key_files_and_namespace_rules() {
         }
     }
 }
+
+#[test]
+fn presence_lists_the_members_on_every_worker() {
+    for_each_binary(|bin| {
+        let server = Server::start(bin, &format!("[server]\nworkers = 2\n{CONFIG}"));
+        let mut ann = PubSub::connect_on_worker(&server, &format!("/ws?token={}", user_token("ann")), 0);
+        let mut ben = PubSub::connect_on_worker(&server, &format!("/ws?token={}", user_token("ben")), 1);
+        ann.send(r#"{"op":"subscribe","channel":"chat:p","id":1,"presence":{"n":1}}"#);
+        next_of_type(&mut ann, "subscribed");
+        ben.send(r#"{"op":"subscribe","channel":"chat:p","id":1}"#);
+        next_of_type(&mut ben, "subscribed");
+        for client in [&mut ann, &mut ben] {
+            client.send(r#"{"op":"presence","channel":"chat:p","id":2}"#);
+            let reply = next_of_type(client, "presence");
+            let mut users: Vec<&str> =
+                reply["members"].as_array().expect("members").iter().filter_map(|m| m["user"].as_str()).collect();
+            users.sort_unstable();
+            assert_eq!(users, ["ann", "ben"], "{reply}");
+        }
+        switchboard_tests::close_and_wait(ben.ws);
+        ann.send(r#"{"op":"presence","channel":"chat:p","id":3}"#);
+        let reply = next_of_type(&mut ann, "presence");
+        assert_eq!(reply["members"].as_array().map(Vec::len), Some(1), "{reply}");
+    });
+}

@@ -146,10 +146,11 @@ impl Hub {
 
     /// Registers (or, with `info` None and `joined` false, removes) a presence member.
     pub(super) fn broker_presence(&mut self, now: Instant, channel: &str, member: &str, joined: Option<Option<&str>>) {
-        let Some(link) = &mut self.redis else { return };
-        match joined {
-            Some(info) => link.presence_join(now, channel, member, info),
-            None => link.presence_leave(now, channel, member),
+        match (&mut self.redis, joined) {
+            (Some(link), Some(info)) => link.presence_join(now, channel, member, info),
+            (Some(link), None) => link.presence_leave(now, channel, member),
+            (None, Some(info)) => self.members.join(channel, member, info),
+            (None, None) => self.members.leave(channel, member),
         }
     }
 
@@ -166,8 +167,7 @@ impl Hub {
             self.pump_redis(now);
             return;
         }
-        let members: Vec<(String, Option<String>)> =
-            self.presence(&channel).into_iter().map(|(name, info)| (name, info.map(String::from))).collect();
+        let members = self.members.members(&channel);
         self.answer_presence(waiter, &members, true);
     }
 

@@ -44,6 +44,7 @@ use crate::handshake::HttpResponse;
 use crate::history::{HistoryStore, HistoryTable};
 use crate::limits::{Admission, AdmissionTable, TokenBucket};
 use crate::metrics::Metrics;
+use crate::presence::{PresenceStore, PresenceTable};
 use crate::proxy::{self};
 use crate::pubsub::{self};
 use crate::pusher::directory::{Directory, Effects, Update};
@@ -184,6 +185,8 @@ pub struct Hub {
     keys: KeySet,
     /// The node's channel streams (shared with its other hubs by the shell).
     history: Box<dyn HistoryStore>,
+    /// Who is on each native channel, node-wide, when there is no Redis (shared by the shell).
+    members: Box<dyn PresenceStore>,
     /// History reads sent to Redis, by token.
     history_waiters: HashMap<u64, native::HistoryWaiter>,
     /// Subscribers whose live messages wait for (or are trimmed by) their history read.
@@ -237,6 +240,7 @@ impl Hub {
             watchers: HashMap::new(),
             keys: KeySet::default(),
             history: Box::new(HistoryTable::new(0)),
+            members: Box::new(PresenceTable::default()),
             history_waiters: HashMap::new(),
             recovering: Vec::new(),
         };
@@ -262,6 +266,13 @@ impl Hub {
     /// keeps its own).
     pub fn with_history(mut self, store: Box<dyn HistoryStore>) -> Self {
         self.history = store;
+        self
+    }
+
+    /// Keeps native presence in `store`, which the node's other hubs share (a hub alone keeps
+    /// its own); unused with Redis, which holds the cluster's.
+    pub fn with_presence(mut self, store: Box<dyn PresenceStore>) -> Self {
+        self.members = store;
         self
     }
 

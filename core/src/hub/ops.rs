@@ -105,22 +105,6 @@ impl Hub {
         Ok(())
     }
 
-    /// Local members of `channel`: connection names and their presence info.
-    pub(super) fn presence(&self, channel: &str) -> Vec<(String, Option<Box<str>>)> {
-        let Some(chan_id) = self.channels.find(channel) else { return Vec::new() };
-        let Some(chan) = self.channels.get(chan_id) else { return Vec::new() };
-        chan.subscribers
-            .iter()
-            .map(|&member| {
-                let info = self
-                    .conn(member)
-                    .and_then(|c| c.subscriptions.iter().find(|s| s.channel == chan_id))
-                    .and_then(|s| s.info.clone());
-                (self.member_name(member), info)
-            })
-            .collect()
-    }
-
     pub(super) fn subscription_index(&self, id: ConnId, channel: &str) -> Option<usize> {
         let chan = self.channels.find(channel)?;
         self.conn(id)?.subscriptions.iter().position(|s| s.channel == chan)
