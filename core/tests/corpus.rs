@@ -17,7 +17,7 @@ use switchboard_testkit::{files, folders, fuzz_dir, origin, read};
 type Entry = fn(Instant, &[u8]);
 
 /// Every fuzz target and its entry point; a corpus folder not named here fails the test.
-const TARGETS: [(&str, Entry); 9] = [
+const TARGETS: [(&str, Entry); 10] = [
     ("handshake", fuzzing::handshake),
     ("frames", fuzzing::frames),
     ("pubsub_json", fuzzing::pubsub_json),
@@ -27,6 +27,7 @@ const TARGETS: [(&str, Entry); 9] = [
     ("resp", fuzzing::resp),
     ("pusher", fuzzing::pusher),
     ("pusher_hub", fuzzing::pusher_hub),
+    ("native", fuzzing::native),
 ];
 
 /// Folders of inputs that must keep passing.
@@ -96,6 +97,11 @@ fn frames_corpus() {
 #[test]
 fn pubsub_json_corpus() {
     assert!(replay("pubsub_json") > 0, "pubsub_json has seeds");
+}
+
+#[test]
+fn native_corpus() {
+    assert!(replay("native") > 0, "native has seeds");
 }
 
 #[test]

@@ -26,7 +26,7 @@ pub use rig::{advance, assert_hub_empty, peer_addr, take_output};
 pub fn splitmix64(state: &mut u64) -> u64 {
     crate::redis::splitmix64(state)
 }
-pub use targets::{config, frames, handshake, http_api, pubsub_json, pusher, pusher_hub, resp};
+pub use targets::{config, frames, handshake, http_api, native, pubsub_json, pusher, pusher_hub, resp};
 
 /// Routes every hub here serves, in the order `Choices` picks them.
 pub const ROUTES: [&str; 3] = ["/echo", "/chat", "/ws"];

@@ -715,3 +715,103 @@ subscription_count = true
     }
     rig.assert_empty();
 }
+
+/// The namespaces and keys of the `native` target.
+const NATIVE_CONFIG: &str = r#"
+[heartbeat]
+idle_timeout = "0s"
+[auth]
+hmac_secret = "fuzz-secret"
+expire_grace = "1s"
+[[namespace]]
+name = "h"
+subscribe = "anyone"
+publish = "subscribers"
+presence = true
+join_leave = true
+history_size = 4
+history_ttl = "3s"
+recover = true
+max_recover = 2
+[[namespace]]
+name = "t"
+subscribe = "token"
+publish = "authenticated"
+"#;
+
+/// A token signed with the `native` target's secret (the fuzzer cannot forge one).
+fn native_token(claims: &str) -> String {
+    let signing = format!("{}.{}", b64url(br#"{"alg":"HS256"}"#), b64url(claims.as_bytes()));
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"fuzz-secret");
+    let signature = ring::hmac::sign(&key, signing.as_bytes());
+    format!("{signing}.{}", b64url(signature.as_ref()))
+}
+
+/// Unpadded base64url, as JWT segments are written (the core itself only decodes).
+fn b64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len() * 4 / 3 + 3);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
+
+/// `native`: the native protocol with tokens, namespaces, history and join/leave. Arbitrary
+/// tokens go to the JWT verifier; lines on two connections (one authenticated by a query
+/// token) and clock steps drive the hub. `$GOOD`, `$SOON` and `$SUB` in a line become valid
+/// tokens (a user's, one expiring in a second, and a subscription token for `t:x`).
+///
+/// Layout: a flags byte, then text; lines starting with `>` go to the second connection, a
+/// line `~` advances the clock by a second.
+pub fn native(t0: Instant, data: &[u8]) {
+    let mut input = Choices::new(data);
+    let flags = input.byte();
+    let text = String::from_utf8_lossy(input.rest()).into_owned();
+    let keys = crate::auth::keys::KeySet::new("fuzz-secret", &[]).unwrap_or_default();
+    for line in text.split('\n') {
+        // Whatever the text, verification answers without panicking.
+        let _ = crate::auth::jwt::verify(line, &keys, &crate::auth::jwt::Rules::default(), 1_800_000_000);
+    }
+    let config = Config::from_toml(NATIVE_CONFIG).unwrap_or_else(|e| panic!("the native fuzz config: {e}"));
+    let mut rig = Rig::new(config, t0);
+    rig.hub.handle_wall_clock(t0, 1_800_000_000_000);
+    let exp = 1_800_000_000 + 3600;
+    let good = native_token(&format!(r#"{{"sub":"u1","exp":{exp},"info":{{"n":1}},"channels":["h:a"]}}"#));
+    let soon = native_token(r#"{"sub":"u1","exp":1800000001}"#);
+    let sub = native_token(&format!(r#"{{"sub":"u1","channel":"t:x","exp":{exp}}}"#));
+    let query = match flags & 3 {
+        0 => String::new(),
+        1 => format!("?token={good}"),
+        2 => format!("?token={soon}"),
+        _ => "?token=garbage".to_owned(),
+    };
+    let mut one = rig.open(1, &format!("/ws{query}"), None);
+    let mut two = rig.open(2, "/ws", None);
+    for line in text.split('\n') {
+        if line == "~" {
+            rig.advance(Duration::from_secs(1));
+            continue;
+        }
+        let (target, line) = match line.strip_prefix('>') {
+            Some(rest) => (two.id, rest),
+            None => (one.id, line),
+        };
+        let line = line.replace("$GOOD", &good).replace("$SOON", &soon).replace("$SUB", &sub);
+        rig.send(target, &client_frame(0x81, line.as_bytes(), MASK));
+        if flags & 4 != 0 {
+            rig.hub.handle_publish(rig.now, "h:a", "{\"from\":\"api\"}").ok();
+            rig.pump();
+        }
+    }
+    for (id, stream) in [(one.id, &mut one.stream), (two.id, &mut two.stream)] {
+        let items = stream.read(&rig.read_all(id));
+        check_route_output("/ws", &items);
+    }
+    rig.eof(one.id);
+    rig.eof(two.id);
+    rig.assert_empty();
+}
