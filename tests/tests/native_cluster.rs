@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard_tests::cluster::{API_KEY, Redis, api_publish, broker_toml, healthz, wait_until};
+use switchboard_tests::cluster::{API_KEY, Redis, Reply, api_publish, broker_toml, healthz, wait_until};
 use switchboard_tests::native::{AUTH_AND_NAMESPACES, user_token};
 use switchboard_tests::{PubSub, Server, Settings, for_each_binary};
 
@@ -50,6 +50,12 @@ fn three_nodes_share_one_stream_and_recover_across_nodes() {
     for_each_binary(|bin| {
         let Some(mut redis) = Redis::start() else { return };
         let nodes: Vec<Server> = (1..=3).map(|n| node(bin, redis.port, n)).collect();
+        // Every hub's link is up (it writes its lease first): publications are not dropped.
+        wait_until(
+            Duration::from_secs(10),
+            "six hubs hold a lease",
+            || matches!(redis.command(&["KEYS", "switchboard:lease:*"]), Ok(Reply::Array(keys)) if keys.len() == 6),
+        );
         let path = format!("/ws?token={}", user_token("ann"));
         let mut ann = PubSub::connect(&nodes[0], &path);
         let mut bob = PubSub::connect(&nodes[2], &format!("/ws?token={}", user_token("bob")));
@@ -96,6 +102,11 @@ fn three_nodes_share_one_stream_and_recover_across_nodes() {
             wait_until(Duration::from_secs(10), "the breaker closes", || healthz(server.addr).1["status"] == "ok");
         }
         redis.wait_subscribed("chat:h", 2, Duration::from_secs(10));
+        wait_until(
+            Duration::from_secs(10),
+            "six hubs hold a lease again",
+            || matches!(redis.command(&["KEYS", "switchboard:lease:*"]), Ok(Reply::Array(keys)) if keys.len() == 6),
+        );
         assert_eq!(api_publish(nodes[0].addr, "chat:h", "\"after\""), 202);
         let told = next_of_type(&mut bob, "unsubscribed");
         assert_eq!(told["code"], "resubscribe", "{told}");

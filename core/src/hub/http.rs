@@ -233,6 +233,11 @@ impl Hub {
             Err(PublishError::NoSuchRoute) => HttpResponse::error(404, "no broadcast route at that path"),
             Err(PublishError::BadChannel) => HttpResponse::error(400, "bad channel name"),
             Err(PublishError::BadJson) => HttpResponse::error(400, "data is not valid JSON"),
+            Err(PublishError::HistoryUnavailable) => HttpResponse::error(
+                503,
+                "the channel's history is in Redis, which is out of reach; nothing was published",
+            )
+            .with_header("Retry-After", "1"),
         }
     }
 

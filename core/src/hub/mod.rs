@@ -84,6 +84,8 @@ pub enum PublishError {
     NoSuchRoute,
     /// The data is not valid JSON (pub/sub channels carry JSON).
     BadJson,
+    /// The channel keeps its history in Redis, which is out of reach: nothing was published.
+    HistoryUnavailable,
 }
 
 /// The lengths of a hub's internal tables: what a leak would grow. For tests and for an
@@ -581,8 +583,11 @@ impl Hub {
             return Err(PublishError::BadJson);
         }
         self.touch(now);
-        self.publish_native(now, channel.to_owned(), data.as_bytes());
-        Ok(())
+        if self.publish_native(now, channel.to_owned(), data.as_bytes()) {
+            Ok(())
+        } else {
+            Err(PublishError::HistoryUnavailable)
+        }
     }
 
     /// Sends `data` to everyone on broadcast route `path`, and through the broker.

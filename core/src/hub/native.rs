@@ -669,10 +669,11 @@ impl Hub {
     }
 
     /// Publishes JSON `data` on a native channel: numbered in the node's stream first when the
-    /// channel keeps history.
-    pub(super) fn publish_native(&mut self, now: Instant, channel: String, data: &[u8]) {
+    /// channel keeps history. False when it could not be (history in Redis, out of reach).
+    pub(super) fn publish_native(&mut self, now: Instant, channel: String, data: &[u8]) -> bool {
         let Some(rules) = self.stream_rules(&channel) else {
-            return self.fan_out(now, channel, true, Bytes::copy_from_slice(data));
+            self.fan_out(now, channel, true, Bytes::copy_from_slice(data));
+            return true;
         };
         if self.redis.is_some() {
             // Through Redis only, to every node this one included: its order is the stream's.
@@ -683,15 +684,19 @@ impl Hub {
             );
             let envelope =
                 Envelope { origin: self.origin.clone(), channel, text: true, payload: Bytes::copy_from_slice(data) };
+            let mut sent = true;
             if let Some(link) = &mut self.redis
                 && !link.history_publish(now, &envelope, rules, &epoch)
             {
                 self.metrics.broker_dropped = link.dropped();
+                sent = false;
             }
-            return self.pump_redis(now);
+            self.pump_redis(now);
+            return sent;
         }
         let top = self.history.append(&channel, Bytes::copy_from_slice(data), rules, now);
         self.fan_out(now, channel, true, streamed(&top.epoch, top.offset, data));
+        true
     }
 
     /// Tells the channel's subscribers on every hub (but `skip`, the member itself) that

@@ -48,9 +48,10 @@ impl Hub {
             }
             ClientOp::Unsubscribe { id: request, channel } => (request, self.op_unsubscribe(id, &channel)),
             ClientOp::Publish { id: request, channel, data } => match self.may_publish(id, &channel) {
+                Ok(()) if self.publish_native(now, channel, data.get().as_bytes()) => (request, Ok(())),
                 Ok(()) => {
-                    self.publish_native(now, channel, data.get().as_bytes());
-                    (request, Ok(()))
+                    let message = "the channel's history is in Redis, which is out of reach: nothing was published";
+                    (request, Err((ErrorCode::HistoryUnavailable, message.to_owned())))
                 }
                 Err(refusal) => (request, Err(refusal)),
             },

@@ -66,6 +66,7 @@ impl RedisLink {
             self.conn_mut(which).attempt = 0;
             self.abandon(owed);
         }
+        self.abandon_reads();
         self.tick_at = None;
         self.cluster_connections = None;
     }

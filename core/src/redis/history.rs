@@ -137,19 +137,31 @@ impl RedisLink {
         true
     }
 
-    /// Reads a stream; the answer comes from `poll_history`. Sent once the subscription to
-    /// the channel is confirmed when the hub holds the channel (so nothing falls between the
-    /// read and live delivery); answered `None` at once when Redis is out of reach.
+    /// Reads a stream; the answer comes from `poll_history`. Sent once the link can write and,
+    /// when the hub holds the channel, once its subscription is confirmed (so nothing falls
+    /// between the read and live delivery); answered `None` at once while the breaker is open,
+    /// and when the connection it waits for is lost.
     pub(crate) fn history_read(&mut self, now: Instant, read: HistoryRead) {
-        if !self.writable() {
+        if !matches!(self.breaker, super::breaker::Breaker::Closed { .. }) {
             self.history_answers.push_back(HistoryAnswer { token: read.token, read: None });
             return;
         }
-        if self.channels.contains(&read.channel) && !self.confirmed.contains(&read.channel) {
-            self.waiting_reads.push(read);
+        self.waiting_reads.push(read);
+        self.send_waiting_reads(now);
+    }
+
+    /// Sends the waiting reads that may go now.
+    pub(super) fn send_waiting_reads(&mut self, now: Instant) {
+        if !self.writable() || self.waiting_reads.is_empty() {
             return;
         }
-        self.send_read(now, read);
+        let (ready, waiting): (Vec<HistoryRead>, Vec<HistoryRead>) = std::mem::take(&mut self.waiting_reads)
+            .into_iter()
+            .partition(|r| !self.channels.contains(&r.channel) || self.confirmed.contains(&r.channel));
+        self.waiting_reads = waiting;
+        for read in ready {
+            self.send_read(now, read);
+        }
     }
 
     fn send_read(&mut self, now: Instant, read: HistoryRead) {
@@ -179,13 +191,8 @@ impl RedisLink {
 
     /// The subscription to `channel` is confirmed: reads waiting for it go out.
     pub(super) fn on_confirmed(&mut self, now: Instant, channel: String) {
-        let (ready, waiting): (Vec<HistoryRead>, Vec<HistoryRead>) =
-            std::mem::take(&mut self.waiting_reads).into_iter().partition(|r| r.channel == channel);
-        self.waiting_reads = waiting;
         self.confirmed.insert(channel);
-        for read in ready {
-            self.send_read(now, read);
-        }
+        self.send_waiting_reads(now);
     }
 
     /// Reads that can no longer be sent (a connection was lost) are answered `None`.

@@ -567,6 +567,7 @@ impl RedisLink {
                 self.epoch = Some(n.unsigned_abs());
                 self.record_success(LinkConn::Command);
                 self.register(now);
+                self.send_waiting_reads(now);
                 return Ok(());
             }
             (Expect::Probe, OwnedFrame::SimpleString(s)) if s.eq_ignore_ascii_case(b"PONG") => {

@@ -821,3 +821,15 @@ fn reads_are_answered_empty_when_redis_is_lost() {
     let Some(answer) = sim.link.poll_history() else { panic!("no answer") };
     assert_eq!((answer.token, answer.read.is_none()), (2, true));
 }
+
+#[test]
+fn a_read_before_the_link_is_ready_waits_for_it() {
+    let mut sim = Sim::new(&config());
+    sim.link.history_read(sim.now, read(9, "h:q", 0, 5));
+    assert!(sim.link.poll_history().is_none(), "not refused while connecting");
+    assert_eq!(sim.connect(), [LinkConn::Command, LinkConn::Subscriber]);
+    assert_eq!(sim.commands(LinkConn::Command), [vec!["INCR", "sb:epoch"]]);
+    sim.feed(LinkConn::Command, b":7\r\n");
+    let sent = sim.commands(LinkConn::Command);
+    assert_eq!(sent.last().map(|c| c[0].as_str()), Some("EVAL"), "{sent:?}");
+}
