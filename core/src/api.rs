@@ -26,9 +26,15 @@ pub(crate) enum BrokerState {
     HalfOpen,
     /// No external broker: the in-memory one serves this node alone.
     Disabled,
+    /// Redis answers, but the hub's own probe did not come back through its subscription in
+    /// time: messages from other nodes may be missed (the link resubscribes).
+    Deaf,
 }
 
 impl BrokerState {
+    /// The states `/metrics` has a series for (not `Disabled`).
+    pub(crate) const REPORTED: [Self; 4] = [Self::Closed, Self::Open, Self::HalfOpen, Self::Deaf];
+
     /// Name used in the JSON endpoints and the `state` label.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -36,6 +42,7 @@ impl BrokerState {
             Self::Open => "open",
             Self::HalfOpen => "half_open",
             Self::Disabled => "disabled",
+            Self::Deaf => "deaf",
         }
     }
 }
@@ -161,7 +168,7 @@ pub(crate) fn prometheus_text(m: &Metrics, extra: &NodeInfo) -> String {
     // One series per state so that alerts can select `state="open"`; a disabled broker has none at 1.
     let name = "switchboard_broker_state";
     x.family(name, Kind::Gauge, "1 for the current state of the broker circuit breaker.");
-    for state in [BrokerState::Closed, BrokerState::Open, BrokerState::HalfOpen] {
+    for state in BrokerState::REPORTED {
         x.sample(name, &[("state", state.as_str())], u64::from(extra.broker == state));
     }
     let name = "switchboard_build_info";
@@ -233,7 +240,7 @@ pub(crate) fn healthz_json(info: &NodeInfo) -> (u16, String) {
         return (503, json!({ "status": "draining" }).to_string());
     }
     match info.broker {
-        BrokerState::Open | BrokerState::HalfOpen => {
+        BrokerState::Open | BrokerState::HalfOpen | BrokerState::Deaf => {
             (200, json!({ "status": "degraded", "broker": info.broker.as_str() }).to_string())
         }
         BrokerState::Closed | BrokerState::Disabled => (200, json!({ "status": "ok" }).to_string()),
@@ -389,6 +396,7 @@ mod tests {
             webhooks_queued: 37,
             auth_failures: 38,
             resubscribes: 39,
+            broker_probe_failures: 40,
         }
     }
 
@@ -538,12 +546,14 @@ mod tests {
             ("switchboard_webhooks_queued", &[], 37.0),
             ("switchboard_auth_failures_total", &[], 38.0),
             ("switchboard_resubscribes_total", &[], 39.0),
+            ("switchboard_broker_probe_failures_total", &[], 40.0),
             ("switchboard_uptime_seconds", &[], 3600.0),
             ("switchboard_draining", &[], 0.0),
             ("switchboard_cluster_connections", &[], 900.0),
             ("switchboard_broker_state", &[("state", "closed")], 1.0),
             ("switchboard_broker_state", &[("state", "open")], 0.0),
             ("switchboard_broker_state", &[("state", "half_open")], 0.0),
+            ("switchboard_broker_state", &[("state", "deaf")], 0.0),
             ("switchboard_build_info", &[("version", "1.2.3"), ("node", "node-\"a\"\\b\nc")], 1.0),
         ];
         for (name, labels, value) in expected {
@@ -567,10 +577,10 @@ mod tests {
 
     #[test]
     fn prometheus_broker_state_marks_the_current_state() {
-        for state in [BrokerState::Closed, BrokerState::Open, BrokerState::HalfOpen] {
+        for state in BrokerState::REPORTED {
             let text = prometheus_text(&Metrics::default(), &NodeInfo { broker: state, ..info() });
             let series = validate(&text).unwrap_or_else(|e| panic!("{e}"));
-            for other in [BrokerState::Closed, BrokerState::Open, BrokerState::HalfOpen] {
+            for other in BrokerState::REPORTED {
                 let value = series.get(&key("switchboard_broker_state", &[("state", other.as_str())]));
                 assert_eq!(value, Some(&f64::from(u8::from(other == state))), "{state:?} / {other:?}");
             }
@@ -658,6 +668,7 @@ mod tests {
             (false, BrokerState::Disabled, 200, json!({ "status": "ok" })),
             (false, BrokerState::Open, 200, json!({ "status": "degraded", "broker": "open" })),
             (false, BrokerState::HalfOpen, 200, json!({ "status": "degraded", "broker": "half_open" })),
+            (false, BrokerState::Deaf, 200, json!({ "status": "degraded", "broker": "deaf" })),
             (true, BrokerState::Closed, 503, json!({ "status": "draining" })),
             (true, BrokerState::Open, 503, json!({ "status": "draining" })),
         ];

@@ -120,6 +120,8 @@ metrics! {
     auth_failures: Counter,
     /// Native subscriptions ended with `resubscribe` (a new epoch, or missed publications).
     resubscribes: Counter,
+    /// Probes through Redis that did not come back to this node's subscription in time.
+    broker_probe_failures: Counter,
     maps:
     /// Open WebSocket connections per route path (gauges).
     connections_by_route: String,

@@ -5,7 +5,7 @@
 //! `scripts/test` installs `redis-server` when it is missing. A test without Redis fails, naming
 //! the install step, unless `SWITCHBOARD_SKIP_REDIS` asks to skip it.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -359,5 +359,82 @@ pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) 
         }
         assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
         thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A TCP proxy in front of a Redis that can go deaf on purpose: after [`Blackhole::mute`],
+/// what Redis sends to the subscriber connections open at that moment (those that sent a
+/// `SUBSCRIBE`) is read and thrown away, while commands keep their answers. That is a
+/// subscription lost without a sign: what a failover behind a proxy can do. Connections made
+/// after `mute` pass everything.
+#[derive(Debug)]
+pub struct Blackhole {
+    /// The proxy's port on 127.0.0.1.
+    pub port: u16,
+    state: std::sync::Arc<BlackholeState>,
+}
+
+#[derive(Debug, Default)]
+struct BlackholeState {
+    /// Connections accepted so far; those numbered below `muted_below` are muted.
+    accepted: std::sync::atomic::AtomicU64,
+    muted_below: std::sync::atomic::AtomicU64,
+}
+
+impl Blackhole {
+    /// Starts a proxy to the Redis on `redis_port`.
+    pub fn start(redis_port: u16) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a proxy port");
+        let port = listener.local_addr().expect("an address").port();
+        let state = Arc::new(BlackholeState::default());
+        let shared = Arc::clone(&state);
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", redis_port)) else { continue };
+                let number = shared.accepted.fetch_add(1, Ordering::SeqCst);
+                let subscriber = Arc::new(AtomicBool::new(false));
+                let (mut from_client, mut to_server) =
+                    (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
+                let seen = Arc::clone(&subscriber);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = from_client.read(&mut buf) {
+                        if n == 0 || to_server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        if buf[..n].windows(9).any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE")) {
+                            seen.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    let _ = to_server.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut from_server, mut to_client) = (server, client);
+                let state = Arc::clone(&shared);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = from_server.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let muted =
+                            number < state.muted_below.load(Ordering::SeqCst) && subscriber.load(Ordering::SeqCst);
+                        if !muted && to_client.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_client.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Self { port, state }
+    }
+
+    /// From now on, the subscriber connections open so far hear nothing from Redis.
+    pub fn mute(&self) {
+        use std::sync::atomic::Ordering;
+        let accepted = self.state.accepted.load(Ordering::SeqCst);
+        self.state.muted_below.store(accepted, Ordering::SeqCst);
     }
 }

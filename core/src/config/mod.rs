@@ -378,6 +378,12 @@ pub struct BrokerConfig {
     pub backoff: BackoffConfig,
     /// Circuit breaker around broker calls.
     pub breaker: BreakerConfig,
+    /// How often each hub publishes a probe through Redis to its own subscription.
+    #[serde(with = "duration_serde")]
+    pub probe_interval: Duration,
+    /// A probe not back within this marks the hub deaf (`/healthz` degraded) and resubscribes.
+    #[serde(with = "duration_serde")]
+    pub probe_timeout: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -390,6 +396,8 @@ impl Default for BrokerConfig {
             lease_ttl: Duration::from_secs(15),
             backoff: BackoffConfig::default(),
             breaker: BreakerConfig::default(),
+            probe_interval: Duration::from_secs(1),
+            probe_timeout: Duration::from_secs(3),
         }
     }
 }

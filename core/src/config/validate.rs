@@ -100,6 +100,8 @@ impl Config {
             "must be at least 1".to_owned()
         })?;
         positive(b.breaker.open_for, "broker.breaker.open_for")?;
+        positive(b.probe_interval, "broker.probe_interval")?;
+        positive(b.probe_timeout, "broker.probe_timeout")?;
 
         check(self.drain.batch >= 1, "drain.batch", || "must be at least 1".to_owned())?;
 
@@ -123,6 +125,8 @@ impl Config {
             ("broker.backoff.min", b.backoff.min),
             ("broker.backoff.max", b.backoff.max),
             ("broker.breaker.open_for", b.breaker.open_for),
+            ("broker.probe_interval", b.probe_interval),
+            ("broker.probe_timeout", b.probe_timeout),
             ("drain.timeout", d.timeout),
             ("drain.interval", d.interval),
             ("pusher.activity_timeout", p.activity_timeout),

@@ -91,6 +91,7 @@ impl Hub {
         let can_publish = link.can_publish();
         self.broker_state = link.state();
         self.metrics.broker_dropped = link.dropped();
+        self.metrics.broker_probe_failures = link.probe_failures();
         let open: u64 = self.metrics.connections_by_route.values().sum();
         link.set_local_connections(open);
         for envelope in deliveries {

@@ -24,6 +24,9 @@ impl RedisLink {
         }
         let owed = self.conn_mut(which).reset();
         self.abandon(owed);
+        if which == LinkConn::Subscriber {
+            self.probe_reset();
+        }
         // A lost subscriber connection drops every subscription; a lost command connection
         // can send nothing: either way the waiting reads cannot be made whole.
         self.abandon_reads();
@@ -67,6 +70,7 @@ impl RedisLink {
             self.abandon(owed);
         }
         self.abandon_reads();
+        self.probe_reset();
         self.tick_at = None;
         self.cluster_connections = None;
     }

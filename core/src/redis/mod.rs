@@ -76,6 +76,7 @@ mod envelope;
 mod history;
 mod lease;
 mod presence;
+mod probe;
 mod resp;
 mod rng;
 mod url;
@@ -181,6 +182,21 @@ pub(crate) struct RedisLink {
     publish_sha: Option<String>,
     /// `SCRIPT LOAD` was sent on this command connection.
     script_loading: bool,
+    /// How often a probe goes out, and how long it may take to come back (see `probe`).
+    probe_interval: Duration,
+    probe_timeout: Duration,
+    /// The last probe's number.
+    probe_seq: u64,
+    /// The probe on its way: its number and when it was sent.
+    probe_out: Option<(u64, Instant)>,
+    /// When the next probe is due.
+    probe_next: Option<Instant>,
+    /// The probe channel's subscription is confirmed on the current subscriber connection.
+    probe_confirmed: bool,
+    /// The last probe did not come back in time.
+    deaf: bool,
+    /// Probes that did not come back in time.
+    probe_failures: u64,
 }
 
 impl RedisLink {
@@ -232,12 +248,21 @@ impl RedisLink {
             history_answers: VecDeque::new(),
             publish_sha: None,
             script_loading: false,
+            probe_interval: config.probe_interval,
+            probe_timeout: config.probe_timeout,
+            probe_seq: 0,
+            probe_out: None,
+            probe_next: None,
+            probe_confirmed: false,
+            deaf: false,
+            probe_failures: 0,
         })
     }
 
     /// The circuit breaker's state.
     pub(crate) fn state(&self) -> BrokerState {
         match self.breaker {
+            Breaker::Closed { .. } if self.deaf => BrokerState::Deaf,
             Breaker::Closed { .. } => BrokerState::Closed,
             Breaker::Open { .. } => BrokerState::Open,
             Breaker::HalfOpen => BrokerState::HalfOpen,
@@ -315,7 +340,8 @@ impl RedisLink {
                 }
             }
             LinkConn::Subscriber => {
-                let keys: Vec<String> = self.channels.iter().map(|c| self.channel_key(c)).collect();
+                let mut keys: Vec<String> = self.channels.iter().map(|c| self.channel_key(c)).collect();
+                keys.push(self.probe_key());
                 self.sub.subscribe(now, b"SUBSCRIBE", &keys);
             }
         }
@@ -390,7 +416,7 @@ impl RedisLink {
             Breaker::Open { until } => Some(until),
             _ => None,
         };
-        [breaker, self.tick_at, self.sub.wake_at(), self.cmd.wake_at()].into_iter().flatten().min()
+        [breaker, self.tick_at, self.sub.wake_at(), self.cmd.wake_at(), self.probe_wake()].into_iter().flatten().min()
     }
 
     /// Arms the connect deadlines of sockets asked for before the link knew the time.
@@ -430,6 +456,7 @@ impl RedisLink {
         if self.tick_at.is_some_and(|at| at <= now) {
             self.tick(now);
         }
+        self.probe_tick(now);
     }
 
     /// The hub has its first local subscriber on `channel`: subscribe to it in Redis.
@@ -622,7 +649,11 @@ impl RedisLink {
                 [OwnedFrame::BulkString(kind), OwnedFrame::BulkString(key), OwnedFrame::BulkString(payload)]
                     if kind == b"message" =>
                 {
-                    self.deliver(key, payload);
+                    if *key == self.probe_key().into_bytes() {
+                        self.on_probe(payload);
+                    } else {
+                        self.deliver(key, payload);
+                    }
                 }
                 [OwnedFrame::BulkString(kind), rest @ ..]
                     if matches!(kind.as_slice(), b"subscribe" | b"unsubscribe" | b"pong") =>
@@ -640,7 +671,9 @@ impl RedisLink {
                         .and_then(|rest| rest.strip_prefix(b":ch:"))
                         .and_then(|name| std::str::from_utf8(name).ok())
                         .map(str::to_owned);
+                    let probe = rest.first().and_then(bulk) == Some(self.probe_key().as_bytes());
                     match (kind.as_slice(), channel) {
+                        (b"subscribe", _) if probe => self.on_probe_confirmed(now),
                         (b"subscribe", Some(channel)) => self.on_confirmed(now, channel),
                         (b"unsubscribe", Some(channel)) => {
                             self.confirmed.remove(&channel);

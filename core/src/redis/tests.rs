@@ -20,6 +20,9 @@ fn config() -> BrokerConfig {
         lease_ttl: Duration::from_secs(15),
         backoff: BackoffConfig { min: Duration::from_millis(100), max: Duration::from_millis(1600), jitter: 0.2 },
         breaker: BreakerConfig { failure_threshold: 3, open_for: Duration::from_secs(10) },
+        // Out of the way of the other tests' timelines; the probe tests set their own.
+        probe_interval: Duration::from_secs(36_000),
+        probe_timeout: Duration::from_secs(36_000),
     }
 }
 
@@ -39,6 +42,16 @@ fn resp(items: &[&[u8]]) -> Vec<u8> {
         out.extend_from_slice(item);
         out.extend_from_slice(b"\r\n");
     }
+    out
+}
+
+/// Redis's confirmation of the link's probe subscription.
+fn probe_confirmation() -> Vec<u8> {
+    let mut out = resp(&[b"subscribe", b"sb:probe:n1:0"]);
+    // The count is an integer, not a bulk string.
+    out.truncate(out.len());
+    out[1] = b'3';
+    out.extend_from_slice(b":1\r\n");
     out
 }
 
@@ -74,6 +87,8 @@ impl Sim {
             [vec!["SET", "sb:lease:n1:0", "7:0", "EX", "15"], vec!["KEYS", "sb:lease:*"]]
         );
         sim.feed(LinkConn::Command, b"+OK\r\n*0\r\n");
+        assert_eq!(sim.commands(LinkConn::Subscriber), [vec!["SUBSCRIBE", "sb:probe:n1:0"]]);
+        sim.feed(LinkConn::Subscriber, &probe_confirmation());
         sim
     }
 
@@ -186,7 +201,7 @@ fn connect_sequence_asks_for_both_connections() {
     assert_eq!(sim.link.dropped(), 1);
     assert_eq!(sim.connect(), [LinkConn::Command, LinkConn::Subscriber]);
     assert_eq!(sim.link.poll_connect(), None);
-    assert!(!sim.link.wants_write(LinkConn::Subscriber), "nothing to subscribe to yet");
+    assert_eq!(sim.commands(LinkConn::Subscriber), [vec!["SUBSCRIBE", "sb:probe:n1:0"]], "only its own probe channel");
     assert_eq!(sim.link.cluster_connections(), None);
     let mut sim = Sim::ready();
     assert_eq!(sim.link.cluster_connections(), Some(0));
@@ -215,7 +230,7 @@ fn subscribes_only_to_held_channels() {
     sim.link.unsubscribe(sim.now, "b");
     sim.link.subscribe(sim.now, "c");
     sim.connect();
-    assert_eq!(sim.commands(LinkConn::Subscriber), [vec!["SUBSCRIBE", "sb:ch:a", "sb:ch:c"]]);
+    assert_eq!(sim.commands(LinkConn::Subscriber), [vec!["SUBSCRIBE", "sb:ch:a", "sb:ch:c", "sb:probe:n1:0"]]);
     sim.link.subscribe(sim.now, "a");
     assert!(sim.commands(LinkConn::Subscriber).is_empty(), "already held");
     sim.link.subscribe(sim.now, "d");
@@ -225,6 +240,7 @@ fn subscribes_only_to_held_channels() {
     let acks = [
         resp(&[b"subscribe", b"sb:ch:a"]),
         resp(&[b"subscribe", b"sb:ch:c"]),
+        probe_confirmation(),
         resp(&[b"subscribe", b"sb:ch:d"]),
         resp(&[b"unsubscribe", b"sb:ch:a"]),
     ]
@@ -538,7 +554,7 @@ fn breaker_opens_probes_and_closes() {
     assert_eq!(verbs, ["SET", "HSET", "KEYS"], "lease and presence registered again");
     assert_eq!(sent[1][2], "n1:0:alice");
     assert_eq!(sim.connect(), [LinkConn::Subscriber]);
-    assert_eq!(sim.commands(LinkConn::Subscriber), [vec!["SUBSCRIBE", "sb:ch:a", "sb:ch:b"]]);
+    assert_eq!(sim.commands(LinkConn::Subscriber), [vec!["SUBSCRIBE", "sb:ch:a", "sb:ch:b", "sb:probe:n1:0"]]);
     assert!(sim.link.publish(sim.now, &envelope(origin("n1", 0), "a", b"x")));
 }
 
@@ -832,4 +848,70 @@ fn a_read_before_the_link_is_ready_waits_for_it() {
     sim.feed(LinkConn::Command, b":7\r\n");
     let sent = sim.commands(LinkConn::Command);
     assert_eq!(sent.last().map(|c| c[0].as_str()), Some("EVAL"), "{sent:?}");
+}
+
+/// The probe test's link: a probe every second, three seconds to come back.
+fn probing() -> Sim {
+    let mut c = config();
+    c.probe_interval = Duration::from_secs(1);
+    c.probe_timeout = Duration::from_secs(3);
+    let mut sim = Sim::new(&c);
+    sim.connect();
+    sim.commands(LinkConn::Command);
+    sim.feed(LinkConn::Command, b":7\r\n");
+    sim.commands(LinkConn::Command);
+    sim.feed(LinkConn::Command, b"+OK\r\n*0\r\n");
+    sim.commands(LinkConn::Subscriber);
+    sim.feed(LinkConn::Subscriber, &probe_confirmation());
+    sim
+}
+
+#[test]
+fn a_probe_that_comes_back_keeps_the_link_healthy() {
+    let mut sim = probing();
+    for round in 1..=3u64 {
+        sim.at(round * 1000);
+        sim.fire();
+        let sent = sim.commands(LinkConn::Command);
+        assert_eq!(sent, [vec!["PUBLISH".to_owned(), "sb:probe:n1:0".to_owned(), round.to_string()]], "round {round}");
+        sim.feed(LinkConn::Command, b":1\r\n");
+        sim.feed(LinkConn::Subscriber, &resp(&[b"message", b"sb:probe:n1:0", round.to_string().as_bytes()]));
+        assert_eq!(sim.link.state(), BrokerState::Closed);
+        assert!(sim.deliveries().is_empty(), "a probe is not a message for the hub");
+    }
+    assert_eq!(sim.link.probe_failures(), 0);
+}
+
+#[test]
+fn a_probe_that_does_not_come_back_makes_the_link_deaf_and_resubscribe() {
+    let mut sim = probing();
+    sim.link.subscribe(sim.now, "a");
+    sim.commands(LinkConn::Subscriber);
+    sim.feed(LinkConn::Subscriber, &resp(&[b"subscribe", b"sb:ch:a"]));
+    sim.at(1000);
+    sim.fire();
+    assert_eq!(sim.commands(LinkConn::Command)[0][0], "PUBLISH");
+    sim.feed(LinkConn::Command, b":1\r\n");
+    // Redis answers every command, but the subscription hears nothing.
+    sim.at(3999);
+    sim.fire();
+    assert_eq!(sim.link.state(), BrokerState::Closed, "not before the timeout");
+    sim.at(4000);
+    sim.fire();
+    assert_eq!(sim.link.state(), BrokerState::Deaf);
+    assert_eq!(sim.link.probe_failures(), 1);
+    assert_eq!(sim.closes(), [LinkConn::Subscriber], "the subscription's connection is dropped");
+    // It reconnects after its backoff and subscribes to everything again, then hears a probe.
+    sim.wake();
+    assert_eq!(sim.connect(), [LinkConn::Subscriber]);
+    assert_eq!(sim.commands(LinkConn::Subscriber), [vec!["SUBSCRIBE", "sb:ch:a", "sb:probe:n1:0"]]);
+    sim.feed(LinkConn::Subscriber, &resp(&[b"subscribe", b"sb:ch:a"]));
+    sim.feed(LinkConn::Subscriber, &probe_confirmation());
+    sim.now += Duration::from_secs(1);
+    sim.fire();
+    let sent = sim.commands(LinkConn::Command);
+    let probe = sent.iter().find(|c| c[0] == "PUBLISH").cloned().unwrap_or_default();
+    assert_eq!(probe.get(1).map(String::as_str), Some("sb:probe:n1:0"), "{sent:?}");
+    sim.feed(LinkConn::Subscriber, &resp(&[b"message", b"sb:probe:n1:0", probe[2].as_bytes()]));
+    assert_eq!(sim.link.state(), BrokerState::Closed, "heard again");
 }
