@@ -390,7 +390,7 @@ impl Blackhole {
         let port = listener.local_addr().expect("an address").port();
         let state = Arc::new(BlackholeState::default());
         let shared = Arc::clone(&state);
-        std::thread::spawn(move || {
+        thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", redis_port)) else { continue };
                 let number = shared.accepted.fetch_add(1, Ordering::SeqCst);
@@ -398,7 +398,7 @@ impl Blackhole {
                 let (mut from_client, mut to_server) =
                     (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
                 let seen = Arc::clone(&subscriber);
-                std::thread::spawn(move || {
+                thread::spawn(move || {
                     let mut buf = [0u8; 16 * 1024];
                     while let Ok(n) = from_client.read(&mut buf) {
                         if n == 0 || to_server.write_all(&buf[..n]).is_err() {
@@ -412,7 +412,7 @@ impl Blackhole {
                 });
                 let (mut from_server, mut to_client) = (server, client);
                 let state = Arc::clone(&shared);
-                std::thread::spawn(move || {
+                thread::spawn(move || {
                     let mut buf = [0u8; 16 * 1024];
                     while let Ok(n) = from_server.read(&mut buf) {
                         if n == 0 {
