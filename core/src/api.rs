@@ -32,6 +32,18 @@ pub(crate) enum BrokerState {
 }
 
 impl BrokerState {
+    /// The worse of two shards' states, for the node's: open, then half-open, then deaf.
+    pub(crate) fn worse(self, other: Self) -> Self {
+        let rank = |s: Self| match s {
+            Self::Disabled => 0,
+            Self::Closed => 1,
+            Self::Deaf => 2,
+            Self::HalfOpen => 3,
+            Self::Open => 4,
+        };
+        if rank(other) > rank(self) { other } else { self }
+    }
+
     /// The states `/metrics` has a series for (not `Disabled`).
     pub(crate) const REPORTED: [Self; 4] = [Self::Closed, Self::Open, Self::HalfOpen, Self::Deaf];
 

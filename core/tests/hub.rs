@@ -409,7 +409,7 @@ fn redis_broker_asks_the_shell_for_two_connections_and_publishes_through_them() 
     wanted.sort();
     assert_eq!(
         wanted,
-        vec![(LinkConn::Subscriber, "127.0.0.1:7777".to_owned()), (LinkConn::Command, "127.0.0.1:7777".to_owned())]
+        vec![(LinkConn::Command, "127.0.0.1:7777".to_owned()), (LinkConn::Subscriber, "127.0.0.1:7777".to_owned())]
     );
     assert!(sim.broker.is_empty(), "interest goes to Redis, not to the bus");
     // Redis never answers: the breaker opens after enough failures and /healthz says degraded.
@@ -481,7 +481,7 @@ fn a_redis_hub_asks_for_its_sockets_before_any_input() {
     }
     opened.sort();
     let addr = "127.0.0.1:7777".to_owned();
-    assert_eq!(opened, [(LinkConn::Subscriber, addr.clone()), (LinkConn::Command, addr)]);
+    assert_eq!(opened, [(LinkConn::Command, addr.clone()), (LinkConn::Subscriber, addr)]);
     // The first input starts the connect deadline.
     let now = switchboard_testkit::origin();
     hub.handle_timeout(now);
@@ -493,4 +493,23 @@ fn a_redis_hub_asks_for_its_sockets_before_any_input() {
     .next()
     .flatten();
     assert!(timeout.is_some_and(|at| at > now), "{timeout:?}");
+}
+
+#[test]
+fn a_hub_over_two_redis_instances_asks_for_a_pair_of_sockets_on_each() {
+    use switchboard_core::LinkConn;
+    let config = "[broker]\nkind = \"redis\"\nurls = [\"redis://127.0.0.1:7001\", \"redis://127.0.0.1:7002\"]\n";
+    let mut sim = Sim::new(switchboard_core::Config::from_toml(config).expect("valid config"));
+    sim.pump();
+    let mut opened: Vec<(usize, bool, String)> =
+        sim.redis_opens.iter().map(|(conn, addr)| (conn.shard(), conn.is_subscriber(), addr.clone())).collect();
+    opened.sort();
+    let want = |shard: usize, subscriber: bool| (shard, subscriber, format!("127.0.0.1:700{}", shard + 1));
+    assert_eq!(opened, [want(0, false), want(0, true), want(1, false), want(1, true)]);
+    for (conn, _) in &sim.redis_opens {
+        assert_eq!(LinkConn::from_index(conn.index()), *conn, "index and from_index agree");
+    }
+    let bad = "[broker]\nkind = \"redis\"\nurls = [\"redis://a:1\", \"redis://a:1\"]\n";
+    let error = switchboard_core::Config::from_toml(bad).expect_err("a repeated instance is refused");
+    assert_eq!(error.key, "broker.urls[1]");
 }

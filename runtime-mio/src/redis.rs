@@ -1,4 +1,4 @@
-//! A worker's two Redis sockets, for its hub's link. `switchboard_shell::pump_redis` opens,
+//! A worker's Redis sockets (two per instance of `broker.urls`), for its hub's links. `switchboard_shell::pump_redis` opens,
 //! writes and drops them; readiness on their tokens lands in `Redis::ready`.
 
 use std::io;
@@ -12,7 +12,21 @@ use mio::{Interest, Registry, Token};
 use switchboard_core::{Hub, LinkConn};
 use switchboard_shell::{Flush, RedisSockets, read_redis, write_redis};
 
-use crate::worker::{REDIS_COMMAND, REDIS_SUBSCRIBER};
+/// The Redis sockets' tokens count down from here, one per `LinkConn::index`, where no slab
+/// index reaches (the listener and the waker hold the two above).
+const REDIS_TOP: usize = usize::MAX - 2;
+/// Tokens kept for Redis sockets: two per instance, at most 256 instances.
+const REDIS_TOKENS: usize = 512;
+
+/// The Redis connection behind `token`, if it is one.
+pub(crate) fn redis_conn(token: Token) -> Option<LinkConn> {
+    let below = REDIS_TOP.checked_sub(token.0)?;
+    (below < REDIS_TOKENS).then(|| LinkConn::from_index(below))
+}
+
+fn token(which: LinkConn) -> Token {
+    Token(REDIS_TOP - which.index())
+}
 
 #[derive(Debug)]
 struct Socket {
@@ -27,19 +41,19 @@ struct Socket {
 pub(crate) struct Redis {
     registry: Registry,
     /// Indexed by `LinkConn::index`.
-    sockets: [Option<Socket>; 2],
+    sockets: Vec<Option<Socket>>,
 }
 
 impl Redis {
     pub(crate) fn new(registry: Registry) -> Self {
-        Self { registry, sockets: [None, None] }
+        Self { registry, sockets: Vec::new() }
     }
 
     /// Readiness of the socket behind `event`'s token: completes a connect, reads, unblocks
     /// writing. Writes themselves wait for the pump at the end of the turn.
     pub(crate) fn ready(&mut self, hub: &mut Hub, now: Instant, event: &Event, buf: &mut [u8]) {
-        let which = if event.token() == REDIS_COMMAND { LinkConn::Command } else { LinkConn::Subscriber };
-        let Some(socket) = self.sockets[which.index()].as_mut() else { return };
+        let Some(which) = redis_conn(event.token()) else { return };
+        let Some(socket) = self.sockets.get_mut(which.index()).and_then(Option::as_mut) else { return };
         if !socket.connected {
             match connect_outcome(&socket.stream) {
                 Ok(false) => return,
@@ -68,7 +82,7 @@ impl Redis {
 
 impl RedisSockets for Redis {
     fn close(&mut self, which: LinkConn) {
-        if let Some(mut socket) = self.sockets[which.index()].take() {
+        if let Some(mut socket) = self.sockets.get_mut(which.index()).and_then(Option::take) {
             let _ = self.registry.deregister(&mut socket.stream);
         }
     }
@@ -80,12 +94,17 @@ impl RedisSockets for Redis {
         self.registry.register(&mut stream, token(which), Interest::READABLE | Interest::WRITABLE)?;
         // Commands are small and a publish waits on them.
         let _ = stream.set_nodelay(true);
+        if self.sockets.len() <= which.index() {
+            self.sockets.resize_with(which.index() + 1, || None);
+        }
         self.sockets[which.index()] = Some(Socket { stream, connected: false, blocked: false });
         Ok(())
     }
 
     fn flush(&mut self, hub: &mut Hub, now: Instant, which: LinkConn) -> bool {
-        let Some(socket) = self.sockets[which.index()].as_mut().filter(|s| s.connected && !s.blocked) else {
+        let Some(socket) =
+            self.sockets.get_mut(which.index()).and_then(Option::as_mut).filter(|s| s.connected && !s.blocked)
+        else {
             return true;
         };
         match write_redis(hub, now, which, &mut socket.stream) {
@@ -111,12 +130,5 @@ fn connect_outcome(stream: &TcpStream) -> io::Result<bool> {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
         Err(e) => Err(e),
-    }
-}
-
-fn token(which: LinkConn) -> Token {
-    match which {
-        LinkConn::Command => REDIS_COMMAND,
-        LinkConn::Subscriber => REDIS_SUBSCRIBER,
     }
 }

@@ -7,18 +7,15 @@ use std::time::Instant;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
-use switchboard_core::{ConnId, Hub, LinkConn};
+use switchboard_core::{ConnId, Hub};
 use switchboard_shell::{Message, Next, Peers, Reactor};
 
-use crate::redis::Redis;
+use crate::redis::{Redis, redis_conn};
 
 /// Connections use their hub index as token; these sit where no slab index reaches.
 const LISTENER: Token = Token(usize::MAX);
 /// The token of the worker's `mio::Waker`: a message waits in the control channel.
 pub(crate) const WAKER: Token = Token(usize::MAX - 1);
-/// The tokens of the worker's two Redis sockets (see `redis.rs`).
-pub(crate) const REDIS_COMMAND: Token = Token(usize::MAX - 2);
-pub(crate) const REDIS_SUBSCRIBER: Token = Token(usize::MAX - 3);
 
 /// A client socket and whether WRITABLE is part of its registered interest.
 #[derive(Debug)]
@@ -75,8 +72,7 @@ impl Worker {
                 match event.token() {
                     LISTENER => self.accept(now),
                     WAKER => self.read_control(now),
-                    token @ (REDIS_COMMAND | REDIS_SUBSCRIBER) => {
-                        let which = if token == REDIS_COMMAND { LinkConn::Command } else { LinkConn::Subscriber };
+                    token if let Some(which) = redis_conn(token) => {
                         self.turn.redis_ready(now, which, |mio, hub, buf| mio.redis.ready(hub, now, event, buf));
                     }
                     Token(index) => {

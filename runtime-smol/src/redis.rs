@@ -29,9 +29,11 @@ enum Socket {
 }
 
 pub(crate) struct Redis {
+    /// Makes the wakers of connections not seen before (two per instance of `broker.urls`).
+    mailbox: Arc<Mailbox>,
     /// Each names its connection in the mailbox; indexed by `LinkConn::index`.
-    wakers: [Waker; 2],
-    sockets: [Option<Socket>; 2],
+    wakers: Vec<Waker>,
+    sockets: Vec<Option<Socket>>,
 }
 
 impl fmt::Debug for Redis {
@@ -41,24 +43,33 @@ impl fmt::Debug for Redis {
             Some(Socket::Connecting(_)) => "connecting",
             Some(Socket::Connected(_)) => "connected",
         };
-        f.debug_struct("Redis")
-            .field("command", &state(&self.sockets[0]))
-            .field("subscriber", &state(&self.sockets[1]))
-            .finish()
+        let states: Vec<&str> = self.sockets.iter().map(state).collect();
+        f.debug_struct("Redis").field("sockets", &states).finish()
     }
 }
 
 impl Redis {
     pub(crate) fn new(mailbox: &Arc<Mailbox>) -> Self {
-        let wakers = [LinkConn::Command, LinkConn::Subscriber].map(|which| mailbox.waker(Ready::Redis(which)));
-        Self { wakers, sockets: [None, None] }
+        Self { mailbox: Arc::clone(mailbox), wakers: Vec::new(), sockets: Vec::new() }
+    }
+
+    /// Makes room for `which` (its waker and socket slot); returns its index.
+    fn slot(&mut self, which: LinkConn) -> usize {
+        let index = which.index();
+        while self.wakers.len() <= index {
+            let next = LinkConn::from_index(self.wakers.len());
+            self.wakers.push(self.mailbox.waker(Ready::Redis(next)));
+            self.sockets.push(None);
+        }
+        index
     }
 
     /// The reactor woke `which`: the connect may have completed, or bytes arrived, or a blocked
     /// socket became writable (the pump at the end of the turn writes).
     pub(crate) fn ready(&mut self, hub: &mut Hub, now: Instant, which: LinkConn, buf: &mut [u8]) {
         let index = which.index();
-        let mut cx = Context::from_waker(&self.wakers[index]);
+        let Some(waker) = self.wakers.get(index) else { return };
+        let mut cx = Context::from_waker(waker);
         let stream = match &mut self.sockets[index] {
             None => return,
             Some(Socket::Connected(stream)) => stream,
@@ -92,11 +103,13 @@ impl Redis {
 
 impl RedisSockets for Redis {
     fn close(&mut self, which: LinkConn) {
-        self.sockets[which.index()] = None;
+        if let Some(socket) = self.sockets.get_mut(which.index()) {
+            *socket = None;
+        }
     }
 
     fn connect(&mut self, which: LinkConn, addr: SocketAddr) -> io::Result<()> {
-        let index = which.index();
+        let index = self.slot(which);
         self.sockets[index] = Some(Socket::Connecting(Box::pin(Async::<TcpStream>::connect(addr))));
         // The first poll happens in the loop, like every later one.
         self.wakers[index].wake_by_ref();
@@ -105,7 +118,7 @@ impl RedisSockets for Redis {
 
     fn flush(&mut self, hub: &mut Hub, now: Instant, which: LinkConn) -> bool {
         let index = which.index();
-        let Some(Socket::Connected(stream)) = &self.sockets[index] else { return true };
+        let Some(Some(Socket::Connected(stream))) = self.sockets.get(index) else { return true };
         let mut cx = Context::from_waker(&self.wakers[index]);
         for _ in 0..WRITE_RETRIES {
             match write_redis(hub, now, which, stream.get_ref()) {

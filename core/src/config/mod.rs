@@ -367,6 +367,9 @@ pub struct BrokerConfig {
     pub kind: BrokerKind,
     /// Broker URL (used by `redis`).
     pub url: String,
+    /// Several independent Redis instances (used by `redis` instead of `url` when not empty):
+    /// each channel lives on one, chosen by a jump consistent hash of its name.
+    pub urls: Vec<String>,
     /// Key/channel prefix, so several deployments can share one broker.
     pub prefix: String,
     /// This node's id; empty means a random id chosen at start.
@@ -386,11 +389,19 @@ pub struct BrokerConfig {
     pub probe_timeout: Duration,
 }
 
+impl BrokerConfig {
+    /// The Redis instances channels are spread over: `urls`, or `url` alone.
+    pub fn shard_urls(&self) -> Vec<&str> {
+        if self.urls.is_empty() { vec![self.url.as_str()] } else { self.urls.iter().map(String::as_str).collect() }
+    }
+}
+
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
             kind: BrokerKind::Memory,
             url: "redis://127.0.0.1:6379".to_owned(),
+            urls: Vec::new(),
             prefix: "switchboard".to_owned(),
             node_id: String::new(),
             lease_ttl: Duration::from_secs(15),

@@ -79,6 +79,20 @@ impl Config {
                 Ok(_) => String::new(),
             })?;
         }
+        check(b.urls.len() <= 256, "broker.urls", || {
+            format!("{} Redis instances is too many (at most 256)", b.urls.len())
+        })?;
+        for (i, url) in b.urls.iter().enumerate() {
+            let key = format!("broker.urls[{i}]");
+            let parsed = crate::redis::parse_url(url);
+            check(parsed.is_ok(), &key, || match &parsed {
+                Err(error) => format!("{url:?}: {} (use e.g. \"redis://127.0.0.1:6379\")", error.reason),
+                Ok(_) => String::new(),
+            })?;
+            if let Some(first) = b.urls[..i].iter().position(|u| u == url) {
+                return Err(Invalid::new(&key, format!("{url:?} is listed twice (already broker.urls[{first}])")));
+            }
+        }
         check(!b.prefix.is_empty(), "broker.prefix", || "must not be empty".to_owned())?;
         positive(b.lease_ttl, "broker.lease_ttl")?;
         positive(b.backoff.max, "broker.backoff.max")?;

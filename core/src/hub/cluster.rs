@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use serde_json::value::RawValue;
 
-use super::{ConnId, Hub, Phase};
+use super::{ConnId, Hub, Phase, link_in, pusher};
+use crate::api::BrokerState;
 use crate::broker::{BrokerCommand, Envelope};
 use crate::handshake::HttpResponse;
 use crate::pubsub::{self, RequestId};
@@ -25,75 +26,79 @@ pub(super) enum PresenceWaiter {
 impl Hub {
     /// The Redis connection `which` is established.
     pub fn handle_redis_connected(&mut self, now: Instant, which: LinkConn) {
-        self.with_link(now, |link| link.handle_connected(now, which));
+        self.with_link(now, which, |link, role| link.handle_connected(now, role));
     }
 
     /// Connecting `which` failed (refused, unreachable, timed out).
     pub fn handle_redis_connect_failed(&mut self, now: Instant, which: LinkConn) {
-        self.with_link(now, |link| link.handle_connect_failed(now, which));
+        self.with_link(now, which, |link, role| link.handle_connect_failed(now, role));
     }
 
     /// Bytes read from Redis connection `which`.
     pub fn handle_redis_bytes(&mut self, now: Instant, which: LinkConn, bytes: &[u8]) {
-        self.with_link(now, |link| link.handle_bytes(now, which, bytes));
+        self.with_link(now, which, |link, role| link.handle_bytes(now, role, bytes));
     }
 
     /// Redis connection `which` ended or failed; the shell drops the socket.
     pub fn handle_redis_eof(&mut self, now: Instant, which: LinkConn) {
-        self.with_link(now, |link| link.handle_eof(now, which));
+        self.with_link(now, which, |link, role| link.handle_eof(now, role));
     }
 
     /// Fills `out` with what is to be written to Redis connection `which`.
     pub fn redis_transmit<'a>(&'a self, which: LinkConn, out: &mut [IoSlice<'a>]) -> usize {
-        self.redis.as_ref().map_or(0, |link| link.transmit(which, out))
+        self.redis.get(which.shard()).map_or(0, |link| link.transmit(which.role(), out))
     }
 
     /// `n` bytes of what `redis_transmit` offered were written.
     pub fn handle_redis_written(&mut self, now: Instant, which: LinkConn, n: usize) {
         self.touch(now);
-        if let Some(link) = &mut self.redis {
-            link.consume(which, n);
+        if let Some(link) = self.redis.get_mut(which.shard()) {
+            link.consume(which.role(), n);
         }
     }
 
     /// True while Redis connection `which` has bytes to write (after a blocked write, the
     /// shell asks again once the socket is writable).
     pub fn redis_wants_write(&self, which: LinkConn) -> bool {
-        self.redis.as_ref().is_some_and(|link| link.wants_write(which))
+        self.redis.get(which.shard()).is_some_and(|link| link.wants_write(which.role()))
     }
 
-    /// Runs `input` on the link, then takes in what it produced.
-    fn with_link(&mut self, now: Instant, input: impl FnOnce(&mut RedisLink)) {
+    /// Runs `input` on the link of `which`'s shard (with the connection as that link names
+    /// it), then takes in what the links produced.
+    fn with_link(&mut self, now: Instant, which: LinkConn, input: impl FnOnce(&mut RedisLink, LinkConn)) {
         self.touch(now);
-        if let Some(link) = &mut self.redis {
-            input(link);
+        if let Some(link) = self.redis.get_mut(which.shard()) {
+            input(link, which.role());
         }
         self.pump_redis(now);
     }
 
     /// Delivers what the link received, answers presence waiters, and mirrors its state.
     pub(super) fn pump_redis(&mut self, now: Instant) {
-        let Some(link) = &mut self.redis else { return };
-        let mut deliveries = Vec::new();
-        while let Some(envelope) = link.poll_delivery() {
-            deliveries.push(envelope);
+        if self.redis.is_empty() {
+            return;
         }
-        let mut answers = Vec::new();
-        while let Some(answer) = link.poll_presence() {
-            answers.push(answer);
-        }
-        let mut reads = Vec::new();
-        while let Some(answer) = link.poll_history() {
-            reads.push(answer);
-        }
-        let resync = link.take_resync();
-        let live = link.take_live_hubs();
-        let can_publish = link.can_publish();
-        self.broker_state = link.state();
-        self.metrics.broker_dropped = link.dropped();
-        self.metrics.broker_probe_failures = link.probe_failures();
         let open: u64 = self.metrics.connections_by_route.values().sum();
-        link.set_local_connections(open);
+        let (mut deliveries, mut answers, mut reads) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut dropped, mut probe_failures) = (0, 0);
+        let mut state = BrokerState::Closed;
+        for link in &mut self.redis {
+            deliveries.extend(std::iter::from_fn(|| link.poll_delivery()));
+            answers.extend(std::iter::from_fn(|| link.poll_presence()));
+            reads.extend(std::iter::from_fn(|| link.poll_history()));
+            dropped += link.dropped();
+            probe_failures += link.probe_failures();
+            state = state.worse(link.state());
+            link.set_local_connections(open);
+        }
+        // The Pusher directory travels on its channel's shard, and so do its resyncs.
+        let (resync, live, can_publish) = match self.link_of(pusher::DIRECTORY) {
+            Some(link) => (link.take_resync(), link.take_live_hubs(), link.can_publish()),
+            None => (false, None, false),
+        };
+        self.broker_state = state;
+        self.metrics.broker_dropped = dropped;
+        self.metrics.broker_probe_failures = probe_failures;
         for envelope in deliveries {
             self.deliver_remote(now, &envelope);
         }
@@ -123,10 +128,10 @@ impl Hub {
     /// the other nodes. The bus carries it even while Redis is down, so a node keeps
     /// delivering to all of its own clients.
     pub(super) fn broker_publish(&mut self, now: Instant, envelope: Envelope) {
-        if let Some(link) = &mut self.redis
+        if let Some(link) = link_in(&mut self.redis, &envelope.channel)
             && !link.publish(now, &envelope)
         {
-            self.metrics.broker_dropped = link.dropped();
+            self.metrics.broker_dropped += 1;
         }
         // Alone, a hub has nobody to tell, and nobody would drain the queue.
         if self.has_peers {
@@ -136,7 +141,7 @@ impl Hub {
 
     /// The hub has its first local subscriber on `channel` (`joined`) or lost its last.
     pub(super) fn broker_interest(&mut self, now: Instant, channel: &str, joined: bool) {
-        match (&mut self.redis, joined) {
+        match (link_in(&mut self.redis, channel), joined) {
             (Some(link), true) => link.subscribe(now, channel),
             (Some(link), false) => link.unsubscribe(now, channel),
             (None, _) if !self.has_peers => {}
@@ -147,7 +152,7 @@ impl Hub {
 
     /// Registers (or, with `info` None and `joined` false, removes) a presence member.
     pub(super) fn broker_presence(&mut self, now: Instant, channel: &str, member: &str, joined: Option<Option<&str>>) {
-        match (&mut self.redis, joined) {
+        match (link_in(&mut self.redis, channel), joined) {
             (Some(link), Some(info)) => link.presence_join(now, channel, member, info),
             (Some(link), None) => link.presence_leave(now, channel, member),
             (None, Some(info)) => self.members.join(channel, member, info),
@@ -160,7 +165,7 @@ impl Hub {
         let channel = match &waiter {
             PresenceWaiter::Op { channel, .. } | PresenceWaiter::Http { channel, .. } => channel.clone(),
         };
-        if let Some(link) = &mut self.redis {
+        if let Some(link) = link_in(&mut self.redis, &channel) {
             self.next_token += 1;
             let token = self.next_token;
             self.presence_waiters.insert(token, waiter);

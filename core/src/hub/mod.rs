@@ -147,10 +147,12 @@ pub struct Hub {
     broker_state: BrokerState,
     /// Other workers' latest figures, so any worker can report the whole node.
     peer_metrics: Vec<Metrics>,
-    /// The link to Redis, when `broker.kind = "redis"` (built with the hub, clocked by its first input).
-    redis: Option<RedisLink>,
-    /// `Output::RedisTransmit` was given for this connection since the last input.
-    redis_told: [bool; 2],
+    /// The links to Redis, one per shard (`broker.urls`), when `broker.kind = "redis"`
+    /// (built with the hub, clocked by its first input); empty otherwise.
+    redis: Vec<RedisLink>,
+    /// `Output::RedisTransmit` was given for this connection (by `LinkConn::index`) since the
+    /// last input.
+    redis_told: Vec<bool>,
     presence_waiters: HashMap<u64, PresenceWaiter>,
     next_token: u64,
     /// The latest time given by any input, for work that outputs like `consume` start.
@@ -222,8 +224,8 @@ impl Hub {
             drain: None,
             broker_state: BrokerState::Disabled,
             peer_metrics: Vec::new(),
-            redis: None,
-            redis_told: [false; 2],
+            redis: Vec::new(),
+            redis_told: Vec::new(),
             presence_waiters: HashMap::new(),
             next_token: 0,
             latest: None,
@@ -502,7 +504,7 @@ impl Hub {
     fn poll_timeout(&self) -> Option<Instant> {
         let connection = self.timers.peek().map(|Reverse((at, _))| *at);
         let drain = self.drain.as_ref().map(|d| d.next_batch.min(d.deadline));
-        let redis = self.redis.as_ref().and_then(RedisLink::poll_timeout);
+        let redis = self.redis.iter().filter_map(RedisLink::poll_timeout).min();
         [connection, drain, redis, self.webhook_timeout()].into_iter().flatten().min()
     }
 
@@ -524,8 +526,10 @@ impl Hub {
             self.rearm(id);
         }
         self.run_drain(now);
-        if let Some(link) = &mut self.redis {
-            link.handle_timeout(now);
+        if !self.redis.is_empty() {
+            for link in &mut self.redis {
+                link.handle_timeout(now);
+            }
             self.pump_redis(now);
         }
         self.run_webhooks(now);
@@ -608,16 +612,16 @@ impl Hub {
 
     /// Notes the time of an input; the first one also starts the Redis link's clock.
     fn touch(&mut self, now: Instant) {
-        self.redis_told = [false; 2];
+        self.redis_told.fill(false);
         if self.started.is_none() {
             self.started = Some(now);
-            if let Some(link) = &mut self.redis {
+            for link in &mut self.redis {
                 link.start(now);
             }
             if self.pusher_on() {
                 // Learn what the other hubs hold (they answer with snapshots).
                 self.directory_out.sync = true;
-                if let Some(link) = &mut self.redis {
+                if let Some(link) = self.link_of(pusher::DIRECTORY) {
                     link.subscribe(now, pusher::DIRECTORY);
                     link.watch(pusher::DIRECTORY);
                 }
@@ -629,14 +633,26 @@ impl Hub {
     /// The link to Redis for this hub's origin, when `broker.kind = "redis"`: built with the
     /// hub, so its sockets are asked for by the first `poll_output`, before any input.
     fn link_for(&mut self) {
-        self.redis = None;
+        self.redis.clear();
         if self.config.broker.kind == BrokerKind::Redis {
-            match RedisLink::new(&self.config.broker, self.origin.clone()) {
-                Ok(link) => self.redis = Some(link),
-                // Config validation already checked the URL; report a broken link, don't panic.
-                Err(_) => self.broker_state = BrokerState::Open,
+            for url in self.config.broker.shard_urls() {
+                match RedisLink::new(&self.config.broker, url, self.origin.clone()) {
+                    Ok(link) => self.redis.push(link),
+                    // Config validation already checked the URLs; report a broken link, don't panic.
+                    Err(_) => {
+                        self.redis.clear();
+                        self.broker_state = BrokerState::Open;
+                        break;
+                    }
+                }
             }
         }
+        self.redis_told = vec![false; 2 * self.redis.len()];
+    }
+
+    /// The link of the shard `channel` lives on; `None` without Redis.
+    pub(super) fn link_of(&mut self, channel: &str) -> Option<&mut RedisLink> {
+        link_in(&mut self.redis, channel)
     }
 
     fn byte_burst(&self) -> f64 {
@@ -785,6 +801,13 @@ impl Hub {
 /// The slow-consumer policy of the route at index `route` (its override, else the global one).
 fn slow_consumer_policy(config: &Config, route: usize) -> SlowConsumerPolicy {
     config.route.get(route).map_or(config.limits.slow_consumer, |r| config.slow_consumer_for(r))
+}
+
+/// The link of the shard `channel` lives on, among `links` (a field borrow, so the hub's
+/// other fields stay usable beside it).
+fn link_in<'a>(links: &'a mut [RedisLink], channel: &str) -> Option<&'a mut RedisLink> {
+    let shard = crate::redis::shard_of(channel, links.len());
+    links.get_mut(shard)
 }
 
 /// Checks the keys `config.auth` names, with `pems` the text of its `public_keys` files in

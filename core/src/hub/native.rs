@@ -443,7 +443,7 @@ impl Hub {
             return Err((ErrorCode::AlreadySubscribed, format!("already subscribed to \"{channel}\"")));
         }
         let (recoverable, max_recover) = self.namespace(channel).map_or((false, 0), |ns| (ns.recover, ns.max_recover));
-        if self.redis.is_some() {
+        if !self.redis.is_empty() {
             self.op_subscribe(id, channel, info)?;
             self.recovering.push(Recovering { conn: id, channel: channel.to_owned(), held: Vec::new(), floor: None });
             let recover = recover.filter(|_| recoverable);
@@ -508,7 +508,7 @@ impl Hub {
         self.next_token += 1;
         let token = self.next_token;
         let epoch = format!("{:016x}", crate::redis::splitmix64(&mut self.socket_seed.wrapping_add(token)));
-        let Some(link) = &mut self.redis else { return };
+        let Some(link) = super::link_in(&mut self.redis, channel) else { return };
         self.history_waiters.insert(token, waiter);
         let read = HistoryRead { token, channel: channel.to_owned(), after, limit, rules, epoch };
         link.history_read(now, read);
@@ -600,7 +600,7 @@ impl Hub {
         since: Option<Position>,
         limit: Option<usize>,
     ) {
-        if self.redis.is_some() {
+        if !self.redis.is_empty() {
             return self.history_from_redis(now, id, request, channel, since, limit);
         }
         let result = self.read_history(now, id, channel, since, limit);
@@ -675,7 +675,7 @@ impl Hub {
             self.fan_out(now, channel, true, Bytes::copy_from_slice(data));
             return true;
         };
-        if self.redis.is_some() {
+        if !self.redis.is_empty() {
             // Through Redis only, to every node this one included: its order is the stream's.
             self.metrics.publishes += 1;
             let epoch = format!(
@@ -685,10 +685,10 @@ impl Hub {
             let envelope =
                 Envelope { origin: self.origin.clone(), channel, text: true, payload: Bytes::copy_from_slice(data) };
             let mut sent = true;
-            if let Some(link) = &mut self.redis
+            if let Some(link) = super::link_in(&mut self.redis, &envelope.channel)
                 && !link.history_publish(now, &envelope, rules, &epoch)
             {
-                self.metrics.broker_dropped = link.dropped();
+                self.metrics.broker_dropped += 1;
                 sent = false;
             }
             self.pump_redis(now);
@@ -764,7 +764,7 @@ impl Hub {
             return self.deliver_offset(now, chan, &name, offset, data);
         }
         match self.stream_rules(&name) {
-            Some(rules) if self.redis.is_none() => self.catch_up(now, chan, rules, Some(offset)),
+            Some(rules) if self.redis.is_empty() => self.catch_up(now, chan, rules, Some(offset)),
             _ => self.resubscribe_all(now, chan, "publications were missed"),
         }
     }

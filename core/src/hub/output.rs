@@ -89,20 +89,20 @@ impl Hub {
         if let Some(request) = self.webhooks_out.pop_front() {
             return Output::Webhook(request);
         }
-        if let Some(link) = &mut self.redis {
+        for (shard, link) in self.redis.iter_mut().enumerate() {
             // Closes first: a reconnect of the same connection may follow at once.
             if let Some(conn) = link.poll_close() {
-                return Output::RedisClose(conn);
+                return Output::RedisClose(conn.on_shard(shard));
             }
             if let Some((conn, addr)) = link.poll_connect() {
-                return Output::RedisOpen { conn, addr };
+                return Output::RedisOpen { conn: conn.on_shard(shard), addr };
             }
             // Said once per input while bytes wait: the shell writes, or waits for writability.
             for conn in [LinkConn::Command, LinkConn::Subscriber] {
-                let told = &mut self.redis_told[conn.index()];
+                let Some(told) = self.redis_told.get_mut(conn.on_shard(shard).index()) else { continue };
                 if !*told && link.wants_write(conn) {
                     *told = true;
-                    return Output::RedisTransmit(conn);
+                    return Output::RedisTransmit(conn.on_shard(shard));
                 }
             }
         }

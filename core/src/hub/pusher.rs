@@ -474,13 +474,13 @@ impl Hub {
             return;
         }
         let update = std::mem::take(&mut self.directory_out);
-        if !self.has_peers && self.redis.is_none() {
+        if !self.has_peers && self.redis.is_empty() {
             return;
         }
         let Ok(json) = serde_json::to_vec(&update) else { return };
         let envelope =
             Envelope { origin: self.origin.clone(), channel: DIRECTORY.to_owned(), text: true, payload: json.into() };
-        if let Some(link) = &mut self.redis {
+        if let Some(link) = super::link_in(&mut self.redis, DIRECTORY) {
             if link.can_publish() {
                 let _ = link.publish(now, &envelope);
             } else {

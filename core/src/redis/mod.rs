@@ -79,11 +79,13 @@ mod presence;
 mod probe;
 mod resp;
 mod rng;
+mod shard;
 mod url;
 
 pub(crate) use history::{HistoryAnswer, HistoryRead};
 pub(crate) use presence::PresenceAnswer;
 pub(crate) use rng::splitmix64;
+pub(crate) use shard::shard_of;
 pub(crate) use url::{UrlError, parse_url};
 
 use breaker::Breaker;
@@ -112,22 +114,49 @@ pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// A connection not established within this counts as a failure.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One of the link's two connections to Redis.
+/// One of a hub's connections to Redis: the command or the subscriber connection of one
+/// shard (one Redis instance of `broker.urls`; shard 0 with a single `broker.url`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum LinkConn {
-    /// Holds the subscriptions and receives the messages published by other hubs.
-    Subscriber,
-    /// Carries every other command, pipelined.
-    Command,
+pub struct LinkConn {
+    shard: u16,
+    subscriber: bool,
 }
 
+#[allow(non_upper_case_globals, reason = "named like the two connections of a link, which is what they are")]
 impl LinkConn {
-    /// 0 or 1: where a shell keeps this connection's socket in a two-slot array.
+    /// Shard 0's command connection: carries every command but subscriptions, pipelined.
+    pub const Command: Self = Self { shard: 0, subscriber: false };
+    /// Shard 0's subscriber connection: holds the subscriptions, receives what others publish.
+    pub const Subscriber: Self = Self { shard: 0, subscriber: true };
+
+    /// Where a shell keeps this connection's socket: `2 × shard`, plus 1 for the subscriber.
     pub fn index(self) -> usize {
-        match self {
-            Self::Command => 0,
-            Self::Subscriber => 1,
-        }
+        usize::from(self.shard) * 2 + usize::from(self.subscriber)
+    }
+
+    /// The connection kept at `index` (the inverse of [`LinkConn::index`]).
+    pub fn from_index(index: usize) -> Self {
+        Self { shard: u16::try_from(index / 2).unwrap_or(u16::MAX), subscriber: index % 2 == 1 }
+    }
+
+    /// The shard (Redis instance) it goes to.
+    pub fn shard(self) -> usize {
+        usize::from(self.shard)
+    }
+
+    /// Whether it is the subscriber connection.
+    pub fn is_subscriber(self) -> bool {
+        self.subscriber
+    }
+
+    /// The same connection of shard `shard`.
+    pub(crate) fn on_shard(self, shard: usize) -> Self {
+        Self { shard: u16::try_from(shard).unwrap_or(u16::MAX), ..self }
+    }
+
+    /// The connection's role as its shard's link knows it (every link is shard 0 to itself).
+    pub(crate) fn role(self) -> Self {
+        Self { shard: 0, ..self }
     }
 }
 
@@ -201,8 +230,8 @@ pub(crate) struct RedisLink {
 
 impl RedisLink {
     /// A link for the hub `origin`, configured by `config` (its `url` must be `redis://host[:port][/db]`).
-    pub(crate) fn new(config: &BrokerConfig, origin: Origin) -> Result<Self, UrlError> {
-        let (addr, db) = parse_url(&config.url)?;
+    pub(crate) fn new(config: &BrokerConfig, url: &str, origin: Origin) -> Result<Self, UrlError> {
+        let (addr, db) = parse_url(url)?;
         let hub_id = format!("{}:{}", origin.node, origin.worker);
         let lease_key = format!("{}:lease:{hub_id}", config.prefix);
         let ttl = config.lease_ttl;
@@ -320,8 +349,8 @@ impl RedisLink {
             return;
         }
         self.conn_mut(which).phase = Phase::Ready;
-        match which {
-            LinkConn::Command => {
+        match which.subscriber {
+            false => {
                 if self.db != 0 {
                     let db = self.db.to_string();
                     self.cmd.send(now, &[b"SELECT", db.as_bytes()], Expect::Select);
@@ -339,7 +368,7 @@ impl RedisLink {
                     self.register(now);
                 }
             }
-            LinkConn::Subscriber => {
+            true => {
                 let mut keys: Vec<String> = self.channels.iter().map(|c| self.channel_key(c)).collect();
                 keys.push(self.probe_key());
                 self.sub.subscribe(now, b"SUBSCRIBE", &keys);
@@ -376,10 +405,7 @@ impl RedisLink {
                     break;
                 }
             };
-            let handled = match which {
-                LinkConn::Command => self.on_reply(now, frame),
-                LinkConn::Subscriber => self.on_push(now, frame),
-            };
+            let handled = if which.subscriber { self.on_push(now, frame) } else { self.on_reply(now, frame) };
             if let Err(ProtocolError) = handled {
                 self.lose(now, which, true);
             }
@@ -559,17 +585,11 @@ impl RedisLink {
     }
 
     fn conn(&self, which: LinkConn) -> &Conn {
-        match which {
-            LinkConn::Subscriber => &self.sub,
-            LinkConn::Command => &self.cmd,
-        }
+        if which.subscriber { &self.sub } else { &self.cmd }
     }
 
     fn conn_mut(&mut self, which: LinkConn) -> &mut Conn {
-        match which {
-            LinkConn::Subscriber => &mut self.sub,
-            LinkConn::Command => &mut self.cmd,
-        }
+        if which.subscriber { &mut self.sub } else { &mut self.cmd }
     }
 
     /// Commands that carry our epoch or need the breaker closed may be sent now.

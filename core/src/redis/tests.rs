@@ -15,6 +15,7 @@ fn config() -> BrokerConfig {
     BrokerConfig {
         kind: BrokerKind::Redis,
         url: "redis://10.0.0.1:6380".to_owned(),
+        urls: Vec::new(),
         prefix: "sb".to_owned(),
         node_id: "n1".to_owned(),
         lease_ttl: Duration::from_secs(15),
@@ -70,7 +71,7 @@ struct Sim {
 impl Sim {
     fn new(config: &BrokerConfig) -> Self {
         let t0 = origin_instant();
-        let link = RedisLink::new(config, origin("n1", 0));
+        let link = RedisLink::new(config, &config.url, origin("n1", 0));
         let Ok(mut link) = link else { panic!("{link:?}") };
         link.start(t0);
         Self { link, t0, now: t0 }
@@ -190,7 +191,7 @@ fn url_forms() {
     assert!(e.to_string().contains("TLS"), "{e}");
     let mut c = config();
     c.url = "rediss://h:6379".to_owned();
-    assert!(RedisLink::new(&c, origin("n1", 0)).is_err());
+    assert!(RedisLink::new(&c, &c.url, origin("n1", 0)).is_err());
 }
 
 #[test]
