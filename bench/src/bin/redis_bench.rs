@@ -1,18 +1,24 @@
-//! `history_bench`: publications per second through Redis with channel history on (Redis
-//! Streams: the publish script increments, appends and publishes) and off (plain PUBLISH),
-//! between two `switchboard-mio` nodes (one worker each), interleaved runs, medians and their
-//! ratio.
+//! `redis_bench`: publications per second through Redis between `switchboard-mio` nodes (one
+//! worker each) on this machine. It starts its own `redis-server`s (no persistence) and nodes
+//! on free ports of 127.0.0.1, keeps their PIDs and stops them at the end; runs are
+//! interleaved and medians reported.
 //!
-//! It starts its own `redis-server` (no persistence) and two nodes on free ports of
-//! 127.0.0.1, keeps their PIDs and stops them at the end. One publisher on the first node
-//! (authenticated by a token, so it need not subscribe) sends `count` publish ops of `size`
-//! bytes of data as fast as the socket takes them; `subscribers` connections on the second
-//! node each read all of them, so every publication crosses Redis. A run's rate is
-//! `count` over the time from the first publish to the last subscriber's last message.
-//! History runs also check the offsets arrive 1, 2, 3… with no gap.
+//! - `history [runs] [count] [subscribers] [size]` (3, 20000, 4, 64): history on (Redis
+//!   Streams: one publish script per publication) against off (plain `PUBLISH`), between two
+//!   nodes: one publisher on the first, `subscribers` on the second, all on one channel.
+//!   History runs also check the offsets arrive 1, 2, 3… with no gap. Results in
+//!   `bench/results/history.json`.
+//! - `shards [runs] [count] [channels]` (3, 40000, 64): one, two and four independent Redis
+//!   instances (`broker.urls`) under three nodes: four publishers on the first node spread
+//!   `count` publications over `channels` channels, and every channel has one subscriber on
+//!   each of the two other nodes. Beside it, `redis-benchmark` measures `PUBLISH` on one
+//!   instance (same payload, pipeline 64): the ceiling of one Redis. Results in
+//!   `bench/results/shards.json`.
 //!
-//! `cargo build --release --bins && target/release/history_bench [runs] [count] [subscribers] [size]`
-//! (defaults 3, 20000, 4, 64); results in `bench/results/history.json`.
+//! A run's rate is its publications over the time from the first publish to the last
+//! subscriber's last message.
+//!
+//! `cargo build --release --bins && target/release/redis_bench history` (or `shards`)
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -78,7 +84,9 @@ fn start_redis(port: u16) -> Process {
     Process(child)
 }
 
-fn start_server(redis_port: u16, dir: &std::path::Path, node: &str) -> (Process, String) {
+fn start_server(redis_ports: &[u16], dir: &std::path::Path, node: &str) -> (Process, String) {
+    let urls: Vec<String> = redis_ports.iter().map(|p| format!("\"redis://127.0.0.1:{p}\"")).collect();
+    let urls = urls.join(", ");
     let config = format!(
         r#"[server]
 workers = 1
@@ -89,7 +97,7 @@ bytes_per_second = "1GiB"
 send_queue_bytes = "64MiB"
 [broker]
 kind = "redis"
-url = "redis://127.0.0.1:{redis_port}"
+urls = [{urls}]
 node_id = "{node}"
 [auth]
 hmac_secret = "{SECRET}"
@@ -216,7 +224,23 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>().expect("numeric arguments"));
+    let mut args = std::env::args().skip(1);
+    let mode = args.next().unwrap_or_default();
+    let numbers: Vec<usize> = args.map(|a| a.parse::<usize>().expect("numeric arguments")).collect();
+    match mode.as_str() {
+        "history" => history(&numbers),
+        "shards" => shards(&numbers),
+        _ => {
+            eprintln!(
+                "usage: redis_bench history [runs] [count] [subscribers] [size]\n       redis_bench shards [runs] [count] [channels]"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+fn history(numbers: &[usize]) {
+    let mut args = numbers.iter().copied();
     let runs = args.next().unwrap_or(3);
     let count = args.next().unwrap_or(20_000);
     let subscribers = args.next().unwrap_or(4);
@@ -225,8 +249,8 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("a temporary directory");
     let redis_port = free_port();
     let _redis = start_redis(redis_port);
-    let (_subscribers_node, addr) = start_server(redis_port, &dir, "sub");
-    let (_publishers_node, publish_to) = start_server(redis_port, &dir, "pub");
+    let (_subscribers_node, addr) = start_server(&[redis_port], &dir, "sub");
+    let (_publishers_node, publish_to) = start_server(&[redis_port], &dir, "pub");
     let (mut on, mut off) = (Vec::new(), Vec::new());
     let mut rows = Vec::new();
     for r in 0..runs {
@@ -256,6 +280,147 @@ fn main() {
         rows.join(",\n")
     );
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results/history.json");
+    if let Err(e) = std::fs::File::create(&out).and_then(|mut f| f.write_all(json.as_bytes())) {
+        eprintln!("{}: {e}", out.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One sharded run: `count` publications from four publishers on `publish_to` over
+/// `channels`, each read by one subscriber on each node of `readers`.
+fn shard_run(publish_to: &str, readers: &[String], channels: usize, count: usize, tag: &str) -> Result<f64, String> {
+    let per_channel = count / channels;
+    let (done_tx, done_rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut expected = 0;
+    for reader in readers {
+        for c in 0..channels {
+            let (url, channel) = (format!("ws://{reader}/ws"), format!("{tag}-{c}"));
+            let (done, ready) = (done_tx.clone(), ready_tx.clone());
+            expected += 1;
+            thread::spawn(move || {
+                let mut ws = connect(&url);
+                let _ = ws.send(Message::text(format!(r#"{{"op":"subscribe","channel":"{channel}","id":1}}"#)));
+                let _reply = ws.read();
+                let _ = ready.send(());
+                let mut seen = 0;
+                while seen < per_channel {
+                    match ws.read() {
+                        Ok(Message::Text(text)) if text.as_str().starts_with(r#"{"type":"message""#) => seen += 1,
+                        Ok(_) => {}
+                        Err(e) => {
+                            let _ = done.send(Err(format!("subscriber: {e} after {seen}")));
+                            return;
+                        }
+                    }
+                }
+                let _ = done.send(Ok(Instant::now()));
+            });
+        }
+    }
+    for _ in 0..expected {
+        ready_rx.recv_timeout(RUN_LIMIT).map_err(|_| "a subscriber never subscribed".to_owned())?;
+    }
+    // Every node's subscription reaches Redis before the first publish.
+    thread::sleep(Duration::from_millis(500));
+    let publishers = 4;
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for p in 0..publishers {
+        let (url, tag) = (format!("ws://{publish_to}/ws"), tag.to_owned());
+        handles.push(thread::spawn(move || -> Result<(), String> {
+            let mut ws = connect(&url);
+            for c in (p..channels).step_by(publishers) {
+                let op = format!(r#"{{"op":"publish","channel":"{tag}-{c}","data":"{}"}}"#, "x".repeat(48));
+                for _ in 0..per_channel {
+                    ws.write(Message::text(op.clone())).map_err(|e| format!("publish: {e}"))?;
+                }
+            }
+            ws.flush().map_err(|e| format!("flush: {e}"))?;
+            // Keep the socket open until the subscribers are done (closing could drop the tail).
+            thread::sleep(Duration::from_secs(1));
+            Ok(())
+        }));
+    }
+    let mut last = start;
+    for _ in 0..expected {
+        let finished =
+            done_rx.recv_timeout(RUN_LIMIT).map_err(|_| "a subscriber did not finish in time".to_owned())??;
+        last = last.max(finished);
+    }
+    for handle in handles {
+        handle.join().map_err(|_| "a publisher panicked".to_owned())??;
+    }
+    Ok((per_channel * channels) as f64 / (last - start).as_secs_f64())
+}
+
+/// `redis-benchmark`'s `PUBLISH` rate on one instance (64 B, pipeline 64).
+fn redis_ceiling(port: u16) -> Option<f64> {
+    let out = Command::new("redis-benchmark")
+        .args(["-p", &port.to_string(), "-n", "200000", "-P", "64", "-q", "PUBLISH", "bench", &"x".repeat(64)])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The last report line: "PUBLISH …: 1234567.00 requests per second, p50=…".
+    let line = text.rsplit('\r').next()?.lines().find(|l| l.contains("requests per second"))?.to_owned();
+    line.split(": ").last()?.split(' ').next()?.parse().ok()
+}
+
+fn shards(numbers: &[usize]) {
+    let mut args = numbers.iter().copied();
+    let runs = args.next().unwrap_or(3);
+    let count = args.next().unwrap_or(40_000);
+    let channels = args.next().unwrap_or(64);
+    let dir = std::env::temp_dir().join(format!("redis-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let mut rows = Vec::new();
+    let mut medians = Vec::new();
+    let mut ceilings = Vec::new();
+    for instances in [1usize, 2, 4] {
+        let ports: Vec<u16> = (0..instances).map(|_| free_port()).collect();
+        let _redis: Vec<Process> = ports.iter().map(|&p| start_redis(p)).collect();
+        let nodes: Vec<(Process, String)> = (1..=3).map(|n| start_server(&ports, &dir, &format!("n{n}"))).collect();
+        let readers = vec![nodes[1].1.clone(), nodes[2].1.clone()];
+        let mut rates = Vec::new();
+        for r in 0..runs {
+            match shard_run(&nodes[0].1, &readers, channels, count, &format!("r{r}")) {
+                Ok(rate) => {
+                    println!("{instances} instance(s), run {r}: {rate:.0} publications/s");
+                    rows.push(format!(r#"{{"instances":{instances},"run":{r},"publications_per_sec":{rate:.0}}}"#));
+                    rates.push(rate);
+                }
+                Err(e) => {
+                    println!("{instances} instance(s), run {r}: failed: {e}");
+                    rows.push(format!(r#"{{"instances":{instances},"run":{r},"error":{e:?}}}"#));
+                }
+            }
+        }
+        if instances == 1 {
+            for _ in 0..runs {
+                if let Some(ceiling) = redis_ceiling(ports[0]) {
+                    println!("redis-benchmark PUBLISH on one instance: {ceiling:.0}/s");
+                    ceilings.push(ceiling);
+                }
+            }
+        }
+        medians.push((instances, median(&mut rates)));
+    }
+    let ceiling = median(&mut ceilings);
+    let one = medians.first().map_or(0.0, |m| m.1);
+    for (instances, rate) in &medians {
+        let growth = if one > 0.0 { rate / one } else { 0.0 };
+        println!("median of {runs}: {instances} instance(s): {rate:.0} publications/s, {growth:.2}x one instance");
+    }
+    if ceiling > 0.0 {
+        println!("one instance at {:.0}% of redis-benchmark's PUBLISH ({ceiling:.0}/s)", 100.0 * one / ceiling);
+    }
+    let summary: Vec<String> = medians.iter().map(|(i, r)| format!(r#""{i}":{r:.0}"#)).collect();
+    let json = format!(
+        "{{\"count\":{count},\"channels\":{channels},\"ceiling\":{ceiling:.0},\"medians\":{{{}}},\"runs\":[\n{}\n]}}\n",
+        summary.join(","),
+        rows.join(",\n")
+    );
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results/shards.json");
     if let Err(e) = std::fs::File::create(&out).and_then(|mut f| f.write_all(json.as_bytes())) {
         eprintln!("{}: {e}", out.display());
     }
