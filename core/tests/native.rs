@@ -619,3 +619,161 @@ fn a_tokens_channels_are_subscribed_by_the_server() {
     sim.hub.handle_publish(sim.now, "feed:a", "1").unwrap();
     assert_eq!(of_type(&frames(&mut sim, id).0, "message").len(), 1);
 }
+
+/// A hub on Redis for history, with a scripted Redis that answers everything but the history
+/// reads, which the test answers itself (so live messages can overtake them).
+struct RedisSim {
+    sim: Sim,
+    /// History read scripts not answered yet: their first offset wanted.
+    reads: Vec<u64>,
+    /// The envelope sequence of the fake publisher.
+    seq: u64,
+}
+
+impl RedisSim {
+    fn new() -> Self {
+        let toml = format!("{CONFIG}\n[broker]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:7777\"\n");
+        let mut sim = sim_with(&toml);
+        sim.pump();
+        for (which, _) in std::mem::take(&mut sim.redis_opens) {
+            sim.hub.handle_redis_connected(sim.now, which);
+        }
+        let mut this = Self { sim, reads: Vec::new(), seq: 0 };
+        this.serve();
+        this
+    }
+
+    /// Answers what the hub sent to Redis, but history reads (kept in `reads`).
+    fn serve(&mut self) {
+        use switchboard_core::LinkConn;
+        for _ in 0..10 {
+            let mut answered = false;
+            for which in [LinkConn::Command, LinkConn::Subscriber] {
+                let mut bytes = Vec::new();
+                loop {
+                    let mut slices = [std::io::IoSlice::new(&[]); 4];
+                    let n = self.sim.hub.redis_transmit(which, &mut slices);
+                    let chunk: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).collect();
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    self.sim.hub.handle_redis_written(self.sim.now, which, chunk.len());
+                    bytes.extend(chunk);
+                }
+                let mut reply = Vec::new();
+                let mut rest = bytes.as_slice();
+                while let Ok(Some((frame, used))) = redis_protocol::resp2::decode::decode(rest) {
+                    rest = &rest[used..];
+                    let redis_protocol::resp2::types::OwnedFrame::Array(args) = frame else { panic!("a command") };
+                    let arg = |i: usize| match args.get(i) {
+                        Some(redis_protocol::resp2::types::OwnedFrame::BulkString(b)) => {
+                            String::from_utf8_lossy(b).into_owned()
+                        }
+                        _ => String::new(),
+                    };
+                    match arg(0).as_str() {
+                        "INCR" => reply.extend_from_slice(b":1\r\n"),
+                        "KEYS" => reply.extend_from_slice(b"*0\r\n"),
+                        "SUBSCRIBE" => {
+                            for key in 1..args.len() {
+                                let key = arg(key);
+                                reply.extend(
+                                    format!("*3\r\n$9\r\nsubscribe\r\n${}\r\n{key}\r\n:1\r\n", key.len()).bytes(),
+                                );
+                            }
+                        }
+                        "EVAL" if arg(1).contains("XRANGE") => self.reads.push(arg(5).parse().unwrap_or(0)),
+                        "SCRIPT" => reply.extend_from_slice(b"$4\r\nsha1\r\n"),
+                        _ => reply.extend_from_slice(b":1\r\n"),
+                    }
+                }
+                if !reply.is_empty() {
+                    answered = true;
+                    self.sim.hub.handle_redis_bytes(self.sim.now, which, &reply);
+                    self.sim.pump();
+                }
+            }
+            if !answered {
+                return;
+            }
+        }
+    }
+
+    /// A stream publication of `chat:r` arriving on the subscriber connection.
+    fn live(&mut self, epoch: &str, offset: u64) {
+        self.seq += 1;
+        let mut envelope = vec![1u8, 1];
+        envelope.extend_from_slice(&9u64.to_be_bytes());
+        envelope.extend_from_slice(&self.seq.to_be_bytes());
+        envelope.extend_from_slice(&0u32.to_be_bytes());
+        for field in ["other-node", "chat:r"] {
+            envelope.extend_from_slice(&(field.len() as u16).to_be_bytes());
+            envelope.extend_from_slice(field.as_bytes());
+        }
+        envelope.push(2);
+        envelope.extend(format!("{epoch}:{offset}\n{offset}").bytes());
+        let key = "switchboard:ch:chat:r";
+        let mut push =
+            format!("*3\r\n$7\r\nmessage\r\n${}\r\n{key}\r\n${}\r\n", key.len(), envelope.len()).into_bytes();
+        push.extend_from_slice(&envelope);
+        push.extend_from_slice(b"\r\n");
+        self.sim.hub.handle_redis_bytes(self.sim.now, switchboard_core::LinkConn::Subscriber, &push);
+        self.sim.pump();
+    }
+
+    /// Answers the oldest history read: `epoch`, last offset `top`, entries `from..=top`.
+    fn answer_read(&mut self, epoch: &str, top: u64) {
+        let from = self.reads.remove(0);
+        let mut reply = format!("*3\r\n${}\r\n{epoch}\r\n${}\r\n{top}\r\n", epoch.len(), top.to_string().len());
+        let entries: Vec<u64> = (from..=top).collect();
+        reply.push_str(&format!("*{}\r\n", entries.len()));
+        for n in entries {
+            let (id, data) = (format!("{n}-0"), n.to_string());
+            reply.push_str(&format!("*2\r\n${}\r\n{id}\r\n*2\r\n$1\r\nd\r\n${}\r\n{data}\r\n", id.len(), data.len()));
+        }
+        self.sim.hub.handle_redis_bytes(self.sim.now, switchboard_core::LinkConn::Command, reply.as_bytes());
+        self.sim.pump();
+    }
+}
+
+#[test]
+fn over_redis_a_recovery_and_live_messages_that_overtake_it_merge_without_gap_or_duplicate() {
+    // The live message comes before the read's answer: it is held, then follows the recovered ones.
+    let mut r = RedisSim::new();
+    let ann = open(&mut r.sim, &format!("?token={}", user("ann")));
+    r.sim.send(
+        ann,
+        &text(&json!({"op":"subscribe","channel":"chat:r","id":1,"recover":{"epoch":"E","offset":2}}).to_string()),
+    );
+    r.serve();
+    assert_eq!(r.reads, [3], "the read goes once the subscription is confirmed, from offset 3");
+    r.live("E", 5);
+    assert!(offsets(&frames(&mut r.sim, ann).0).is_empty(), "held until the read answers");
+    r.answer_read("E", 4);
+    let list = frames(&mut r.sim, ann).0;
+    assert_eq!(of_type(&list, "subscribed")[0]["recovered"], true, "{list:?}");
+    assert_eq!(offsets(&list), [3, 4, 5]);
+    r.live("E", 5);
+    r.live("E", 6);
+    assert_eq!(offsets(&frames(&mut r.sim, ann).0), [6], "no duplicate of 5");
+
+    // The read reaches further than the live messages that arrive after it: those are dropped.
+    let mut r = RedisSim::new();
+    let bob = open(&mut r.sim, &format!("?token={}", user("bob")));
+    r.sim.send(
+        bob,
+        &text(&json!({"op":"subscribe","channel":"chat:r","id":1,"recover":{"epoch":"E","offset":3}}).to_string()),
+    );
+    r.serve();
+    r.answer_read("E", 6);
+    assert_eq!(offsets(&frames(&mut r.sim, bob).0), [4, 5, 6], "max_recover is 3 in this namespace");
+    r.live("E", 5);
+    r.live("E", 6);
+    r.live("E", 7);
+    assert_eq!(offsets(&frames(&mut r.sim, bob).0), [7], "5 and 6 came with the recovery");
+
+    // A new epoch on a live message: told to resubscribe.
+    r.live("F", 1);
+    let list = frames(&mut r.sim, bob).0;
+    assert_eq!(of_type(&list, "unsubscribed")[0]["code"], "resubscribe", "{list:?}");
+}
