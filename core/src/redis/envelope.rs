@@ -10,6 +10,7 @@ const FLAG_TEXT: u8 = 1;
 const ENVELOPE_FIXED: usize = 1 + 1 + 8 + 8 + 4;
 
 /// An envelope as read from the wire.
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Wire {
     pub(super) epoch: u64,
@@ -37,8 +38,21 @@ pub(super) fn encode_envelope(epoch: u64, seq: u64, envelope: &Envelope) -> Opti
     Some(out)
 }
 
-/// The inverse of [`encode_envelope`]; `None` for anything malformed, including a text payload that is not UTF-8.
-pub(super) fn decode_envelope(bytes: &[u8]) -> Option<Wire> {
+/// An envelope's header, read in place.
+pub(super) struct Head<'a> {
+    pub(super) epoch: u64,
+    pub(super) seq: u64,
+    pub(super) worker: u32,
+    pub(super) node: &'a str,
+    pub(super) channel: &'a str,
+    pub(super) text: bool,
+    /// Where the payload starts.
+    pub(super) payload_at: usize,
+}
+
+/// The header of an encoded envelope; `None` for anything malformed, including a text payload
+/// that is not UTF-8.
+pub(super) fn decode_head(bytes: &[u8]) -> Option<Head<'_>> {
     let mut r = Reader(bytes);
     if r.take(1)? != [ENVELOPE_VERSION] {
         return None;
@@ -47,15 +61,24 @@ pub(super) fn decode_envelope(bytes: &[u8]) -> Option<Wire> {
     let epoch = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
     let seq = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
     let worker = u32::from_be_bytes(r.take(4)?.try_into().ok()?);
-    let node = r.string()?;
-    let channel = r.string()?;
+    let node = r.str()?;
+    let channel = r.str()?;
     let payload = r.0;
     let text = flags & FLAG_TEXT != 0;
     if flags & !FLAG_TEXT != 0 || (text && std::str::from_utf8(payload).is_err()) {
         return None;
     }
-    let origin = Origin { node, worker };
-    Some(Wire { epoch, seq, envelope: Envelope { origin, channel, text, payload: payload.to_vec().into() } })
+    Some(Head { epoch, seq, worker, node, channel, text, payload_at: bytes.len() - payload.len() })
+}
+
+/// The inverse of [`encode_envelope`]; `None` for anything malformed, including a text payload that is not UTF-8.
+#[cfg(test)]
+pub(super) fn decode_envelope(bytes: &[u8]) -> Option<Wire> {
+    let head = decode_head(bytes)?;
+    let origin = Origin { node: head.node.to_owned(), worker: head.worker };
+    let payload = bytes[head.payload_at..].to_vec().into();
+    let envelope = Envelope { origin, channel: head.channel.to_owned(), text: head.text, payload };
+    Some(Wire { epoch: head.epoch, seq: head.seq, envelope })
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -70,36 +93,41 @@ impl<'a> Reader<'a> {
         Some(head)
     }
 
-    fn string(&mut self) -> Option<String> {
+    fn str(&mut self) -> Option<&'a str> {
         let len = u16::from_be_bytes(self.take(2)?.try_into().ok()?);
-        String::from_utf8(self.take(usize::from(len))?.to_vec()).ok()
+        std::str::from_utf8(self.take(usize::from(len))?).ok()
     }
 }
 
 impl RedisLink {
     /// A pushed message, queued for the hub if it passes the receiver's rules in the module docs.
-    pub(super) fn deliver(&mut self, key: &[u8], payload: &[u8]) {
-        let Some(wire) = decode_envelope(payload) else { return };
-        let envelope = wire.envelope;
+    /// The envelope's payload is a slice of `message`, not a copy.
+    pub(super) fn deliver(&mut self, key: &[u8], message: bytes::Bytes) {
+        let Some(head) = decode_head(&message) else { return };
         // Workers of one node reach each other through the node's in-process bus, which keeps
         // working while Redis is down; through Redis they would hear each other twice. A
         // stream publication is the exception: it goes through Redis only, for its order.
-        let streamed = envelope.payload.first() == Some(&crate::hub::STREAMED);
-        if (envelope.origin.node == self.origin.node && !streamed) || !self.channels.contains(&envelope.channel) {
+        let streamed = message.get(head.payload_at) == Some(&crate::hub::STREAMED);
+        if (head.node == self.origin.node && !streamed) || !self.channels.contains(head.channel) {
             return;
         }
         let channel = key.strip_prefix(self.prefix.as_bytes()).and_then(|rest| rest.strip_prefix(b":ch:"));
-        if channel != Some(envelope.channel.as_bytes()) {
+        if channel != Some(head.channel.as_bytes()) {
             return;
         }
-        let from = (envelope.origin.node.clone(), envelope.origin.worker);
-        match self.last_seen.get_mut(&from) {
-            Some((epoch, seq)) if *epoch == wire.epoch && wire.seq <= *seq => return,
-            Some(seen) => *seen = (wire.epoch, wire.seq),
+        let seen = match self.last_seen.get_mut(head.node) {
+            Some(workers) => workers,
+            None => self.last_seen.entry(head.node.to_owned()).or_default(),
+        };
+        match seen.get_mut(&head.worker) {
+            Some((epoch, seq)) if *epoch == head.epoch && head.seq <= *seq => return,
+            Some(last) => *last = (head.epoch, head.seq),
             None => {
-                self.last_seen.insert(from, (wire.epoch, wire.seq));
+                seen.insert(head.worker, (head.epoch, head.seq));
             }
         }
-        self.deliveries.push_back(envelope);
+        let origin = Origin { node: head.node.to_owned(), worker: head.worker };
+        let (channel, text, payload_at) = (head.channel.to_owned(), head.text, head.payload_at);
+        self.deliveries.push_back(Envelope { origin, channel, text, payload: message.slice(payload_at..) });
     }
 }

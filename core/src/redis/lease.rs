@@ -70,7 +70,10 @@ impl RedisLink {
                 .collect(),
         );
         let prefix = &self.prefix;
-        self.last_seen.retain(|(node, worker), _| live.contains(format!("{prefix}:lease:{node}:{worker}").as_bytes()));
+        for (node, workers) in &mut self.last_seen {
+            workers.retain(|worker, _| live.contains(format!("{prefix}:lease:{node}:{worker}").as_bytes()));
+        }
+        self.last_seen.retain(|_, workers| !workers.is_empty());
         let mut args: Vec<&[u8]> = vec![b"MGET"];
         args.extend(keys.iter().filter_map(bulk));
         if args.len() == 1 {

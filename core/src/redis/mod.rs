@@ -93,7 +93,7 @@ use conn::{Conn, Expect, Phase};
 use envelope::encode_envelope;
 use lease::MIN_TICK;
 use presence::{Member, PresenceQuery};
-use resp::{ProtocolError, bulk, next_frame};
+use resp::{ProtocolError, bulk, message_push, next_frame};
 use rng::SplitMix;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -185,7 +185,9 @@ pub(crate) struct RedisLink {
     members: BTreeMap<String, BTreeMap<String, Member>>,
     /// Members that left while Redis was out of reach, to `HDEL` on reconnect.
     stale: BTreeMap<String, BTreeSet<String>>,
-    last_seen: BTreeMap<(String, u32), (u64, u64)>,
+    /// The last `(epoch, seq)` seen from each hub, by node id then worker (looked up by the
+    /// node id as received, so a delivery allocates nothing for it).
+    last_seen: BTreeMap<String, BTreeMap<u32, (u64, u64)>>,
     deliveries: VecDeque<Envelope>,
     answers: VecDeque<PresenceAnswer>,
     closes: VecDeque<LinkConn>,
@@ -206,6 +208,8 @@ pub(crate) struct RedisLink {
     waiting_reads: Vec<HistoryRead>,
     /// Answers to history reads, for the hub.
     history_answers: VecDeque<HistoryAnswer>,
+    /// The hub's own probe channel, `{prefix}:probe:{node}:{worker}`.
+    probe_channel: String,
     /// The SHA1 Redis gave the history publish script on this command connection (`EVALSHA`
     /// then spares Redis hashing the script's text on every publication).
     publish_sha: Option<String>,
@@ -233,6 +237,7 @@ impl RedisLink {
     pub(crate) fn new(config: &BrokerConfig, url: &str, origin: Origin) -> Result<Self, UrlError> {
         let (addr, db) = parse_url(url)?;
         let hub_id = format!("{}:{}", origin.node, origin.worker);
+        let probe_channel = format!("{}:probe:{hub_id}", config.prefix);
         let lease_key = format!("{}:lease:{hub_id}", config.prefix);
         let ttl = config.lease_ttl;
         let lease_ttl_secs = ttl.as_secs().saturating_add(u64::from(ttl.subsec_nanos() > 0)).max(1);
@@ -275,6 +280,7 @@ impl RedisLink {
             confirmed: BTreeSet::new(),
             waiting_reads: Vec::new(),
             history_answers: VecDeque::new(),
+            probe_channel,
             publish_sha: None,
             script_loading: false,
             probe_interval: config.probe_interval,
@@ -397,6 +403,20 @@ impl RedisLink {
         }
         self.conn_mut(which).inbuf.extend_from_slice(bytes);
         while self.conn(which).phase == Phase::Ready {
+            // The common push, a published message, is read in place and its payload shared
+            // with the hub without a copy; anything else goes through the general decoder.
+            if which.subscriber
+                && let Some((key, payload, used)) = message_push(&self.sub.inbuf)
+            {
+                let frame = self.sub.inbuf.split_to(used).freeze();
+                if frame[key.clone()] == *self.probe_channel.as_bytes() {
+                    self.on_probe(&frame[payload]);
+                } else {
+                    self.deliver(&frame[key], frame.slice(payload));
+                }
+                self.record_success(LinkConn::Subscriber);
+                continue;
+            }
             let frame = match next_frame(&mut self.conn_mut(which).inbuf) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -669,10 +689,10 @@ impl RedisLink {
                 [OwnedFrame::BulkString(kind), OwnedFrame::BulkString(key), OwnedFrame::BulkString(payload)]
                     if kind == b"message" =>
                 {
-                    if *key == self.probe_key().into_bytes() {
+                    if key.as_slice() == self.probe_channel.as_bytes() {
                         self.on_probe(payload);
                     } else {
-                        self.deliver(key, payload);
+                        self.deliver(key, bytes::Bytes::copy_from_slice(payload));
                     }
                 }
                 [OwnedFrame::BulkString(kind), rest @ ..]

@@ -15,7 +15,7 @@ use crate::time::later;
 impl RedisLink {
     /// The link's own probe channel.
     pub(super) fn probe_key(&self) -> String {
-        format!("{}:probe:{}", self.prefix, self.hub_id)
+        self.probe_channel.clone()
     }
 
     /// When the probe logic next wants `handle_timeout`.

@@ -3,8 +3,7 @@
 
 use bytes::{Buf, BytesMut};
 use redis_protocol::resp2::decode::decode;
-use redis_protocol::resp2::encode::encode_borrowed;
-use redis_protocol::resp2::types::{BorrowedFrame, OwnedFrame};
+use redis_protocol::resp2::types::OwnedFrame;
 
 /// Unparsed reply bytes allowed to pile up; more means a broken or hostile peer.
 const MAX_REPLY_BYTES: usize = 64 << 20;
@@ -15,23 +14,73 @@ const MAX_DEPTH: usize = 4;
 #[derive(Debug)]
 pub(super) struct ProtocolError;
 
-/// Encodes one command onto `out`; false (and `out` untouched) if it could not be encoded.
+/// Encodes one command onto `out` (an array of bulk strings); always true.
+///
+/// Written by hand rather than through `redis-protocol`'s encoder: a command is the same four
+/// pieces every time, and this way a publish costs no allocation (the encoder wanted a frame
+/// vector per command) and no logarithm per length.
 pub(super) fn write_command(out: &mut BytesMut, args: &[&[u8]]) -> bool {
-    let parts: Vec<BorrowedFrame<'_>> = args.iter().map(|arg| BorrowedFrame::BulkString(arg)).collect();
-    let frame = BorrowedFrame::Array(&parts);
-    let start = out.len();
-    out.resize(start + frame.encode_len(false), 0);
-    match encode_borrowed(&mut out[start..], &frame, false) {
-        Ok(n) => {
-            out.truncate(start + n);
-            true
-        }
-        // Cannot happen: the buffer was sized by `encode_len`. Drop the command rather than send garbage.
-        Err(_) => {
-            out.truncate(start);
-            false
+    let mut digits = itoa_buffer();
+    out.reserve(16 + args.iter().map(|a| a.len() + 16).sum::<usize>());
+    out.extend_from_slice(b"*");
+    out.extend_from_slice(format_len(&mut digits, args.len()));
+    out.extend_from_slice(b"\r\n");
+    for arg in args {
+        out.extend_from_slice(b"$");
+        out.extend_from_slice(format_len(&mut digits, arg.len()));
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    true
+}
+
+fn itoa_buffer() -> [u8; 20] {
+    [0; 20]
+}
+
+/// `n` in decimal, in `buf`.
+fn format_len(buf: &mut [u8; 20], mut n: usize) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
         }
     }
+}
+
+/// A `message` push (`*3 $7 message $key $payload`) at the front of `buf`: the key's and the
+/// payload's ranges and the bytes it takes, read in place (no frame built, nothing allocated).
+/// `None` when `buf` does not start with a whole one: the general decoder takes over, and it
+/// is the one that judges what is malformed.
+pub(super) fn message_push(buf: &[u8]) -> Option<(std::ops::Range<usize>, std::ops::Range<usize>, usize)> {
+    const HEAD: &[u8] = b"*3\r\n$7\r\nmessage\r\n";
+    let rest = buf.strip_prefix(HEAD)?;
+    let (key, used) = bulk_at(rest)?;
+    let (payload, more) = bulk_at(&rest[used..])?;
+    let base = HEAD.len();
+    let key = base + key.start..base + key.end;
+    let payload = base + used + payload.start..base + used + payload.end;
+    Some((key, payload, base + used + more))
+}
+
+/// A bulk string at the front of `buf`: its bytes' range and the length taken.
+fn bulk_at(buf: &[u8]) -> Option<(std::ops::Range<usize>, usize)> {
+    let rest = buf.strip_prefix(b"$")?;
+    let line = rest.iter().take(21).position(|&b| b == b'\r')?;
+    let len: usize = std::str::from_utf8(&rest[..line]).ok()?.parse().ok()?;
+    if len > MAX_REPLY_BYTES {
+        return None;
+    }
+    let start = 1 + line + 2;
+    let end = start.checked_add(len)?;
+    if buf.get(start - 2..start)? != b"\r\n" || buf.get(end..end + 2)? != b"\r\n" {
+        return None;
+    }
+    Some((start..end, end + 2))
 }
 
 /// The next complete frame in `buf`, removed from it.
