@@ -928,9 +928,9 @@ proptest! {
         cut in 0usize..400,
     ) {
         let push = resp(&[b"message", &key, &payload]);
-        let Some((k, p, used)) = super::resp::message_push(&push) else { panic!("a whole push is read") };
+        let Some((k, p, used)) = message_push(&push) else { panic!("a whole push is read") };
         prop_assert_eq!((&push[k], &push[p], used), (&key[..], &payload[..], push.len()));
         let cut = cut.min(push.len() - 1);
-        prop_assert!(super::resp::message_push(&push[..cut]).is_none());
+        prop_assert!(message_push(&push[..cut]).is_none());
     }
 }
