@@ -626,6 +626,10 @@ struct RedisSim {
     sim: Sim,
     /// History read scripts not answered yet: their first offset wanted.
     reads: Vec<u64>,
+    /// Replies owed on the command connection from the first unanswered read on, in order
+    /// (`None`: a read the test has not answered). Redis answers in order, so nothing behind
+    /// a read may go before it.
+    owed: std::collections::VecDeque<Option<Vec<u8>>>,
     /// The envelope sequence of the fake publisher.
     seq: u64,
 }
@@ -638,7 +642,7 @@ impl RedisSim {
         for (which, _) in std::mem::take(&mut sim.redis_opens) {
             sim.hub.handle_redis_connected(sim.now, which);
         }
-        let mut this = Self { sim, reads: Vec::new(), seq: 0 };
+        let mut this = Self { sim, reads: Vec::new(), owed: std::collections::VecDeque::new(), seq: 0 };
         this.serve();
         this
     }
@@ -661,6 +665,7 @@ impl RedisSim {
                     bytes.extend(chunk);
                 }
                 let mut reply = Vec::new();
+                let command = which == LinkConn::Command;
                 let mut rest = bytes.as_slice();
                 while let Ok(Some((frame, used))) = redis_protocol::resp2::decode::decode(rest) {
                     rest = &rest[used..];
@@ -674,20 +679,31 @@ impl RedisSim {
                     match arg(0).as_str() {
                         "INCR" => reply.extend_from_slice(b":1\r\n"),
                         "KEYS" => reply.extend_from_slice(b"*0\r\n"),
-                        "SUBSCRIBE" => {
+                        verb @ ("SUBSCRIBE" | "UNSUBSCRIBE") => {
+                            let kind = verb.to_ascii_lowercase();
                             for key in 1..args.len() {
                                 let key = arg(key);
-                                reply.extend(
-                                    format!("*3\r\n$9\r\nsubscribe\r\n${}\r\n{key}\r\n:1\r\n", key.len()).bytes(),
-                                );
+                                let (k, n) = (kind.len(), key.len());
+                                reply.extend(format!("*3\r\n${k}\r\n{kind}\r\n${n}\r\n{key}\r\n:1\r\n").bytes());
                             }
                         }
-                        "EVAL" if arg(1).contains("XRANGE") => self.reads.push(arg(5).parse().unwrap_or(0)),
+                        "EVAL" if arg(1).contains("XRANGE") => {
+                            self.reads.push(arg(5).parse().unwrap_or(0));
+                            if !reply.is_empty() {
+                                self.owed.push_back(Some(std::mem::take(&mut reply)));
+                            }
+                            self.owed.push_back(None);
+                        }
                         "SCRIPT" => reply.extend_from_slice(b"$4\r\nsha1\r\n"),
                         _ => reply.extend_from_slice(b":1\r\n"),
                     }
                 }
-                if !reply.is_empty() {
+                if command && !self.owed.is_empty() {
+                    if !reply.is_empty() {
+                        self.owed.push_back(Some(std::mem::take(&mut reply)));
+                    }
+                    answered |= self.flush_owed();
+                } else if !reply.is_empty() {
                     answered = true;
                     self.sim.hub.handle_redis_bytes(self.sim.now, which, &reply);
                     self.sim.pump();
@@ -721,6 +737,18 @@ impl RedisSim {
         self.sim.pump();
     }
 
+    /// Sends the owed command replies up to the first unanswered read; true if any went.
+    fn flush_owed(&mut self) -> bool {
+        let mut sent = false;
+        while let Some(Some(_)) = self.owed.front() {
+            let Some(Some(reply)) = self.owed.pop_front() else { break };
+            self.sim.hub.handle_redis_bytes(self.sim.now, switchboard_core::LinkConn::Command, &reply);
+            self.sim.pump();
+            sent = true;
+        }
+        sent
+    }
+
     /// Answers the oldest history read: `epoch`, last offset `top`, entries `from..=top`.
     fn answer_read(&mut self, epoch: &str, top: u64) {
         let from = self.reads.remove(0);
@@ -731,8 +759,11 @@ impl RedisSim {
             let (id, data) = (format!("{n}-0"), n.to_string());
             reply.push_str(&format!("*2\r\n${}\r\n{id}\r\n*2\r\n$1\r\nd\r\n${}\r\n{data}\r\n", id.len(), data.len()));
         }
-        self.sim.hub.handle_redis_bytes(self.sim.now, switchboard_core::LinkConn::Command, reply.as_bytes());
-        self.sim.pump();
+        if let Some(slot) = self.owed.iter_mut().find(|slot| slot.is_none()) {
+            *slot = Some(reply.into_bytes());
+        }
+        self.flush_owed();
+        self.serve();
     }
 }
 
@@ -776,4 +807,39 @@ fn over_redis_a_recovery_and_live_messages_that_overtake_it_merge_without_gap_or
     r.live("F", 1);
     let list = frames(&mut r.sim, bob).0;
     assert_eq!(of_type(&list, "unsubscribed")[0]["code"], "resubscribe", "{list:?}");
+}
+
+#[test]
+fn over_redis_a_quick_unsubscribe_and_subscribe_again_gets_one_answer_for_the_second() {
+    let mut r = RedisSim::new();
+    let ann = open(&mut r.sim, &format!("?token={}", user("ann")));
+    let first = json!({"op":"subscribe","channel":"chat:r","id":1,"recover":{"epoch":"E","offset":2}});
+    r.sim.send(ann, &text(&first.to_string()));
+    r.serve();
+    r.sim.send(ann, &text(r#"{"op":"unsubscribe","channel":"chat:r","id":2}"#));
+    let second = json!({"op":"subscribe","channel":"chat:r","id":3,"recover":{"epoch":"E","offset":3}});
+    r.sim.send(ann, &text(&second.to_string()));
+    r.serve();
+    assert_eq!(r.reads, [3, 4], "two reads, the second after its own subscription's confirmation");
+    r.answer_read("E", 4);
+    let list = frames(&mut r.sim, ann).0;
+    assert!(of_type(&list, "subscribed").is_empty(), "the first read's answer is not the second's: {list:?}");
+    r.answer_read("E", 4);
+    let list = frames(&mut r.sim, ann).0;
+    let replies = of_type(&list, "subscribed");
+    assert_eq!(replies.len(), 1, "{list:?}");
+    assert_eq!(replies[0]["id"], 3);
+    assert_eq!(offsets(&list), [4]);
+}
+
+#[test]
+fn presence_of_a_user_limited_channel_needs_a_subscription() {
+    let mut sim = sim();
+    let eve = open(&mut sim, &format!("?token={}", user("eve")));
+    let list = op(&mut sim, eve, json!({"op":"presence","channel":"dm#ann,bob","id":1}));
+    assert_eq!(of_type(&list, "error")[0]["code"], "not_subscribed");
+    let ann = open(&mut sim, &format!("?token={}", user("ann")));
+    op(&mut sim, ann, json!({"op":"subscribe","channel":"dm#ann,bob","id":1}));
+    let list = op(&mut sim, ann, json!({"op":"presence","channel":"dm#ann,bob","id":2}));
+    assert_eq!(of_type(&list, "presence").len(), 1, "{list:?}");
 }

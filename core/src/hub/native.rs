@@ -100,6 +100,9 @@ pub(super) enum HistoryWaiter {
 pub(super) struct Recovering {
     conn: ConnId,
     channel: String,
+    /// The read it waits for (`None` once answered): a quick unsubscribe and subscribe again
+    /// must not take the first read's answer for the second's.
+    token: Option<u64>,
     /// Live publications that arrived before the answer.
     held: Vec<(u64, Bytes)>,
     /// Once answered: the read's last offset; live ones up to it are dropped for this one.
@@ -385,6 +388,10 @@ impl Hub {
 
     /// Whether the connection may ask who is on `channel`.
     pub(super) fn may_see_presence(&self, id: ConnId, channel: &str) -> Result<(), Refused> {
+        // Only its own users may subscribe to a user-limited channel, so only they see it.
+        if pubsub::channel_users(channel).is_some() && self.subscription_index(id, channel).is_none() {
+            return Err((ErrorCode::NotSubscribed, format!("subscribe to \"{channel}\" to see its members")));
+        }
         let Some(ns) = self.namespace(channel) else { return Ok(()) };
         if !ns.presence {
             return Err((ErrorCode::Forbidden, format!("namespace \"{}\" has presence off", ns.name)));
@@ -445,11 +452,15 @@ impl Hub {
         let (recoverable, max_recover) = self.namespace(channel).map_or((false, 0), |ns| (ns.recover, ns.max_recover));
         if !self.redis.is_empty() {
             self.op_subscribe(id, channel, info)?;
-            self.recovering.push(Recovering { conn: id, channel: channel.to_owned(), held: Vec::new(), floor: None });
+            self.next_token += 1;
+            let token = self.next_token;
+            let recovering =
+                Recovering { conn: id, channel: channel.to_owned(), token: Some(token), held: Vec::new(), floor: None };
+            self.recovering.push(recovering);
             let recover = recover.filter(|_| recoverable);
             let (after, limit) = recover.as_ref().map_or((u64::MAX, 0), |p| (p.offset, max_recover + 1));
             let waiter = HistoryWaiter::Subscribe { conn: id, channel: channel.to_owned(), request, recover };
-            self.read_from_redis(now, waiter, channel, after, limit, rules);
+            self.read_from_redis(now, token, waiter, channel, after, limit, rules);
             return Ok(());
         }
         let wanted = recover.as_ref().filter(|_| recoverable);
@@ -495,18 +506,18 @@ impl Hub {
         self.reply(id, pubsub::subscribed(request, channel, Some((&stream, recoverable, recovered))));
     }
 
-    /// Asks Redis for a read of `channel`'s stream; `waiter` gets the answer.
+    /// Asks Redis for a read of `channel`'s stream; `waiter` gets the answer, under `token`.
+    #[allow(clippy::too_many_arguments, reason = "one read's parameters, as the link takes them")]
     fn read_from_redis(
         &mut self,
         now: Instant,
+        token: u64,
         waiter: HistoryWaiter,
         channel: &str,
         after: u64,
         limit: usize,
         rules: StreamRules,
     ) {
-        self.next_token += 1;
-        let token = self.next_token;
         let epoch = format!("{:016x}", crate::redis::splitmix64(&mut self.socket_seed.wrapping_add(token)));
         let Some(link) = super::link_in(&mut self.redis, channel) else { return };
         self.history_waiters.insert(token, waiter);
@@ -520,7 +531,7 @@ impl Hub {
         let Some(waiter) = self.history_waiters.remove(&token) else { return };
         match waiter {
             HistoryWaiter::Subscribe { conn, channel, request, recover } => {
-                let held = match self.recovering.iter().position(|r| r.conn == conn && r.channel == channel) {
+                let held = match self.recovering.iter().position(|r| r.token == Some(token)) {
                     Some(index) => self.recovering.swap_remove(index).held,
                     // Unsubscribed or gone meanwhile.
                     None => return,
@@ -532,6 +543,24 @@ impl Hub {
                     let message = "the history could not be read (Redis is out of reach): subscribe again";
                     return self.op_error(now, conn, OpError::new(request, ErrorCode::HistoryUnavailable, message));
                 };
+                // The read and this hub's live stream must be of one epoch.
+                if let Some(chan) = self.channels.find(&channel).and_then(|c| self.channels.get_mut(c)) {
+                    match &chan.epoch {
+                        // Nothing live yet: the read says where the stream is.
+                        None => {
+                            chan.epoch = Some(read.top.epoch.as_str().into());
+                            chan.seq = chan.seq.max(read.top.offset);
+                        }
+                        Some(epoch) if **epoch != *read.top.epoch => {
+                            return self.resubscribe_one(
+                                conn,
+                                &channel,
+                                "the channel's stream started again (new epoch)",
+                            );
+                        }
+                        Some(_) => {}
+                    }
+                }
                 let (recoverable, max_recover) =
                     self.namespace(&channel).map_or((false, 0), |ns| (ns.recover, ns.max_recover));
                 self.reply_subscribed(
@@ -544,14 +573,23 @@ impl Hub {
                     max_recover,
                 );
                 let floor = read.top.offset;
-                let mut caught_up = false;
+                let mut next = floor.saturating_add(1);
                 for (offset, data) in held.into_iter().filter(|(offset, _)| *offset > floor) {
+                    if offset != next {
+                        return self.resubscribe_one(conn, &channel, "publications were missed");
+                    }
                     let raw = std::str::from_utf8(&data).unwrap_or("null");
                     self.reply(conn, pubsub::message_at(&channel, offset, true, raw));
-                    caught_up = true;
+                    next = offset.saturating_add(1);
                 }
-                if !caught_up {
-                    self.recovering.push(Recovering { conn, channel, held: Vec::new(), floor: Some(floor) });
+                if next == floor.saturating_add(1) {
+                    self.recovering.push(Recovering {
+                        conn,
+                        channel,
+                        token: None,
+                        held: Vec::new(),
+                        floor: Some(floor),
+                    });
                 }
             }
             HistoryWaiter::Page { conn, channel, request, since } => {
@@ -636,7 +674,9 @@ impl Hub {
         let limit = limit.unwrap_or(max).min(max);
         let after = since.as_ref().map_or(0, |p| p.offset);
         let waiter = HistoryWaiter::Page { conn: id, channel: channel.to_owned(), request, since };
-        self.read_from_redis(now, waiter, channel, after, limit, rules);
+        self.next_token += 1;
+        let token = self.next_token;
+        self.read_from_redis(now, token, waiter, channel, after, limit, rules);
     }
 
     fn read_history(
@@ -715,7 +755,11 @@ impl Hub {
         payload.push(FRAMED);
         payload.extend_from_slice(frame.as_bytes());
         if let Some(chan) = self.channels.find(channel) {
-            self.send_frame(now, chan, true, frame.as_bytes(), skip.as_slice(), &[]);
+            // A subscriber still waiting for its `subscribed` (its history read) hears nothing
+            // before it.
+            let mut quiet: Vec<ConnId> = skip.into_iter().collect();
+            quiet.extend(self.recovering.iter().filter(|r| r.floor.is_none() && r.channel == channel).map(|r| r.conn));
+            self.send_frame(now, chan, true, frame.as_bytes(), &quiet, &[]);
         }
         let envelope = Envelope {
             origin: self.origin.clone(),
@@ -760,7 +804,7 @@ impl Hub {
         if offset <= seq {
             return;
         }
-        if offset == seq + 1 {
+        if Some(offset) == seq.checked_add(1) {
             return self.deliver_offset(now, chan, &name, offset, data);
         }
         match self.stream_rules(&name) {
@@ -795,6 +839,7 @@ impl Hub {
         let raw = std::str::from_utf8(data).unwrap_or("null");
         let frame = pubsub::message_at(name, offset, true, raw);
         let mut muted = Vec::new();
+        let mut gapped = Vec::new();
         if !self.recovering.is_empty() {
             self.recovering.retain_mut(|r| {
                 if r.channel != name {
@@ -803,14 +848,34 @@ impl Hub {
                 match r.floor {
                     None => r.held.push((offset, Bytes::copy_from_slice(data))),
                     Some(floor) if offset <= floor => {}
-                    // Past what its read covered: live from here on.
-                    Some(_) => return false,
+                    // Right after what its read covered: live from here on.
+                    Some(floor) if offset == floor.saturating_add(1) => return false,
+                    // Past it with a hole between: this one cannot go on.
+                    Some(_) => {
+                        gapped.push(r.conn);
+                        return false;
+                    }
                 }
                 muted.push(r.conn);
                 true
             });
         }
+        muted.extend_from_slice(&gapped);
         self.send_frame(now, chan, true, frame.as_bytes(), &muted, &[]);
+        for conn in gapped {
+            self.resubscribe_one(conn, name, "publications were missed");
+        }
+    }
+
+    /// Ends one connection's subscription to `channel`, telling it to subscribe again.
+    fn resubscribe_one(&mut self, conn: ConnId, channel: &str, why: &str) {
+        if let Some(index) = self.subscription_index(conn, channel) {
+            self.metrics.resubscribes += 1;
+            self.unsubscribe_at(conn, index);
+            if self.conn(conn).is_some_and(|c| c.phase == Phase::Open) {
+                self.reply(conn, pubsub::unsubscribed(channel, "resubscribe", why));
+            }
+        }
     }
 
     /// Ends every local subscription of `chan`, telling each subscriber to subscribe again
@@ -819,14 +884,8 @@ impl Hub {
         let Some(channel) = self.channels.get(chan) else { return };
         let name = channel.name.clone();
         let subscribers = channel.subscribers.clone();
-        self.metrics.resubscribes += subscribers.len() as u64;
         for id in subscribers {
-            if let Some(index) = self.subscription_index(id, &name) {
-                self.unsubscribe_at(id, index);
-                if self.conn(id).is_some_and(|c| c.phase == Phase::Open) {
-                    self.reply(id, pubsub::unsubscribed(&name, "resubscribe", why));
-                }
-            }
+            self.resubscribe_one(id, &name, why);
         }
     }
 }

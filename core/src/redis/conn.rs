@@ -63,6 +63,8 @@ pub(super) enum Expect {
     StatsValues,
     /// A subscribe/unsubscribe confirmation or a pong on the subscriber connection.
     SubAck,
+    /// The history publish script: an error reply may mean Redis lost the script.
+    HistoryPublish,
     /// `SCRIPT LOAD` of the history publish script: its SHA1 (an error leaves `EVAL` in use).
     ScriptLoad,
     /// The history read script, for the hub's read `token` of publications after `after`.

@@ -133,7 +133,7 @@ impl RedisLink {
             size.as_bytes(),
             ttl.as_bytes(),
         ];
-        self.cmd.send(now, &args, Expect::Ack);
+        self.cmd.send(now, &args, Expect::HistoryPublish);
         true
     }
 

@@ -535,7 +535,12 @@ impl RedisLink {
 
     /// The hub's last local subscriber on `channel` left: unsubscribe from it in Redis.
     pub(crate) fn unsubscribe(&mut self, now: Instant, channel: &str) {
-        if self.channels.remove(channel) && self.sub.phase == Phase::Ready {
+        if !self.channels.remove(channel) {
+            return;
+        }
+        // No longer confirmed from now on: a read for a new subscription must wait for its own.
+        self.confirmed.remove(channel);
+        if self.sub.phase == Phase::Ready {
             let key = self.channel_key(channel);
             self.sub.subscribe(now, b"UNSUBSCRIBE", &[key]);
         }
@@ -629,7 +634,7 @@ impl RedisLink {
             return self.on_error_reply(now, expect);
         }
         match (expect, frame) {
-            (Expect::Ack, _) => {}
+            (Expect::Ack | Expect::HistoryPublish, _) => {}
             (Expect::Epoch, OwnedFrame::Integer(n)) => {
                 self.epoch = Some(n.unsigned_abs());
                 self.record_success(LinkConn::Command);
@@ -676,6 +681,11 @@ impl RedisLink {
                 self.answer_locally(token, &channel);
             }
             Expect::History { token, .. } => self.history_answers.push_back(HistoryAnswer { token, read: None }),
+            // NOSCRIPT (a SCRIPT FLUSH, a failover behind a proxy): load it again, EVAL meanwhile.
+            Expect::HistoryPublish => {
+                self.publish_sha = None;
+                self.script_loading = false;
+            }
             _ => {}
         }
         self.record_failure(now);

@@ -934,3 +934,34 @@ proptest! {
         prop_assert!(message_push(&push[..cut]).is_none());
     }
 }
+
+#[test]
+fn a_lost_publish_script_is_loaded_again() {
+    let mut sim = Sim::ready();
+    let publication = envelope(origin("n1", 0), "h:x", b"1");
+    assert!(sim.link.history_publish(sim.now, &publication, RULES, "cafe"));
+    sim.commands(LinkConn::Command);
+    sim.feed(LinkConn::Command, b"$4\r\nab12\r\n:1\r\n");
+    assert!(sim.link.history_publish(sim.now, &publication, RULES, "cafe"));
+    assert_eq!(sim.commands(LinkConn::Command)[0][0], "EVALSHA");
+    sim.feed(LinkConn::Command, b"-NOSCRIPT No matching script.\r\n");
+    assert!(sim.link.history_publish(sim.now, &publication, RULES, "cafe"));
+    let sent = sim.commands(LinkConn::Command);
+    let verbs: Vec<&str> = sent.iter().map(|c| c[0].as_str()).collect();
+    assert_eq!(verbs, ["SCRIPT", "EVAL"], "loaded again, and EVAL until it is");
+}
+
+#[test]
+fn a_read_after_unsubscribing_and_subscribing_again_waits_for_the_new_confirmation() {
+    let mut sim = Sim::ready();
+    sim.link.subscribe(sim.now, "h:x");
+    sim.feed(LinkConn::Subscriber, b"*3\r\n$9\r\nsubscribe\r\n$9\r\nsb:ch:h:x\r\n:1\r\n");
+    sim.link.unsubscribe(sim.now, "h:x");
+    sim.link.subscribe(sim.now, "h:x");
+    sim.commands(LinkConn::Subscriber);
+    sim.link.history_read(sim.now, read(3, "h:x", 0, 10));
+    assert!(sim.commands(LinkConn::Command).is_empty(), "the old confirmation does not count");
+    sim.feed(LinkConn::Subscriber, b"*3\r\n$11\r\nunsubscribe\r\n$9\r\nsb:ch:h:x\r\n:0\r\n");
+    sim.feed(LinkConn::Subscriber, b"*3\r\n$9\r\nsubscribe\r\n$9\r\nsb:ch:h:x\r\n:1\r\n");
+    assert_eq!(sim.commands(LinkConn::Command).len(), 1);
+}
