@@ -45,6 +45,11 @@ impl Channels {
         self.by_name.get(name).copied()
     }
 
+    /// Every live channel's name and id.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, ChannelId)> {
+        self.by_name.iter().map(|(name, &id)| (name.as_str(), id))
+    }
+
     /// A live channel.
     pub(crate) fn get(&self, id: ChannelId) -> Option<&Channel> {
         self.slots.get(id as usize)?.as_ref()

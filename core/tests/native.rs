@@ -843,3 +843,30 @@ fn presence_of_a_user_limited_channel_needs_a_subscription() {
     let list = op(&mut sim, ann, json!({"op":"presence","channel":"dm#ann,bob","id":2}));
     assert_eq!(of_type(&list, "presence").len(), 1, "{list:?}");
 }
+
+#[test]
+fn over_redis_subscribers_of_history_channels_recover_after_the_link_comes_back() {
+    let mut r = RedisSim::new();
+    let ann = open(&mut r.sim, &format!("?token={}", user("ann")));
+    r.sim.send(ann, &text(r#"{"op":"subscribe","channel":"chat:r","id":1}"#));
+    r.serve();
+    r.answer_read("E", 4);
+    frames(&mut r.sim, ann);
+    // The subscriber connection drops and comes back: whatever was published meanwhile is lost
+    // to this hub, so its subscribers are told to recover.
+    r.sim.hub.handle_redis_eof(r.sim.now, switchboard_core::LinkConn::Subscriber);
+    r.sim.pump();
+    for _ in 0..20 {
+        r.sim.advance(Duration::from_millis(200));
+        let opens = std::mem::take(&mut r.sim.redis_opens);
+        for (which, _) in &opens {
+            r.sim.hub.handle_redis_connected(r.sim.now, *which);
+        }
+        if !opens.is_empty() {
+            break;
+        }
+    }
+    r.serve();
+    let list = frames(&mut r.sim, ann).0;
+    assert_eq!(of_type(&list, "unsubscribed")[0]["code"], "resubscribe", "{list:?}");
+}

@@ -82,7 +82,11 @@ impl Hub {
         let (mut deliveries, mut answers, mut reads) = (Vec::new(), Vec::new(), Vec::new());
         let (mut dropped, mut probe_failures) = (0, 0);
         let mut state = BrokerState::Closed;
-        for link in &mut self.redis {
+        let mut reconnected = Vec::new();
+        for (shard, link) in self.redis.iter_mut().enumerate() {
+            if link.take_reconnected() {
+                reconnected.push(shard);
+            }
             deliveries.extend(std::iter::from_fn(|| link.poll_delivery()));
             answers.extend(std::iter::from_fn(|| link.poll_presence()));
             reads.extend(std::iter::from_fn(|| link.poll_history()));
@@ -101,6 +105,9 @@ impl Hub {
         self.metrics.broker_probe_failures = probe_failures;
         for envelope in deliveries {
             self.deliver_remote(now, &envelope);
+        }
+        if !reconnected.is_empty() {
+            self.streams_lost(now, &reconnected);
         }
         for answer in reads {
             self.on_history_answer(now, answer.token, answer.read);

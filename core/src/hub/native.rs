@@ -867,6 +867,22 @@ impl Hub {
         }
     }
 
+    /// The subscriber connections of `shards` came back from a loss: what was published on
+    /// their history channels meanwhile never arrived, and a quiet channel would not show the
+    /// hole. Their subscribers are told to resubscribe, recovering exactly what they missed.
+    pub(super) fn streams_lost(&mut self, now: Instant, shards: &[usize]) {
+        let lost: Vec<crate::channel::ChannelId> = self
+            .channels
+            .iter()
+            .filter(|(name, _)| self.stream_rules(name).is_some())
+            .filter(|(name, _)| shards.contains(&crate::redis::shard_of(name, self.redis.len())))
+            .map(|(_, id)| id)
+            .collect();
+        for chan in lost {
+            self.resubscribe_all(now, chan, "the connection to Redis was lost: recover what you missed");
+        }
+    }
+
     /// Ends one connection's subscription to `channel`, telling it to subscribe again.
     fn resubscribe_one(&mut self, conn: ConnId, channel: &str, why: &str) {
         if let Some(index) = self.subscription_index(conn, channel) {

@@ -215,6 +215,10 @@ pub(crate) struct RedisLink {
     publish_sha: Option<String>,
     /// `SCRIPT LOAD` was sent on this command connection.
     script_loading: bool,
+    /// The subscriber connection has been up before (a new one is a reconnect).
+    sub_was_up: bool,
+    /// The subscriber connection came back since the hub last asked (`take_reconnected`).
+    reconnected: bool,
     /// How often a probe goes out, and how long it may take to come back (see `probe`).
     probe_interval: Duration,
     probe_timeout: Duration,
@@ -283,6 +287,8 @@ impl RedisLink {
             probe_channel,
             publish_sha: None,
             script_loading: false,
+            sub_was_up: false,
+            reconnected: false,
             probe_interval: config.probe_interval,
             probe_timeout: config.probe_timeout,
             probe_seq: 0,
@@ -375,6 +381,9 @@ impl RedisLink {
                 }
             }
             true => {
+                // What was published while it was down never reached us.
+                self.reconnected |= self.sub_was_up;
+                self.sub_was_up = true;
                 let mut keys: Vec<String> = self.channels.iter().map(|c| self.channel_key(c)).collect();
                 keys.push(self.probe_key());
                 self.sub.subscribe(now, b"SUBSCRIBE", &keys);
@@ -511,6 +520,12 @@ impl RedisLink {
             let key = self.channel_key(channel);
             self.sub.subscribe(now, b"SUBSCRIBE", &[key]);
         }
+    }
+
+    /// True once after the subscriber connection came back from a loss: publications made
+    /// meanwhile were missed.
+    pub(crate) fn take_reconnected(&mut self) -> bool {
+        std::mem::take(&mut self.reconnected)
     }
 
     /// Asks `take_resync` to say when the subscription to `channel` is (re)confirmed.

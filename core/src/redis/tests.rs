@@ -965,3 +965,14 @@ fn a_read_after_unsubscribing_and_subscribing_again_waits_for_the_new_confirmati
     sim.feed(LinkConn::Subscriber, b"*3\r\n$9\r\nsubscribe\r\n$9\r\nsb:ch:h:x\r\n:1\r\n");
     assert_eq!(sim.commands(LinkConn::Command).len(), 1);
 }
+
+#[test]
+fn a_subscriber_connection_that_comes_back_says_so_once() {
+    let mut sim = Sim::ready();
+    assert!(!sim.link.take_reconnected(), "the first connection is not a reconnect");
+    sim.link.handle_eof(sim.now, LinkConn::Subscriber);
+    sim.wake();
+    assert_eq!(sim.connect(), [LinkConn::Subscriber]);
+    assert!(sim.link.take_reconnected());
+    assert!(!sim.link.take_reconnected(), "once");
+}
