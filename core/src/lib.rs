@@ -101,6 +101,7 @@ mod queue;
 mod redis;
 mod time;
 
+pub use auth::jwt::sign_hs256;
 pub use broker::{BrokerCommand, Envelope, Origin};
 pub use config::{Config, ConfigError};
 pub use history::{HistoryStore, HistoryTable, StreamRead, StreamRules, StreamTop};

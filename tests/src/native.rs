@@ -4,7 +4,6 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ring::hmac;
 use serde_json::Value;
 
 /// The HS256 secret of [`CONFIG`].
@@ -56,23 +55,9 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn b64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(bytes.len() * 4 / 3 + 3);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-        }
-    }
-    out
-}
-
 /// An HS256 token over `claims`, signed with `secret`.
 pub fn token_signed(secret: &str, claims: &Value) -> String {
-    let signing = format!("{}.{}", b64(br#"{"alg":"HS256","typ":"JWT"}"#), b64(claims.to_string().as_bytes()));
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
-    format!("{signing}.{}", b64(hmac::sign(&key, signing.as_bytes()).as_ref()))
+    switchboard_core::sign_hs256(secret, &claims.to_string())
 }
 
 /// An HS256 token over `claims`, signed with [`SECRET`].

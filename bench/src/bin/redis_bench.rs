@@ -29,7 +29,6 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_tungstenite::tungstenite::{self, Message};
-use ring::hmac;
 
 const SECRET: &str = "history-bench-secret";
 /// A run that has not finished by then is reported as failed, not waited for.
@@ -49,24 +48,9 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-fn b64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-        }
-    }
-    out
-}
-
 fn token(sub: &str) -> String {
     let exp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 3600;
-    let claims = format!(r#"{{"sub":"{sub}","exp":{exp}}}"#);
-    let signing = format!("{}.{}", b64(br#"{"alg":"HS256","typ":"JWT"}"#), b64(claims.as_bytes()));
-    let key = hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes());
-    format!("{signing}.{}", b64(hmac::sign(&key, signing.as_bytes()).as_ref()))
+    switchboard_core::sign_hs256(SECRET, &format!(r#"{{"sub":"{sub}","exp":{exp}}}"#))
 }
 
 fn start_redis(port: u16) -> Process {

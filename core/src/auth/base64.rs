@@ -1,5 +1,5 @@
-//! Base64 decoding: the standard alphabet with padding (PEM) and the URL-safe one without
-//! (JWT). Decoding only: the server never writes either.
+//! Base64: decoding the standard alphabet with padding (PEM) and the URL-safe one without
+//! (JWT); encoding the URL-safe one, for [`super::jwt::sign_hs256`].
 
 /// Which alphabet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -8,6 +8,19 @@ pub(crate) enum Alphabet {
     Standard,
     /// `A–Z a–z 0–9 - _`, no padding, no whitespace (JWT segments).
     UrlSafe,
+}
+
+/// `bytes` in the URL-safe alphabet, unpadded (a JWT segment).
+pub(crate) fn encode_url(bytes: &[u8]) -> String {
+    const URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(URL[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
 }
 
 /// The bytes `text` encodes, or `None` for a character outside the alphabet or a length no

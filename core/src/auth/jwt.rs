@@ -128,6 +128,17 @@ struct Payload {
     channel: Option<String>,
 }
 
+/// An HS256 token over `claims` (JSON text) signed with `secret`: what an application's backend
+/// hands its clients as connection and subscription tokens (for tests, tools and embedders;
+/// the server itself only verifies).
+pub fn sign_hs256(secret: &str, claims: &str) -> String {
+    let header = super::base64::encode_url(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let signing = format!("{header}.{}", super::base64::encode_url(claims.as_bytes()));
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let signature = ring::hmac::sign(&key, signing.as_bytes());
+    format!("{signing}.{}", super::base64::encode_url(signature.as_ref()))
+}
+
 /// Checks `token` with `keys` and `rules` at `now_unix` (seconds).
 pub(crate) fn verify(token: &str, keys: &KeySet, rules: &Rules<'_>, now_unix: u64) -> Result<Claims, TokenError> {
     let malformed = |what: &str| TokenError::Malformed(what.to_owned());

@@ -741,23 +741,7 @@ publish = "authenticated"
 
 /// A token signed with the `native` target's secret (the fuzzer cannot forge one).
 fn native_token(claims: &str) -> String {
-    let signing = format!("{}.{}", b64url(br#"{"alg":"HS256"}"#), b64url(claims.as_bytes()));
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"fuzz-secret");
-    let signature = ring::hmac::sign(&key, signing.as_bytes());
-    format!("{signing}.{}", b64url(signature.as_ref()))
-}
-
-/// Unpadded base64url, as JWT segments are written (the core itself only decodes).
-fn b64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(bytes.len() * 4 / 3 + 3);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-        }
-    }
-    out
+    crate::auth::jwt::sign_hs256("fuzz-secret", claims)
 }
 
 /// `native`: the native protocol with tokens, namespaces, history and join/leave. Arbitrary

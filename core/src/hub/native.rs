@@ -324,15 +324,22 @@ impl Hub {
         self.config.namespace_of(channel)
     }
 
-    /// Whether the connection may subscribe to `channel` (with `token` when its namespace
-    /// wants one).
-    fn may_subscribe(&self, now: Instant, id: ConnId, channel: &str, token: Option<&str>) -> Result<(), Refused> {
+    /// The connection's user (`""`: anonymous), unless `channel` is user-limited
+    /// (`name#u1,u2`) and does not list it.
+    fn listed_user(&self, id: ConnId, channel: &str) -> Result<&str, Refused> {
         let user = self.native_user(id);
         if let Some(mut users) = pubsub::channel_users(channel)
             && (user.is_empty() || !users.any(|u| u == user))
         {
             return Err((ErrorCode::Forbidden, format!("\"{channel}\" is limited to the users it names")));
         }
+        Ok(user)
+    }
+
+    /// Whether the connection may subscribe to `channel` (with `token` when its namespace
+    /// wants one).
+    fn may_subscribe(&self, now: Instant, id: ConnId, channel: &str, token: Option<&str>) -> Result<(), Refused> {
+        let user = self.listed_user(id, channel)?;
         let Some(ns) = self.namespace(channel) else { return Ok(()) };
         match ns.subscribe {
             SubscribeRule::Anyone => Ok(()),
@@ -363,12 +370,7 @@ impl Hub {
         if !route_allows {
             return Err((ErrorCode::PublishForbidden, "this route does not accept publishes from clients".to_owned()));
         }
-        let user = self.native_user(id);
-        if let Some(mut users) = pubsub::channel_users(channel)
-            && (user.is_empty() || !users.any(|u| u == user))
-        {
-            return Err((ErrorCode::Forbidden, format!("\"{channel}\" is limited to the users it names")));
-        }
+        let user = self.listed_user(id, channel)?;
         let Some(ns) = self.namespace(channel) else { return Ok(()) };
         match ns.publish {
             PublishRule::None => {
