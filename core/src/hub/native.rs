@@ -595,30 +595,7 @@ impl Hub {
                 }
             }
             HistoryWaiter::Page { conn, channel, request, since } => {
-                let result = match read {
-                    None => Err((ErrorCode::HistoryUnavailable, "Redis is out of reach".to_owned())),
-                    Some(read) => match since {
-                        Some(since) if since.epoch != read.top.epoch => Err((
-                            ErrorCode::EpochChanged,
-                            format!("the stream's epoch is now {:?}: what you hold is stale", read.top.epoch),
-                        )),
-                        _ => Ok(read),
-                    },
-                };
-                if !self.conn(conn).is_some_and(|c| c.phase == Phase::Open) {
-                    return;
-                }
-                match result {
-                    Ok(read) => {
-                        let stream = Stream {
-                            epoch: &read.top.epoch,
-                            offset: read.top.offset,
-                            publications: &read.publications,
-                        };
-                        self.reply(conn, pubsub::history(request.as_ref(), &channel, &stream));
-                    }
-                    Err((code, message)) => self.op_error(now, conn, OpError { id: request, code, message }),
-                }
+                self.answer_history(now, conn, request, &channel, since.as_ref(), read);
             }
         }
     }
@@ -630,7 +607,7 @@ impl Hub {
         }
     }
 
-    /// `history`: a page of a channel's stream.
+    /// `history`: a page of a channel's stream, read from the node's table or from Redis.
     pub(super) fn op_history(
         &mut self,
         now: Instant,
@@ -640,55 +617,30 @@ impl Hub {
         since: Option<Position>,
         limit: Option<usize>,
     ) {
-        if !self.redis.is_empty() {
-            return self.history_from_redis(now, id, request, channel, since, limit);
-        }
-        let result = self.read_history(now, id, channel, since, limit);
-        match result {
-            Ok(read) => {
-                let stream =
-                    Stream { epoch: &read.top.epoch, offset: read.top.offset, publications: &read.publications };
-                self.reply(id, pubsub::history(request.as_ref(), channel, &stream));
-            }
-            Err((code, message)) => self.op_error(now, id, OpError { id: request, code, message }),
-        }
-    }
-
-    fn history_from_redis(
-        &mut self,
-        now: Instant,
-        id: ConnId,
-        request: Option<RequestId>,
-        channel: &str,
-        since: Option<Position>,
-        limit: Option<usize>,
-    ) {
-        let checked = match self.stream_rules(channel) {
-            None => Err((ErrorCode::HistoryUnavailable, format!("\"{channel}\" keeps no history"))),
-            Some(rules) if self.subscription_index(id, channel).is_some() => Ok(rules),
-            Some(rules) => self.may_subscribe(now, id, channel, None).map(|()| rules),
-        };
-        let rules = match checked {
-            Ok(rules) => rules,
+        let (rules, limit) = match self.history_access(now, id, channel, limit) {
+            Ok(granted) => granted,
             Err((code, message)) => return self.op_error(now, id, OpError { id: request, code, message }),
         };
-        let max = self.namespace(channel).map_or(0, |ns| ns.max_recover);
-        let limit = limit.unwrap_or(max).min(max);
         let after = since.as_ref().map_or(0, |p| p.offset);
-        let waiter = HistoryWaiter::Page { conn: id, channel: channel.to_owned(), request, since };
-        self.next_token += 1;
-        let token = self.next_token;
-        self.read_from_redis(now, token, waiter, channel, after, limit, rules);
+        if !self.redis.is_empty() {
+            let waiter = HistoryWaiter::Page { conn: id, channel: channel.to_owned(), request, since };
+            self.next_token += 1;
+            let token = self.next_token;
+            return self.read_from_redis(now, token, waiter, channel, after, limit, rules);
+        }
+        let read = self.history.read(channel, after, limit, rules, now);
+        self.answer_history(now, id, request, channel, since.as_ref(), Some(read));
     }
 
-    fn read_history(
-        &mut self,
+    /// Whether the connection may read `channel`'s history (it is subscribed, or may subscribe
+    /// without a token): the stream's rules and the page size it gets.
+    fn history_access(
+        &self,
         now: Instant,
         id: ConnId,
         channel: &str,
-        since: Option<Position>,
         limit: Option<usize>,
-    ) -> Result<StreamRead, Refused> {
+    ) -> Result<(StreamRules, usize), Refused> {
         let Some(rules) = self.stream_rules(channel) else {
             return Err((ErrorCode::HistoryUnavailable, format!("\"{channel}\" keeps no history")));
         };
@@ -696,18 +648,39 @@ impl Hub {
             self.may_subscribe(now, id, channel, None)?;
         }
         let max = self.namespace(channel).map_or(0, |ns| ns.max_recover);
-        let limit = limit.unwrap_or(max).min(max);
-        let after = since.as_ref().map_or(0, |p| p.offset);
-        let read = self.history.read(channel, after, limit, rules, now);
-        if let Some(since) = since
-            && since.epoch != read.top.epoch
-        {
-            return Err((
+        Ok((rules, limit.unwrap_or(max).min(max)))
+    }
+
+    /// Replies to a `history` op with the page `read` (`None`: Redis was out of reach), or with
+    /// `epoch_changed` when the client's position is from another epoch.
+    fn answer_history(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        request: Option<RequestId>,
+        channel: &str,
+        since: Option<&Position>,
+        read: Option<StreamRead>,
+    ) {
+        if !self.conn(conn).is_some_and(|c| c.phase == Phase::Open) {
+            return;
+        }
+        let page = match read {
+            None => Err((ErrorCode::HistoryUnavailable, "Redis is out of reach".to_owned())),
+            Some(read) if since.is_some_and(|p| p.epoch != read.top.epoch) => Err((
                 ErrorCode::EpochChanged,
                 format!("the stream's epoch is now {:?}: what you hold is stale", read.top.epoch),
-            ));
+            )),
+            Some(read) => Ok(read),
+        };
+        match page {
+            Ok(read) => {
+                let stream =
+                    Stream { epoch: &read.top.epoch, offset: read.top.offset, publications: &read.publications };
+                self.reply(conn, pubsub::history(request.as_ref(), channel, &stream));
+            }
+            Err((code, message)) => self.op_error(now, conn, OpError { id: request, code, message }),
         }
-        Ok(read)
     }
 
     /// Publishes JSON `data` on a native channel: numbered in the node's stream first when the
