@@ -191,6 +191,8 @@ pub struct Hub {
     history: Box<dyn HistoryStore>,
     /// Who is on each native channel, node-wide, when there is no Redis (shared by the shell).
     members: Box<dyn PresenceStore>,
+    /// Epochs drawn for streams Redis may create (`native::epoch_candidate`).
+    epoch_draws: u64,
     /// History reads sent to Redis, by token.
     history_waiters: HashMap<u64, native::HistoryWaiter>,
     /// Subscribers whose live messages wait for (or are trimmed by) their history read.
@@ -245,6 +247,7 @@ impl Hub {
             keys: KeySet::default(),
             history: Box::new(HistoryTable::new(0)),
             members: Box::new(PresenceTable::default()),
+            epoch_draws: 0,
             history_waiters: HashMap::new(),
             recovering: Vec::new(),
         };

@@ -508,6 +508,15 @@ impl Hub {
         self.reply(id, pubsub::subscribed(request, channel, Some((&stream, recoverable, recovered))));
     }
 
+    /// A new random epoch for a stream Redis may have to create: one draw of a sequence that
+    /// never repeats within this hub (two draws from different counters once collided, and a
+    /// stream created again after Redis lost it got its old epoch back).
+    fn epoch_candidate(&mut self) -> String {
+        self.epoch_draws += 1;
+        let mut state = self.socket_seed ^ self.epoch_draws.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        format!("{:016x}", crate::redis::splitmix64(&mut state))
+    }
+
     /// Asks Redis for a read of `channel`'s stream; `waiter` gets the answer, under `token`.
     #[allow(clippy::too_many_arguments, reason = "one read's parameters, as the link takes them")]
     fn read_from_redis(
@@ -520,7 +529,7 @@ impl Hub {
         limit: usize,
         rules: StreamRules,
     ) {
-        let epoch = format!("{:016x}", crate::redis::splitmix64(&mut self.socket_seed.wrapping_add(token)));
+        let epoch = self.epoch_candidate();
         let Some(link) = super::link_in(&mut self.redis, channel) else { return };
         self.history_waiters.insert(token, waiter);
         let read = HistoryRead { token, channel: channel.to_owned(), after, limit, rules, epoch };
@@ -693,10 +702,7 @@ impl Hub {
         if !self.redis.is_empty() {
             // Through Redis only, to every node this one included: its order is the stream's.
             self.metrics.publishes += 1;
-            let epoch = format!(
-                "{:016x}",
-                crate::redis::splitmix64(&mut self.socket_seed.wrapping_add(self.metrics.publishes))
-            );
+            let epoch = self.epoch_candidate();
             let envelope =
                 Envelope { origin: self.origin.clone(), channel, text: true, payload: Bytes::copy_from_slice(data) };
             let mut sent = true;
