@@ -29,23 +29,28 @@ pub(crate) enum BrokerState {
     /// Redis answers, but the hub's own probe did not come back through its subscription in
     /// time: messages from other nodes may be missed (the link resubscribes).
     Deaf,
+    /// A Redis Cluster master's connection is lost and being made again (to the promoted
+    /// replica after a failover): its channels hear nothing meanwhile.
+    Reconnecting,
 }
 
 impl BrokerState {
-    /// The worse of two shards' states, for the node's: open, then half-open, then deaf.
+    /// The worse of two shards' states, for the node's: open, then half-open, then
+    /// reconnecting, then deaf.
     pub(crate) fn worse(self, other: Self) -> Self {
         let rank = |s: Self| match s {
             Self::Disabled => 0,
             Self::Closed => 1,
             Self::Deaf => 2,
-            Self::HalfOpen => 3,
-            Self::Open => 4,
+            Self::Reconnecting => 3,
+            Self::HalfOpen => 4,
+            Self::Open => 5,
         };
         if rank(other) > rank(self) { other } else { self }
     }
 
     /// The states `/metrics` has a series for (not `Disabled`).
-    pub(crate) const REPORTED: [Self; 4] = [Self::Closed, Self::Open, Self::HalfOpen, Self::Deaf];
+    pub(crate) const REPORTED: [Self; 5] = [Self::Closed, Self::Open, Self::HalfOpen, Self::Deaf, Self::Reconnecting];
 
     /// Name used in the JSON endpoints and the `state` label.
     pub(crate) fn as_str(self) -> &'static str {
@@ -55,6 +60,7 @@ impl BrokerState {
             Self::HalfOpen => "half_open",
             Self::Disabled => "disabled",
             Self::Deaf => "deaf",
+            Self::Reconnecting => "reconnecting",
         }
     }
 }
@@ -252,7 +258,7 @@ pub(crate) fn healthz_json(info: &NodeInfo) -> (u16, String) {
         return (503, json!({ "status": "draining" }).to_string());
     }
     match info.broker {
-        BrokerState::Open | BrokerState::HalfOpen | BrokerState::Deaf => {
+        BrokerState::Open | BrokerState::HalfOpen | BrokerState::Deaf | BrokerState::Reconnecting => {
             (200, json!({ "status": "degraded", "broker": info.broker.as_str() }).to_string())
         }
         BrokerState::Closed | BrokerState::Disabled => (200, json!({ "status": "ok" }).to_string()),
@@ -566,6 +572,7 @@ mod tests {
             ("switchboard_broker_state", &[("state", "open")], 0.0),
             ("switchboard_broker_state", &[("state", "half_open")], 0.0),
             ("switchboard_broker_state", &[("state", "deaf")], 0.0),
+            ("switchboard_broker_state", &[("state", "reconnecting")], 0.0),
             ("switchboard_build_info", &[("version", "1.2.3"), ("node", "node-\"a\"\\b\nc")], 1.0),
         ];
         for (name, labels, value) in expected {
@@ -681,6 +688,7 @@ mod tests {
             (false, BrokerState::Open, 200, json!({ "status": "degraded", "broker": "open" })),
             (false, BrokerState::HalfOpen, 200, json!({ "status": "degraded", "broker": "half_open" })),
             (false, BrokerState::Deaf, 200, json!({ "status": "degraded", "broker": "deaf" })),
+            (false, BrokerState::Reconnecting, 200, json!({ "status": "degraded", "broker": "reconnecting" })),
             (true, BrokerState::Closed, 503, json!({ "status": "draining" })),
             (true, BrokerState::Open, 503, json!({ "status": "draining" })),
         ];

@@ -72,12 +72,19 @@ pub struct Redis {
     /// Its port, kept across restarts.
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Arguments beyond the port, bind address and persistence.
+    extra: Vec<String>,
 }
 
 impl Redis {
     /// Starts one, or returns `None` (after saying why) when `redis-server` is not installed
     /// and `SWITCHBOARD_SKIP_REDIS` asks to skip; without it a missing Redis fails the test.
     pub fn start() -> Option<Self> {
+        Self::start_with(&[], free_port)
+    }
+
+    /// Starts one with `extra` arguments on a port `port` picks.
+    fn start_with(extra: &[&str], port: fn() -> u16) -> Option<Self> {
         if let Err(why) = check_version() {
             assert!(
                 std::env::var_os("SWITCHBOARD_SKIP_REDIS").is_some(),
@@ -88,10 +95,11 @@ impl Redis {
             return None;
         }
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let mut redis = Self { child: None, port: 0, dir };
+        let extra = extra.iter().map(|a| (*a).to_owned()).collect();
+        let mut redis = Self { child: None, port: 0, dir, extra };
         // The port is free when chosen; another process could take it before Redis binds.
         for _ in 0..3 {
-            redis.port = free_port();
+            redis.port = port();
             if redis.spawn().is_ok() {
                 return Some(redis);
             }
@@ -111,6 +119,11 @@ impl Redis {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn().unwrap_or_else(|e| panic!("restarting redis-server on {}: {e}\n{}", self.port, self.log()));
+    }
+
+    /// Whether the server process is running (not killed).
+    pub fn child_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// The process id of the running server.
@@ -154,6 +167,7 @@ impl Redis {
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(Stdio::null())
@@ -249,6 +263,99 @@ fn check_version() -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The next message's data within `limit`, or `None`.
+pub fn next_data(client: &mut PubSub, limit: Duration) -> Option<serde_json::Value> {
+    let deadline = Instant::now() + limit;
+    client.ws.get_mut().set_read_timeout(Some(limit)).ok()?;
+    while Instant::now() < deadline {
+        let frame = match client.ws.read() {
+            Ok(Message::Text(text)) => serde_json::from_str::<serde_json::Value>(text.as_str()).ok()?,
+            Ok(_) => continue,
+            Err(_) => return None,
+        };
+        if frame["type"] == "message" {
+            return Some(frame["data"].clone());
+        }
+    }
+    None
+}
+
+/// For each of `names`, a client on `a` and one on `b` subscribed to it.
+pub fn subscribe_pairs(a: &Server, b: &Server, names: &[String]) -> Vec<(PubSub, PubSub)> {
+    let subscribed = |server: &Server, name: &str| {
+        let mut client = PubSub::connect(server, "/ws");
+        client.expect_ack(&format!(r#"{{"op":"subscribe","channel":"{name}","id":1}}"#), 1);
+        client
+    };
+    names.iter().map(|name| (subscribed(a, name), subscribed(b, name))).collect()
+}
+
+/// A free port whose cluster bus port (+10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A Redis Cluster on 127.0.0.1: `masters` masters with one replica each, made by
+/// `redis-cli --cluster create`; every server is killed on drop.
+#[derive(Debug)]
+pub struct RedisCluster {
+    /// Masters first (as created), then their replicas.
+    pub servers: Vec<Redis>,
+}
+
+impl RedisCluster {
+    /// Starts and joins the servers; waits until every one says `cluster_state:ok`.
+    pub fn start(masters: usize) -> Option<Self> {
+        let args =
+            ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000", "--cluster-config-file", "nodes.conf"];
+        let mut servers = Vec::new();
+        for _ in 0..masters * 2 {
+            servers.push(Redis::start_with(&args, free_cluster_port)?);
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        create.args(servers.iter().map(|s| format!("127.0.0.1:{}", s.port)));
+        create.args(["--cluster-replicas", "1", "--cluster-yes"]);
+        let out = create.stdin(Stdio::null()).output().unwrap_or_else(|e| {
+            panic!("redis-cli: {e} (install it with `apt-get install redis-tools`, as scripts/test does)")
+        });
+        assert!(out.status.success(), "redis-cli --cluster create failed:\n{}", String::from_utf8_lossy(&out.stdout));
+        let cluster = Self { servers };
+        for server in &cluster.servers {
+            wait_until(
+                Duration::from_secs(20),
+                "the cluster is ok on every node",
+                || matches!(server.command(&["CLUSTER", "INFO"]), Ok(Reply::Bulk(Some(info))) if info.contains("cluster_state:ok")),
+            );
+        }
+        Some(cluster)
+    }
+
+    /// The servers that are masters now (by `ROLE`), skipping dead ones.
+    pub fn masters(&self) -> Vec<&Redis> {
+        self.servers
+            .iter()
+            .filter(|s| s.child.is_some())
+            .filter(|s| matches!(s.command(&["ROLE"]), Ok(Reply::Array(r)) if r.first() == Some(&Reply::Bulk(Some("master".into())))))
+            .collect()
+    }
+
+    /// The shard channels with subscribers on `server` that start with `prefix`.
+    pub fn shard_channels(server: &Redis, prefix: &str) -> Vec<String> {
+        match server.command(&["PUBSUB", "SHARDCHANNELS", &format!("{prefix}*")]) {
+            Ok(Reply::Array(items)) => {
+                items.into_iter().filter_map(|r| if let Reply::Bulk(Some(s)) = r { Some(s) } else { None }).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
 }
 
 fn free_port() -> u16 {

@@ -3,10 +3,10 @@
 //! only its channels stop reaching other nodes (and come back with it), while the other
 //! instance's channels never stop.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use switchboard_tests::cluster::{API_KEY, Redis, api_publish, healthz, wait_until};
-use switchboard_tests::{PubSub, Server, Settings, for_each_binary};
+use switchboard_tests::cluster::{API_KEY, Redis, api_publish, healthz, next_data, subscribe_pairs, wait_until};
+use switchboard_tests::{Server, Settings, for_each_binary};
 
 fn broker(a: u16, b: u16) -> String {
     format!(
@@ -26,23 +26,6 @@ fn node(bin: &std::path::Path, a: u16, b: u16, n: usize) -> Server {
     Server::with(bin, &settings)
 }
 
-/// The next message's data within `limit`, or `None`.
-fn next_data(client: &mut PubSub, limit: Duration) -> Option<serde_json::Value> {
-    let deadline = Instant::now() + limit;
-    client.ws.get_mut().set_read_timeout(Some(limit)).ok()?;
-    while Instant::now() < deadline {
-        let frame = match client.ws.read() {
-            Ok(tungstenite::Message::Text(text)) => serde_json::from_str::<serde_json::Value>(text.as_str()).ok()?,
-            Ok(_) => continue,
-            Err(_) => return None,
-        };
-        if frame["type"] == "message" {
-            return Some(frame["data"].clone());
-        }
-    }
-    None
-}
-
 #[test]
 fn channels_spread_over_two_instances_and_one_dying_spares_the_other() {
     for_each_binary(|bin| {
@@ -50,13 +33,7 @@ fn channels_spread_over_two_instances_and_one_dying_spares_the_other() {
         let nodes: Vec<Server> = (1..=3).map(|n| node(bin, a.port, b.port, n)).collect();
         // Enough channels that both instances get some; each is subscribed on nodes 2 and 3.
         let names: Vec<String> = (0..16).map(|i| format!("s{i}")).collect();
-        let mut listeners: Vec<(PubSub, PubSub)> = Vec::new();
-        for name in &names {
-            let mut pair = (PubSub::connect(&nodes[1], "/ws"), PubSub::connect(&nodes[2], "/ws"));
-            pair.0.expect_ack(&format!(r#"{{"op":"subscribe","channel":"{name}","id":1}}"#), 1);
-            pair.1.expect_ack(&format!(r#"{{"op":"subscribe","channel":"{name}","id":1}}"#), 1);
-            listeners.push(pair);
-        }
+        let mut listeners = subscribe_pairs(&nodes[1], &nodes[2], &names);
         let key = |name: &str| format!("switchboard:ch:{name}");
         // Where each channel lives: exactly one instance holds its two subscriptions.
         let mut on_a = Vec::new();

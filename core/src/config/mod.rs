@@ -357,6 +357,10 @@ pub enum BrokerKind {
     Memory,
     /// Redis pub/sub, for several nodes.
     Redis,
+    /// A Redis Cluster (7+): sharded pub/sub, each channel on its slot's master; `url`/`urls`
+    /// are seeds to read the slot map from.
+    #[serde(rename = "redis-cluster")]
+    RedisCluster,
 }
 
 /// `[broker]`: cross-node message broker.

@@ -189,6 +189,14 @@ fn validation_errors() {
     assert!(e.message.contains("10.0.0.0/33"), "{e}");
     assert_err("[broker.backoff]\nmin = \"10s\"\n", "broker.backoff.min", 2, 7);
     assert_err("[broker]\nkind = \"redis\"\nurl = \"http://x\"\n", "broker.url", 3, 7);
+    assert_err("[broker]\nkind = \"redis-cluster\"\nurl = \"redis://h:7000/2\"\n", "broker.url", 3, 7);
+    assert_err(
+        "[broker]\nkind = \"redis-cluster\"\nurls = [\"redis://h:7000\", \"redis://h:7001/1\"]\n",
+        "broker.urls[1]",
+        3,
+        27,
+    );
+    assert_err("[broker]\nkind = \"redis-cluster\"\nprefix = \"a{b}\"\n", "broker.prefix", 3, 10);
     assert_err("[broker.breaker]\nfailure_threshold = 0\n", "broker.breaker.failure_threshold", 2, 21);
     let e = assert_err("[heartbeat]\nping_interval = \"18446744073709551615s\"\n", "heartbeat.ping_interval", 2, 17);
     assert!(e.message.contains("too long"), "{e}");

@@ -72,7 +72,18 @@ impl Config {
         nonzero_size(self.http.max_body_bytes, "http.max_body_bytes")?;
 
         let b = &self.broker;
-        if b.kind == BrokerKind::Redis {
+        if b.kind == BrokerKind::RedisCluster {
+            let with_db =
+                b.shard_urls().into_iter().position(|u| crate::redis::parse_url(u).is_ok_and(|(_, db)| db != 0));
+            if let Some(i) = with_db {
+                let key = if b.urls.is_empty() { "broker.url".to_owned() } else { format!("broker.urls[{i}]") };
+                return Err(Invalid::new(&key, "a Redis Cluster has only database 0: drop the /db part".to_owned()));
+            }
+            check(!b.prefix.contains(['{', '}']), "broker.prefix", || {
+                format!("{:?}: braces would become a cluster hash tag; use a prefix without {{ or }}", b.prefix)
+            })?;
+        }
+        if b.kind != BrokerKind::Memory {
             let parsed = crate::redis::parse_url(&b.url);
             check(parsed.is_ok(), "broker.url", || match &parsed {
                 Err(error) => format!("{:?}: {} (use e.g. \"redis://127.0.0.1:6379\")", b.url, error.reason),

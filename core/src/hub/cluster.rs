@@ -7,12 +7,12 @@ use std::time::Instant;
 
 use serde_json::value::RawValue;
 
-use super::{ConnId, Hub, Phase, link_in, pusher};
+use super::{ConnId, Hub, Phase, Route, link_in, pusher};
 use crate::api::BrokerState;
 use crate::broker::{BrokerCommand, Envelope};
 use crate::handshake::HttpResponse;
 use crate::pubsub::{self, RequestId};
-use crate::redis::{LinkConn, RedisLink};
+use crate::redis::{LinkConn, MapReader, RedisLink, SlotMap, owned_tag};
 
 /// Who waits for a cluster presence answer.
 #[derive(Debug)]
@@ -26,33 +26,52 @@ pub(super) enum PresenceWaiter {
 impl Hub {
     /// The Redis connection `which` is established.
     pub fn handle_redis_connected(&mut self, now: Instant, which: LinkConn) {
+        if which.is_map() {
+            return self.with_map(now, |reader| reader.handle_connected(now));
+        }
         self.with_link(now, which, |link, role| link.handle_connected(now, role));
     }
 
     /// Connecting `which` failed (refused, unreachable, timed out).
     pub fn handle_redis_connect_failed(&mut self, now: Instant, which: LinkConn) {
+        if which.is_map() {
+            return self.with_map(now, |reader| reader.handle_lost(now));
+        }
         self.with_link(now, which, |link, role| link.handle_connect_failed(now, role));
     }
 
     /// Bytes read from Redis connection `which`.
     pub fn handle_redis_bytes(&mut self, now: Instant, which: LinkConn, bytes: &[u8]) {
+        if which.is_map() {
+            return self.with_map(now, |reader| reader.handle_bytes(now, bytes));
+        }
         self.with_link(now, which, |link, role| link.handle_bytes(now, role, bytes));
     }
 
     /// Redis connection `which` ended or failed; the shell drops the socket.
     pub fn handle_redis_eof(&mut self, now: Instant, which: LinkConn) {
+        if which.is_map() {
+            return self.with_map(now, |reader| reader.handle_lost(now));
+        }
         self.with_link(now, which, |link, role| link.handle_eof(now, role));
     }
 
     /// Fills `out` with what is to be written to Redis connection `which`.
     pub fn redis_transmit<'a>(&'a self, which: LinkConn, out: &mut [IoSlice<'a>]) -> usize {
+        if which.is_map() {
+            return self.map_reader.as_ref().map_or(0, |reader| reader.transmit(out));
+        }
         self.redis.get(which.shard()).map_or(0, |link| link.transmit(which.role(), out))
     }
 
     /// `n` bytes of what `redis_transmit` offered were written.
     pub fn handle_redis_written(&mut self, now: Instant, which: LinkConn, n: usize) {
         self.touch(now);
-        if let Some(link) = self.redis.get_mut(which.shard()) {
+        if which.is_map() {
+            if let Some(reader) = &mut self.map_reader {
+                reader.consume(n);
+            }
+        } else if let Some(link) = self.redis.get_mut(which.shard()) {
             link.consume(which.role(), n);
         }
     }
@@ -60,7 +79,19 @@ impl Hub {
     /// True while Redis connection `which` has bytes to write (after a blocked write, the
     /// shell asks again once the socket is writable).
     pub fn redis_wants_write(&self, which: LinkConn) -> bool {
+        if which.is_map() {
+            return self.map_reader.as_ref().is_some_and(MapReader::wants_write);
+        }
         self.redis.get(which.shard()).is_some_and(|link| link.wants_write(which.role()))
+    }
+
+    /// Runs `input` on the cluster map reader, then takes in what it and the links produced.
+    fn with_map(&mut self, now: Instant, input: impl FnOnce(&mut MapReader)) {
+        self.touch(now);
+        if let Some(reader) = &mut self.map_reader {
+            input(reader);
+        }
+        self.pump_redis(now);
     }
 
     /// Runs `input` on the link of `which`'s shard (with the connection as that link names
@@ -83,10 +114,12 @@ impl Hub {
         let (mut dropped, mut probe_failures) = (0, 0);
         let mut state = BrokerState::Closed;
         let mut reconnected = Vec::new();
+        let mut stale = false;
         for (shard, link) in self.redis.iter_mut().enumerate() {
             if link.take_reconnected() {
                 reconnected.push(shard);
             }
+            stale |= link.take_moved();
             deliveries.extend(std::iter::from_fn(|| link.poll_delivery()));
             answers.extend(std::iter::from_fn(|| link.poll_presence()));
             reads.extend(std::iter::from_fn(|| link.poll_history()));
@@ -100,6 +133,19 @@ impl Hub {
             Some(link) => (link.take_resync(), link.take_live_hubs(), link.can_publish()),
             None => (false, None, false),
         };
+        if let Some(reader) = &mut self.map_reader {
+            // A lost master may have been replaced: look at the map again soon.
+            if stale || state != BrokerState::Closed {
+                reader.refresh_soon(now);
+            }
+            if reader.map().is_none() {
+                state = state.worse(BrokerState::Reconnecting);
+            }
+            if let Some(map) = reader.take_fresh() {
+                self.apply_map(now, &map);
+                return self.pump_redis(now);
+            }
+        }
         self.broker_state = state;
         self.metrics.broker_dropped = dropped;
         self.metrics.broker_probe_failures = probe_failures;
@@ -131,11 +177,75 @@ impl Hub {
         }
     }
 
+    /// Follows a new cluster slot map: a master whose slots stayed keeps its link (moved to
+    /// the master's new address after a failover), a new master gets a new link, a link whose
+    /// slots went elsewhere is retired; then every channel and member moves to its slot's link.
+    fn apply_map(&mut self, now: Instant, map: &SlotMap) {
+        let mut link_of_master = Vec::with_capacity(map.masters.len());
+        for master in &map.masters {
+            let tag = owned_tag(&master.ranges);
+            let kept = self.redis.iter().position(|l| !l.is_retired() && !tag.is_empty() && l.tag() == tag);
+            let index = match kept {
+                Some(i) => {
+                    self.redis[i].retarget(now, &master.addr);
+                    i
+                }
+                // Links are never removed (the shells name sockets by link index): at most 255.
+                None if self.redis.len() < usize::from(u8::MAX) => {
+                    let mut link =
+                        RedisLink::new_cluster(&self.config.broker, master.addr.clone(), self.origin.clone(), tag);
+                    link.start(now);
+                    self.redis.push(link);
+                    self.redis.len() - 1
+                }
+                None => 0,
+            };
+            link_of_master.push(u8::try_from(index).unwrap_or(0));
+        }
+        for (i, link) in self.redis.iter_mut().enumerate() {
+            if !link_of_master.contains(&u8::try_from(i).unwrap_or(0)) {
+                link.retire();
+            }
+        }
+        // Slots no master serves go to the placeholder (0, retired): nothing is sent there.
+        let table: Box<[u8]> = (0..crate::redis::SLOTS)
+            .map(|slot| map.master_of(slot).and_then(|m| link_of_master.get(m).copied()).unwrap_or(0))
+            .collect();
+        self.route = Route::Slots(table);
+        self.redis_told.resize(2 * self.redis.len(), false);
+        let mut moved_to = Vec::new();
+        for from in 0..self.redis.len() {
+            let (route, links) = (&self.route, &mut self.redis);
+            let count = links.len();
+            let channels = links[from].take_channels(now, |c| route.shard(c, count) == from);
+            let members = links[from].take_members(now, |c| route.shard(c, count) == from);
+            for channel in channels {
+                let to = route.shard(&channel, count);
+                links[to].subscribe(now, &channel);
+                // Publications between the old subscription and the new one were missed.
+                if from != 0 && !moved_to.contains(&to) {
+                    moved_to.push(to);
+                }
+            }
+            for (channel, member, info) in members {
+                links[route.shard(&channel, count)].presence_join(now, &channel, &member, info.as_deref());
+            }
+        }
+        if self.pusher_on()
+            && let Some(link) = self.link_of(pusher::DIRECTORY)
+        {
+            link.watch(pusher::DIRECTORY);
+        }
+        if !moved_to.is_empty() {
+            self.streams_lost(now, &moved_to);
+        }
+    }
+
     /// Hands a publish to the node's other workers (the in-process bus) and, with Redis, to
     /// the other nodes. The bus carries it even while Redis is down, so a node keeps
     /// delivering to all of its own clients.
     pub(super) fn broker_publish(&mut self, now: Instant, envelope: Envelope) {
-        if let Some(link) = link_in(&mut self.redis, &envelope.channel)
+        if let Some(link) = link_in(&mut self.redis, &self.route, &envelope.channel)
             && !link.publish(now, &envelope)
         {
             self.metrics.broker_dropped += 1;
@@ -148,7 +258,7 @@ impl Hub {
 
     /// The hub has its first local subscriber on `channel` (`joined`) or lost its last.
     pub(super) fn broker_interest(&mut self, now: Instant, channel: &str, joined: bool) {
-        match (link_in(&mut self.redis, channel), joined) {
+        match (link_in(&mut self.redis, &self.route, channel), joined) {
             (Some(link), true) => link.subscribe(now, channel),
             (Some(link), false) => link.unsubscribe(now, channel),
             (None, _) if !self.has_peers => {}
@@ -159,7 +269,7 @@ impl Hub {
 
     /// Registers (or, with `info` None and `joined` false, removes) a presence member.
     pub(super) fn broker_presence(&mut self, now: Instant, channel: &str, member: &str, joined: Option<Option<&str>>) {
-        match (link_in(&mut self.redis, channel), joined) {
+        match (link_in(&mut self.redis, &self.route, channel), joined) {
             (Some(link), Some(info)) => link.presence_join(now, channel, member, info),
             (Some(link), None) => link.presence_leave(now, channel, member),
             (None, Some(info)) => self.members.join(channel, member, info),
@@ -172,7 +282,7 @@ impl Hub {
         let channel = match &waiter {
             PresenceWaiter::Op { channel, .. } | PresenceWaiter::Http { channel, .. } => channel.clone(),
         };
-        if let Some(link) = link_in(&mut self.redis, &channel) {
+        if let Some(link) = link_in(&mut self.redis, &self.route, &channel) {
             self.next_token += 1;
             let token = self.next_token;
             self.presence_waiters.insert(token, waiter);

@@ -153,6 +153,12 @@ pub struct Hub {
     /// `Output::RedisTransmit` was given for this connection (by `LinkConn::index`) since the
     /// last input.
     redis_told: Vec<bool>,
+    /// Which link each channel goes to.
+    route: Route,
+    /// With `broker.kind = "redis-cluster"`: reads the slot map the links follow.
+    map_reader: Option<crate::redis::MapReader>,
+    /// `Output::RedisTransmit` was given for the map reader since the last input.
+    map_told: bool,
     presence_waiters: HashMap<u64, PresenceWaiter>,
     next_token: u64,
     /// The latest time given by any input, for work that outputs like `consume` start.
@@ -228,6 +234,9 @@ impl Hub {
             peer_metrics: Vec::new(),
             redis: Vec::new(),
             redis_told: Vec::new(),
+            route: Route::Jump,
+            map_reader: None,
+            map_told: false,
             presence_waiters: HashMap::new(),
             next_token: 0,
             latest: None,
@@ -508,7 +517,8 @@ impl Hub {
         let connection = self.timers.peek().map(|Reverse((at, _))| *at);
         let drain = self.drain.as_ref().map(|d| d.next_batch.min(d.deadline));
         let redis = self.redis.iter().filter_map(RedisLink::poll_timeout).min();
-        [connection, drain, redis, self.webhook_timeout()].into_iter().flatten().min()
+        let map = self.map_reader.as_ref().and_then(crate::redis::MapReader::poll_timeout);
+        [connection, drain, redis, map, self.webhook_timeout()].into_iter().flatten().min()
     }
 
     /// Runs every timer due at `now`.
@@ -530,6 +540,9 @@ impl Hub {
         }
         self.run_drain(now);
         if !self.redis.is_empty() {
+            if let Some(reader) = &mut self.map_reader {
+                reader.handle_timeout(now);
+            }
             for link in &mut self.redis {
                 link.handle_timeout(now);
             }
@@ -616,10 +629,14 @@ impl Hub {
     /// Notes the time of an input; the first one also starts the Redis link's clock.
     fn touch(&mut self, now: Instant) {
         self.redis_told.fill(false);
+        self.map_told = false;
         if self.started.is_none() {
             self.started = Some(now);
             for link in &mut self.redis {
                 link.start(now);
+            }
+            if let Some(reader) = &mut self.map_reader {
+                reader.start(now);
             }
             if self.pusher_on() {
                 // Learn what the other hubs hold (they answer with snapshots).
@@ -637,6 +654,16 @@ impl Hub {
     /// hub, so its sockets are asked for by the first `poll_output`, before any input.
     fn link_for(&mut self) {
         self.redis.clear();
+        self.route = Route::Jump;
+        self.map_reader = None;
+        if self.config.broker.kind == BrokerKind::RedisCluster {
+            // Until the first slot map, one placeholder holds every channel and member.
+            self.redis.push(RedisLink::placeholder(&self.config.broker, self.origin.clone()));
+            self.route = Route::Pending;
+            let seeds = self.config.broker.shard_urls().into_iter().filter_map(|u| crate::redis::parse_url(u).ok());
+            let seeds = seeds.map(|(addr, _)| addr).collect();
+            self.map_reader = Some(crate::redis::MapReader::new(seeds, MAP_REFRESH, self.config.broker.backoff.min));
+        }
         if self.config.broker.kind == BrokerKind::Redis {
             for url in self.config.broker.shard_urls() {
                 match RedisLink::new(&self.config.broker, url, self.origin.clone()) {
@@ -655,7 +682,7 @@ impl Hub {
 
     /// The link of the shard `channel` lives on; `None` without Redis.
     pub(super) fn link_of(&mut self, channel: &str) -> Option<&mut RedisLink> {
-        link_in(&mut self.redis, channel)
+        link_in(&mut self.redis, &self.route, channel)
     }
 
     fn byte_burst(&self) -> f64 {
@@ -808,9 +835,37 @@ fn slow_consumer_policy(config: &Config, route: usize) -> SlowConsumerPolicy {
 
 /// The link of the shard `channel` lives on, among `links` (a field borrow, so the hub's
 /// other fields stay usable beside it).
-fn link_in<'a>(links: &'a mut [RedisLink], channel: &str) -> Option<&'a mut RedisLink> {
-    let shard = crate::redis::shard_of(channel, links.len());
+fn link_in<'a>(links: &'a mut [RedisLink], route: &Route, channel: &str) -> Option<&'a mut RedisLink> {
+    let shard = route.shard(channel, links.len());
     links.get_mut(shard)
+}
+
+/// How often a cluster hub reads the slot map while nothing seems wrong (a lost master or a
+/// `MOVED` makes it read at once).
+const MAP_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Which link a channel goes to.
+#[derive(Debug)]
+pub(super) enum Route {
+    /// Independent instances (`broker.urls`): a jump consistent hash of the name.
+    Jump,
+    /// A Redis Cluster whose slot map is not known yet: the placeholder link, 0.
+    Pending,
+    /// A Redis Cluster: the link of each hash slot's master.
+    Slots(Box<[u8]>),
+}
+
+impl Route {
+    /// The index of the link `channel` goes to, among `links`.
+    pub(super) fn shard(&self, channel: &str, links: usize) -> usize {
+        match self {
+            Self::Jump => crate::redis::shard_of(channel, links),
+            Self::Pending => 0,
+            Self::Slots(table) => {
+                table.get(usize::from(crate::redis::channel_slot(channel))).map_or(0, |&i| usize::from(i))
+            }
+        }
+    }
 }
 
 /// Checks the keys `config.auth` names, with `pems` the text of its `public_keys` files in

@@ -530,7 +530,7 @@ impl Hub {
         rules: StreamRules,
     ) {
         let epoch = self.epoch_candidate();
-        let Some(link) = super::link_in(&mut self.redis, channel) else { return };
+        let Some(link) = super::link_in(&mut self.redis, &self.route, channel) else { return };
         self.history_waiters.insert(token, waiter);
         let read = HistoryRead { token, channel: channel.to_owned(), after, limit, rules, epoch };
         link.history_read(now, read);
@@ -706,7 +706,7 @@ impl Hub {
             let envelope =
                 Envelope { origin: self.origin.clone(), channel, text: true, payload: Bytes::copy_from_slice(data) };
             let mut sent = true;
-            if let Some(link) = super::link_in(&mut self.redis, &envelope.channel)
+            if let Some(link) = super::link_in(&mut self.redis, &self.route, &envelope.channel)
                 && !link.history_publish(now, &envelope, rules, &epoch)
             {
                 self.metrics.broker_dropped += 1;
@@ -856,7 +856,7 @@ impl Hub {
             .channels
             .iter()
             .filter(|(name, _)| self.stream_rules(name).is_some())
-            .filter(|(name, _)| shards.contains(&crate::redis::shard_of(name, self.redis.len())))
+            .filter(|(name, _)| shards.contains(&self.route.shard(name, self.redis.len())))
             .map(|(_, id)| id)
             .collect();
         for chan in lost {

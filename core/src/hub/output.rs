@@ -89,6 +89,18 @@ impl Hub {
         if let Some(request) = self.webhooks_out.pop_front() {
             return Output::Webhook(request);
         }
+        if let Some(reader) = &mut self.map_reader {
+            if let Some(conn) = reader.poll_close() {
+                return Output::RedisClose(conn);
+            }
+            if let Some((conn, addr)) = reader.poll_connect() {
+                return Output::RedisOpen { conn, addr };
+            }
+            if !self.map_told && reader.wants_write() {
+                self.map_told = true;
+                return Output::RedisTransmit(LinkConn::MAP);
+            }
+        }
         for (shard, link) in self.redis.iter_mut().enumerate() {
             // Closes first: a reconnect of the same connection may follow at once.
             if let Some(conn) = link.poll_close() {

@@ -480,7 +480,7 @@ impl Hub {
         let Ok(json) = serde_json::to_vec(&update) else { return };
         let envelope =
             Envelope { origin: self.origin.clone(), channel: DIRECTORY.to_owned(), text: true, payload: json.into() };
-        if let Some(link) = super::link_in(&mut self.redis, DIRECTORY) {
+        if let Some(link) = super::link_in(&mut self.redis, &self.route, DIRECTORY) {
             if link.can_publish() {
                 let _ = link.publish(now, &envelope);
             } else {

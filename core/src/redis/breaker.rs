@@ -61,17 +61,7 @@ impl RedisLink {
     /// Opens the breaker: both sockets go, nothing reconnects until `open_for` has passed.
     pub(super) fn trip(&mut self, now: Instant) {
         self.breaker = Breaker::Open { until: later(now, self.open_for) };
-        for which in [LinkConn::Command, LinkConn::Subscriber] {
-            if self.conn(which).is_live() {
-                self.closes.push_back(which);
-            }
-            let owed = self.conn_mut(which).reset();
-            self.conn_mut(which).attempt = 0;
-            self.abandon(owed);
-        }
-        self.abandon_reads();
-        self.probe_reset();
-        self.tick_at = None;
+        self.drop_connections();
         self.cluster_connections = None;
     }
 

@@ -69,6 +69,8 @@ pub(super) enum Expect {
     ScriptLoad,
     /// The history read script, for the hub's read `token` of publications after `after`.
     History { token: u64, after: u64 },
+    /// `CLUSTER SLOTS`, on the map reader's connection.
+    Slots,
 }
 
 impl Conn {

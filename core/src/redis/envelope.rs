@@ -111,8 +111,7 @@ impl RedisLink {
         if (head.node == self.origin.node && !streamed) || !self.channels.contains(head.channel) {
             return;
         }
-        let channel = key.strip_prefix(self.prefix.as_bytes()).and_then(|rest| rest.strip_prefix(b":ch:"));
-        if channel != Some(head.channel.as_bytes()) {
+        if self.channel_of_key(key) != Some(head.channel.as_bytes()) {
             return;
         }
         let seen = match self.last_seen.get_mut(head.node) {

@@ -26,7 +26,8 @@ use super::{Envelope, ProtocolError, RedisLink, encode_envelope};
 use crate::history::{StreamRead, StreamRules, StreamTop};
 
 /// Appends a publication and publishes it. KEYS: stream, meta, Redis channel. ARGV: envelope
-/// header (with the payload's marker byte), data, candidate epoch, MAXLEN, TTL in ms.
+/// header (with the payload's marker byte), data, candidate epoch, MAXLEN, TTL in ms, and
+/// `PUBLISH` or (in a cluster, to the shard channel) `SPUBLISH`.
 pub(super) const PUBLISH: &str = "\
 local e = redis.call('HGET', KEYS[2], 'e')
 if not e then
@@ -38,7 +39,7 @@ local o = redis.call('HINCRBY', KEYS[2], 'o', 1)
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], o .. '-0', 'd', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call('PUBLISH', KEYS[3], ARGV[1] .. e .. ':' .. o .. '\\n' .. ARGV[2])
+redis.call(ARGV[6], KEYS[3], ARGV[1] .. e .. ':' .. o .. '\\n' .. ARGV[2])
 return o";
 
 /// Reads a stream's position and entries. KEYS: stream, meta. ARGV: first offset wanted,
@@ -86,7 +87,7 @@ pub(crate) struct HistoryAnswer {
 
 impl RedisLink {
     fn stream_keys(&self, channel: &str) -> (String, String) {
-        (format!("{}:stream:{channel}", self.prefix), format!("{}:meta:{channel}", self.prefix))
+        (self.channel_scoped("stream", channel), self.channel_scoped("meta", channel))
     }
 
     /// Appends `envelope`'s payload (the data) to its channel's stream and publishes it to
@@ -120,7 +121,8 @@ impl RedisLink {
             Some(sha) => (b"EVALSHA", sha.as_bytes()),
             None => (b"EVAL", PUBLISH.as_bytes()),
         };
-        let args: [&[u8]; 11] = [
+        let publish = self.publish_verb();
+        let args: [&[u8]; 12] = [
             verb,
             script,
             b"3",
@@ -132,6 +134,7 @@ impl RedisLink {
             epoch.as_bytes(),
             size.as_bytes(),
             ttl.as_bytes(),
+            publish,
         ];
         self.cmd.send(now, &args, Expect::HistoryPublish);
         true

@@ -38,7 +38,7 @@ impl RedisLink {
     }
 
     fn refresh_stats(&mut self, now: Instant) {
-        let pattern = format!("{}:lease:*", glob_escape(&self.prefix));
+        let pattern = format!("{}*", glob_escape(&self.lease_prefix()));
         self.cmd.send(now, &[b"KEYS", pattern.as_bytes()], Expect::StatsKeys);
     }
 
@@ -62,16 +62,15 @@ impl RedisLink {
         // A hub whose lease is gone is dead to the cluster: forget what we saw of it,
         // so a churning cluster does not grow this map.
         let live: BTreeSet<&[u8]> = keys.iter().filter_map(bulk).collect();
-        let lease_prefix = format!("{}:lease:", self.prefix);
+        let lease_prefix = self.lease_prefix();
         self.live_hubs = Some(
             live.iter()
                 .filter_map(|key| key.strip_prefix(lease_prefix.as_bytes()))
                 .filter_map(|hub| std::str::from_utf8(hub).ok().map(str::to_owned))
                 .collect(),
         );
-        let prefix = &self.prefix;
         for (node, workers) in &mut self.last_seen {
-            workers.retain(|worker, _| live.contains(format!("{prefix}:lease:{node}:{worker}").as_bytes()));
+            workers.retain(|worker, _| live.contains(format!("{lease_prefix}{node}:{worker}").as_bytes()));
         }
         self.last_seen.retain(|_, workers| !workers.is_empty());
         let mut args: Vec<&[u8]> = vec![b"MGET"];

@@ -80,12 +80,14 @@ mod probe;
 mod resp;
 mod rng;
 mod shard;
+mod slots;
 mod url;
 
 pub(crate) use history::{HistoryAnswer, HistoryRead};
 pub(crate) use presence::PresenceAnswer;
 pub(crate) use rng::splitmix64;
 pub(crate) use shard::shard_of;
+pub(crate) use slots::{MapReader, SLOTS, SlotMap, channel_slot, owned_tag};
 pub(crate) use url::{UrlError, parse_url};
 
 use breaker::Breaker;
@@ -114,6 +116,9 @@ pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// A connection not established within this counts as a failure.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The shard number [`LinkConn::MAP`] goes by, above any link's (at most 255 links).
+const MAP_SHARD: u16 = 255;
+
 /// One of a hub's connections to Redis: the command or the subscriber connection of one
 /// shard (one Redis instance of `broker.urls`; shard 0 with a single `broker.url`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -128,6 +133,8 @@ impl LinkConn {
     pub const Command: Self = Self { shard: 0, subscriber: false };
     /// Shard 0's subscriber connection: holds the subscriptions, receives what others publish.
     pub const Subscriber: Self = Self { shard: 0, subscriber: true };
+    /// With `broker.kind = "redis-cluster"`: the connection that reads the cluster's slot map.
+    pub const MAP: Self = Self { shard: MAP_SHARD, subscriber: false };
 
     /// Where a shell keeps this connection's socket: `2 × shard`, plus 1 for the subscriber.
     pub fn index(self) -> usize {
@@ -147,6 +154,11 @@ impl LinkConn {
     /// Whether it is the subscriber connection.
     pub fn is_subscriber(self) -> bool {
         self.subscriber
+    }
+
+    /// Whether it is the cluster map reader's connection ([`LinkConn::MAP`]).
+    pub fn is_map(self) -> bool {
+        self == Self::MAP
     }
 
     /// The same connection of shard `shard`.
@@ -234,22 +246,49 @@ pub(crate) struct RedisLink {
     deaf: bool,
     /// Probes that did not come back in time.
     probe_failures: u64,
+    /// Talking to a Redis Cluster master: sharded pub/sub, hash-tagged keys.
+    cluster: bool,
+    /// The hash tag in this link's own keys (epoch, lease, probe): empty outside a cluster.
+    tag: String,
+    /// Redis said a key lives elsewhere (`MOVED`, `ASK`, `CLUSTERDOWN`): the map is stale.
+    moved: bool,
+    /// Replaced after a change of the cluster's slots: holds state, never connects.
+    retired: bool,
 }
 
 impl RedisLink {
     /// A link for the hub `origin`, configured by `config` (its `url` must be `redis://host[:port][/db]`).
     pub(crate) fn new(config: &BrokerConfig, url: &str, origin: Origin) -> Result<Self, UrlError> {
         let (addr, db) = parse_url(url)?;
+        Ok(Self::build(config, addr, db, origin, None))
+    }
+
+    /// A link to the Redis Cluster master at `addr` (`host:port`), whose own keys carry `tag`
+    /// (a hash tag landing on one of the master's slots).
+    pub(crate) fn new_cluster(config: &BrokerConfig, addr: String, origin: Origin, tag: String) -> Self {
+        Self::build(config, addr, 0, origin, Some(tag))
+    }
+
+    /// A link that never connects: it holds a cluster hub's channels and members until the
+    /// first slot map says which master each belongs to.
+    pub(crate) fn placeholder(config: &BrokerConfig, origin: Origin) -> Self {
+        let mut link = Self::build(config, String::new(), 0, origin, Some(String::new()));
+        link.retire();
+        link
+    }
+
+    fn build(config: &BrokerConfig, addr: String, db: u32, origin: Origin, cluster: Option<String>) -> Self {
+        let tag = cluster.clone().unwrap_or_default();
         let hub_id = format!("{}:{}", origin.node, origin.worker);
-        let probe_channel = format!("{}:probe:{hub_id}", config.prefix);
-        let lease_key = format!("{}:lease:{hub_id}", config.prefix);
+        let probe_channel = format!("{}:probe:{tag}{hub_id}", config.prefix);
+        let lease_key = format!("{}:lease:{tag}{hub_id}", config.prefix);
         let ttl = config.lease_ttl;
         let lease_ttl_secs = ttl.as_secs().saturating_add(u64::from(ttl.subsec_nanos() > 0)).max(1);
         let rng = SplitMix::seeded(&origin);
         // Both sockets are asked for at once; their connect deadline starts with the first
         // time the link hears (`start`).
         let connecting = Phase::Connecting { deadline: None, asked: false };
-        Ok(Self {
+        Self {
             addr,
             db,
             prefix: config.prefix.clone(),
@@ -297,12 +336,19 @@ impl RedisLink {
             probe_confirmed: false,
             deaf: false,
             probe_failures: 0,
-        })
+            cluster: cluster.is_some(),
+            tag,
+            moved: false,
+            retired: false,
+        }
     }
 
     /// The circuit breaker's state.
     pub(crate) fn state(&self) -> BrokerState {
+        // A cluster master's link is down while it reconnects: its channels hear nothing.
+        let down = self.cluster && !self.retired && (self.cmd.phase != Phase::Ready || self.sub.phase != Phase::Ready);
         match self.breaker {
+            Breaker::Closed { .. } if down => BrokerState::Reconnecting,
             Breaker::Closed { .. } if self.deaf => BrokerState::Deaf,
             Breaker::Closed { .. } => BrokerState::Closed,
             Breaker::Open { .. } => BrokerState::Open,
@@ -328,6 +374,9 @@ impl RedisLink {
     /// The next connection to open, with the `host:port` to open it to.
     #[must_use]
     pub(crate) fn poll_connect(&mut self) -> Option<(LinkConn, String)> {
+        if self.retired {
+            return None;
+        }
         for which in [LinkConn::Command, LinkConn::Subscriber] {
             if let Phase::Connecting { deadline, asked: false } = self.conn(which).phase {
                 self.conn_mut(which).phase = Phase::Connecting { deadline, asked: true };
@@ -371,7 +420,7 @@ impl RedisLink {
                 self.publish_sha = None;
                 self.script_loading = false;
                 if self.epoch.is_none() {
-                    let key = format!("{}:epoch", self.prefix);
+                    let key = format!("{}:epoch{}", self.prefix, self.tag);
                     self.cmd.send(now, &[b"INCR", key.as_bytes()], Expect::Epoch);
                 }
                 if self.breaker == Breaker::HalfOpen {
@@ -386,7 +435,7 @@ impl RedisLink {
                 self.sub_was_up = true;
                 let mut keys: Vec<String> = self.channels.iter().map(|c| self.channel_key(c)).collect();
                 keys.push(self.probe_key());
-                self.sub.subscribe(now, b"SUBSCRIBE", &keys);
+                self.sub_command(now, true, &keys);
             }
         }
     }
@@ -415,7 +464,7 @@ impl RedisLink {
             // The common push, a published message, is read in place and its payload shared
             // with the hub without a copy; anything else goes through the general decoder.
             if which.subscriber
-                && let Some((key, payload, used)) = message_push(&self.sub.inbuf)
+                && let Some((key, payload, used)) = message_push(&self.sub.inbuf, self.cluster)
             {
                 let frame = self.sub.inbuf.split_to(used).freeze();
                 if frame[key.clone()] == *self.probe_channel.as_bytes() {
@@ -485,6 +534,9 @@ impl RedisLink {
 
     /// Runs whatever is due at `now`: connect and reply timeouts, reconnects, the breaker, lease and stats.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        if self.retired {
+            return;
+        }
         if let Breaker::Open { until } = self.breaker
             && until <= now
         {
@@ -518,7 +570,7 @@ impl RedisLink {
     pub(crate) fn subscribe(&mut self, now: Instant, channel: &str) {
         if self.channels.insert(channel.to_owned()) && self.sub.phase == Phase::Ready {
             let key = self.channel_key(channel);
-            self.sub.subscribe(now, b"SUBSCRIBE", &[key]);
+            self.sub_command(now, true, &[key]);
         }
     }
 
@@ -557,7 +609,7 @@ impl RedisLink {
         self.confirmed.remove(channel);
         if self.sub.phase == Phase::Ready {
             let key = self.channel_key(channel);
-            self.sub.subscribe(now, b"UNSUBSCRIBE", &[key]);
+            self.sub_command(now, false, &[key]);
         }
     }
 
@@ -574,7 +626,8 @@ impl RedisLink {
         };
         self.next_seq += 1;
         let key = self.channel_key(&envelope.channel);
-        self.cmd.send(now, &[b"PUBLISH", key.as_bytes(), &payload], Expect::Ack);
+        let verb = self.publish_verb();
+        self.cmd.send(now, &[verb, key.as_bytes(), &payload], Expect::Ack);
         true
     }
 
@@ -639,13 +692,151 @@ impl RedisLink {
 
     /// The Redis channel carrying the hub channel `channel`.
     fn channel_key(&self, channel: &str) -> String {
-        format!("{}:ch:{channel}", self.prefix)
+        self.channel_scoped("ch", channel)
+    }
+
+    /// The key (or Redis channel) of `kind` for the hub channel `channel`: in a cluster it
+    /// carries the channel's hash tag, so all of a channel's keys share one slot.
+    pub(super) fn channel_scoped(&self, kind: &str, channel: &str) -> String {
+        if self.cluster {
+            format!("{}:{kind}:{}{channel}", self.prefix, slots::channel_tag(channel))
+        } else {
+            format!("{}:{kind}:{channel}", self.prefix)
+        }
+    }
+
+    /// The hub channel a Redis channel carries (the inverse of `channel_key`).
+    fn channel_of_key<'k>(&self, key: &'k [u8]) -> Option<&'k [u8]> {
+        let rest = key.strip_prefix(self.prefix.as_bytes())?.strip_prefix(b":ch:")?;
+        if !self.cluster {
+            return Some(rest);
+        }
+        // The tag is `{` + 16 hex digits + `}`.
+        let name = rest.get(18..)?;
+        (rest.first() == Some(&b'{') && rest.get(17) == Some(&b'}')).then_some(name)
+    }
+
+    /// The lease key of hub `hub` (`node:worker`) as this link keeps leases.
+    pub(super) fn lease_key_of(&self, hub: &str) -> String {
+        format!("{}:lease:{}{hub}", self.prefix, self.tag)
+    }
+
+    /// Where every lease key of this link starts.
+    pub(super) fn lease_prefix(&self) -> String {
+        format!("{}:lease:{}", self.prefix, self.tag)
+    }
+
+    /// `PUBLISH`, or `SPUBLISH` to a cluster's shard channel.
+    pub(super) fn publish_verb(&self) -> &'static [u8] {
+        if self.cluster { b"SPUBLISH" } else { b"PUBLISH" }
+    }
+
+    /// (Un)subscribes `keys`: in one command, or in a cluster one per key (a sharded
+    /// subscription takes channels of one slot only).
+    fn sub_command(&mut self, now: Instant, subscribe: bool, keys: &[String]) {
+        let verb: &'static [u8] = match (self.cluster, subscribe) {
+            (false, true) => b"SUBSCRIBE",
+            (false, false) => b"UNSUBSCRIBE",
+            (true, true) => b"SSUBSCRIBE",
+            (true, false) => b"SUNSUBSCRIBE",
+        };
+        if self.cluster {
+            for key in keys {
+                self.sub.subscribe(now, verb, std::slice::from_ref(key));
+            }
+        } else {
+            self.sub.subscribe(now, verb, keys);
+        }
+    }
+
+    /// True once after Redis answered that a key lives on another node, or the cluster is down.
+    pub(crate) fn take_moved(&mut self) -> bool {
+        std::mem::take(&mut self.moved)
+    }
+
+    /// Retired after its slots went to other masters (or the placeholder before the first map).
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired
+    }
+
+    /// The hash tag of the link's own keys.
+    pub(crate) fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// The cluster moved this link's master to `addr` (a replica was promoted): both
+    /// connections start over there at once, and the breaker forgets the old master's failures.
+    pub(crate) fn retarget(&mut self, now: Instant, addr: &str) {
+        if self.retired || self.addr == addr {
+            return;
+        }
+        self.addr = addr.to_owned();
+        self.drop_connections();
+        self.breaker = Breaker::Closed { failures: 0 };
+        for which in [LinkConn::Command, LinkConn::Subscriber] {
+            self.conn_mut(which).phase =
+                Phase::Connecting { deadline: Some(later(now, CONNECT_TIMEOUT)), asked: false };
+        }
+    }
+
+    /// Stops for good (its slots went to other masters): the sockets go, the state stays
+    /// until the hub moves it (`take_channels`, `take_members`).
+    pub(crate) fn retire(&mut self) {
+        self.retired = true;
+        self.drop_connections();
+        self.breaker = Breaker::Closed { failures: 0 };
+    }
+
+    /// Drops both sockets (answering what they owed) and stops the lease timer.
+    pub(super) fn drop_connections(&mut self) {
+        for which in [LinkConn::Command, LinkConn::Subscriber] {
+            if self.conn(which).is_live() {
+                self.closes.push_back(which);
+            }
+            let owed = self.conn_mut(which).reset();
+            self.conn_mut(which).attempt = 0;
+            self.abandon(owed);
+        }
+        self.abandon_reads();
+        self.probe_reset();
+        self.tick_at = None;
+    }
+
+    /// Gives up the channels `keep` refuses (unsubscribing them), for another link to take.
+    pub(crate) fn take_channels(&mut self, now: Instant, keep: impl Fn(&str) -> bool) -> Vec<String> {
+        let moving: Vec<String> = self.channels.iter().filter(|c| !keep(c)).cloned().collect();
+        for channel in &moving {
+            self.unsubscribe(now, channel);
+        }
+        moving
+    }
+
+    /// Gives up the members of channels `keep` refuses (removing them from Redis), as
+    /// `(channel, member, info)`.
+    pub(crate) fn take_members(
+        &mut self,
+        now: Instant,
+        keep: impl Fn(&str) -> bool,
+    ) -> Vec<(String, String, Option<String>)> {
+        let channels: Vec<String> = self.members.keys().filter(|c| !keep(c)).cloned().collect();
+        let mut moving = Vec::new();
+        for channel in channels {
+            let members: Vec<(String, Option<String>)> =
+                self.members[&channel].iter().map(|(member, m)| (member.clone(), m.info.clone())).collect();
+            for (member, info) in members {
+                self.presence_leave(now, &channel, &member);
+                moving.push((channel.clone(), member, info));
+            }
+        }
+        self.stale.retain(|channel, _| keep(channel));
+        moving
     }
 
     /// A reply on the command connection, matched to the oldest command awaiting one.
     fn on_reply(&mut self, now: Instant, frame: OwnedFrame) -> Result<(), ProtocolError> {
         let Some((_, expect)) = self.cmd.expect.pop_front() else { return Err(ProtocolError) };
-        if let OwnedFrame::Error(_) = frame {
+        if let OwnedFrame::Error(text) = &frame {
+            self.note_redirect(text);
             return self.on_error_reply(now, expect);
         }
         match (expect, frame) {
@@ -687,6 +878,12 @@ impl RedisLink {
         Ok(())
     }
 
+    /// A cluster's "not here" errors mean the slot map is stale.
+    fn note_redirect(&mut self, text: &str) {
+        let code = text.split(' ').next().unwrap_or("");
+        self.moved |= matches!(code, "MOVED" | "ASK" | "CLUSTERDOWN" | "TRYAGAIN");
+    }
+
     /// An error reply: a failure, and the end of the connection when it leaves the connection useless.
     fn on_error_reply(&mut self, now: Instant, expect: Expect) -> Result<(), ProtocolError> {
         match expect {
@@ -712,7 +909,7 @@ impl RedisLink {
         match frame {
             OwnedFrame::Array(items) => match items.as_slice() {
                 [OwnedFrame::BulkString(kind), OwnedFrame::BulkString(key), OwnedFrame::BulkString(payload)]
-                    if kind == b"message" =>
+                    if kind == b"message" || kind == b"smessage" =>
                 {
                     if key.as_slice() == self.probe_channel.as_bytes() {
                         self.on_probe(payload);
@@ -721,8 +918,13 @@ impl RedisLink {
                     }
                 }
                 [OwnedFrame::BulkString(kind), rest @ ..]
-                    if matches!(kind.as_slice(), b"subscribe" | b"unsubscribe" | b"pong") =>
+                    if matches!(
+                        kind.as_slice(),
+                        b"subscribe" | b"unsubscribe" | b"ssubscribe" | b"sunsubscribe" | b"pong"
+                    ) =>
                 {
+                    let kind: &[u8] = kind.as_slice();
+                    let kind = kind.strip_prefix(b"s").filter(|k| k.ends_with(b"subscribe")).unwrap_or(kind);
                     if kind == b"subscribe"
                         && let Some(OwnedFrame::BulkString(key)) = rest.first()
                         && self.watched.as_ref() == Some(key)
@@ -732,12 +934,18 @@ impl RedisLink {
                     let channel = rest
                         .first()
                         .and_then(bulk)
-                        .and_then(|key| key.strip_prefix(self.prefix.as_bytes()))
-                        .and_then(|rest| rest.strip_prefix(b":ch:"))
+                        .and_then(|key| self.channel_of_key(key))
                         .and_then(|name| std::str::from_utf8(name).ok())
                         .map(str::to_owned);
                     let probe = rest.first().and_then(bulk) == Some(self.probe_key().as_bytes());
-                    match (kind.as_slice(), channel) {
+                    if self.cluster && kind == b"unsubscribe" && self.sub.expect.is_empty() {
+                        // Unasked: the slot left this node (a failover or a resharding). The
+                        // map is stale, and the subscriptions must be made again elsewhere.
+                        self.moved = true;
+                        self.lose(now, LinkConn::Subscriber, true);
+                        return Ok(());
+                    }
+                    match (kind, channel) {
                         (b"subscribe", _) if probe => self.on_probe_confirmed(now),
                         (b"subscribe", Some(channel)) => self.on_confirmed(now, channel),
                         (b"unsubscribe", Some(channel)) => {
@@ -752,7 +960,8 @@ impl RedisLink {
             OwnedFrame::SimpleString(s) if s.eq_ignore_ascii_case(b"PONG") => {
                 self.sub.expect.pop_front();
             }
-            OwnedFrame::Error(_) => {
+            OwnedFrame::Error(text) => {
+                self.note_redirect(&text);
                 self.sub.expect.pop_front();
                 self.record_failure(now);
                 return Ok(());

@@ -77,7 +77,7 @@ struct PresenceValueIn {
 impl RedisLink {
     /// The Redis hash holding `channel`'s members.
     pub(super) fn presence_key(&self, channel: &str) -> String {
-        format!("{}:presence:{channel}", self.prefix)
+        self.channel_scoped("presence", channel)
     }
 
     /// `member`'s field in a presence hash, unique to this hub.
@@ -185,7 +185,7 @@ impl RedisLink {
             self.answer(token, live);
             return Ok(());
         }
-        let keys: Vec<String> = hubs.iter().map(|hub| format!("{}:lease:{hub}", self.prefix)).collect();
+        let keys: Vec<String> = hubs.iter().map(|hub| self.lease_key_of(hub)).collect();
         let mut args: Vec<&[u8]> = vec![b"MGET"];
         args.extend(keys.iter().map(|k| k.as_bytes()));
         self.cmd.send(now, &args, Expect::PresenceLeases(PresenceQuery { token, channel, live, pending, hubs }));

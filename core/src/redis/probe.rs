@@ -45,7 +45,8 @@ impl RedisLink {
         if due && self.probe_out.is_none() && self.probe_confirmed && self.writable() {
             self.probe_seq += 1;
             let (key, seq) = (self.probe_key(), self.probe_seq.to_string());
-            self.cmd.send(now, &[b"PUBLISH", key.as_bytes(), seq.as_bytes()], Expect::Ack);
+            let verb = self.publish_verb();
+            self.cmd.send(now, &[verb, key.as_bytes(), seq.as_bytes()], Expect::Ack);
             self.probe_out = Some((self.probe_seq, now));
             self.probe_next = Some(later(now, self.probe_interval));
         }

@@ -56,12 +56,17 @@ fn format_len(buf: &mut [u8; 20], mut n: usize) -> &[u8] {
 /// payload's ranges and the bytes it takes, read in place (no frame built, nothing allocated).
 /// `None` when `buf` does not start with a whole one: the general decoder takes over, and it
 /// is the one that judges what is malformed.
-pub(super) fn message_push(buf: &[u8]) -> Option<(std::ops::Range<usize>, std::ops::Range<usize>, usize)> {
+pub(super) fn message_push(
+    buf: &[u8],
+    sharded: bool,
+) -> Option<(std::ops::Range<usize>, std::ops::Range<usize>, usize)> {
     const HEAD: &[u8] = b"*3\r\n$7\r\nmessage\r\n";
-    let rest = buf.strip_prefix(HEAD)?;
+    const SHARDED: &[u8] = b"*3\r\n$8\r\nsmessage\r\n";
+    let head = if sharded { SHARDED } else { HEAD };
+    let rest = buf.strip_prefix(head)?;
     let (key, used) = bulk_at(rest)?;
     let (payload, more) = bulk_at(&rest[used..])?;
-    let base = HEAD.len();
+    let base = head.len();
     let key = base + key.start..base + key.end;
     let payload = base + used + payload.start..base + used + payload.end;
     Some((key, payload, base + used + more))

@@ -113,9 +113,13 @@ impl Sim {
     }
 
     fn connect(&mut self) -> Vec<LinkConn> {
+        self.connect_to("10.0.0.1:6380")
+    }
+
+    fn connect_to(&mut self, expected: &str) -> Vec<LinkConn> {
         let mut opened = Vec::new();
         while let Some((which, addr)) = self.link.poll_connect() {
-            assert_eq!(addr, "10.0.0.1:6380");
+            assert_eq!(addr, expected);
             opened.push(which);
         }
         for &which in &opened {
@@ -781,7 +785,7 @@ fn history_publications_load_the_script_once_then_use_its_sha() {
     assert_eq!(sent[0][..2], ["SCRIPT", "LOAD"]);
     assert_eq!(sent[1][0], "EVAL");
     assert_eq!(sent[1][3..6], ["sb:stream:h:x", "sb:meta:h:x", "sb:ch:h:x"]);
-    assert_eq!(sent[1][7..], ["{\"a\":1}", "cafe", "100", "60000"]);
+    assert_eq!(sent[1][7..], ["{\"a\":1}", "cafe", "100", "60000", "PUBLISH"]);
     // The header is an envelope whose payload starts with the stream marker, for the script
     // to append `{epoch}:{offset}\n{data}` to.
     let Some(wire) = decode_envelope(sent[1][6].as_bytes()) else { panic!("an envelope header") };
@@ -928,10 +932,10 @@ proptest! {
         cut in 0usize..400,
     ) {
         let push = resp(&[b"message", &key, &payload]);
-        let Some((k, p, used)) = message_push(&push) else { panic!("a whole push is read") };
+        let Some((k, p, used)) = message_push(&push, false) else { panic!("a whole push is read") };
         prop_assert_eq!((&push[k], &push[p], used), (&key[..], &payload[..], push.len()));
         let cut = cut.min(push.len() - 1);
-        prop_assert!(message_push(&push[..cut]).is_none());
+        prop_assert!(message_push(&push[..cut], false).is_none());
     }
 }
 
@@ -975,4 +979,94 @@ fn a_subscriber_connection_that_comes_back_says_so_once() {
     assert_eq!(sim.connect(), [LinkConn::Subscriber]);
     assert!(sim.link.take_reconnected());
     assert!(!sim.link.take_reconnected(), "once");
+}
+
+/// A link to a cluster master: sharded pub/sub one channel per command, every key of a
+/// channel under its hash tag, the link's own keys under its tag; `MOVED` marks the map
+/// stale; a failover moves both connections to the new address and subscribes again.
+#[test]
+fn a_cluster_link_speaks_sharded_pub_sub_and_follows_its_master() {
+    let t0 = origin_instant();
+    let tag = owned_tag(&[(0, 5460)]);
+    let mut sim = Sim {
+        link: RedisLink::new_cluster(&config(), "10.0.0.1:6380".to_owned(), origin("n1", 0), tag.clone()),
+        t0,
+        now: t0,
+    };
+    sim.link.start(t0);
+    assert_eq!(sim.link.state(), BrokerState::Reconnecting, "not connected yet");
+    assert_eq!(sim.connect(), [LinkConn::Command, LinkConn::Subscriber]);
+    assert_eq!(sim.commands(LinkConn::Command), [vec!["INCR".to_owned(), format!("sb:epoch{tag}")]]);
+    sim.feed(LinkConn::Command, b":7\r\n");
+    let lease = format!("sb:lease:{tag}n1:0");
+    assert_eq!(
+        sim.commands(LinkConn::Command),
+        [
+            vec!["SET".to_owned(), lease.clone(), "7:0".into(), "EX".into(), "15".into()],
+            vec!["KEYS".to_owned(), format!("sb:lease:{tag}*")]
+        ]
+    );
+    for key in [lease.as_bytes(), format!("sb:probe:{tag}n1:0").as_bytes(), format!("sb:epoch{tag}").as_bytes()] {
+        let slot = slots::key_slot(key);
+        assert!(slot <= 5460, "the link's own keys live on its master: {slot}");
+    }
+    sim.feed(LinkConn::Command, b"+OK\r\n*0\r\n");
+    let probe = format!("sb:probe:{tag}n1:0");
+    assert_eq!(sim.commands(LinkConn::Subscriber), [vec!["SSUBSCRIBE".to_owned(), probe.clone()]]);
+    assert_eq!(sim.link.state(), BrokerState::Closed);
+
+    // Two channels: two commands (their slots differ), confirmed as `ssubscribe`.
+    sim.link.subscribe(sim.now, "room");
+    sim.link.subscribe(sim.now, "lobby");
+    let subs = sim.commands(LinkConn::Subscriber);
+    let keys: Vec<String> = ["room", "lobby"].iter().map(|c| format!("sb:ch:{}{c}", slots::channel_tag(c))).collect();
+    assert_eq!(subs, [vec!["SSUBSCRIBE".to_owned(), keys[0].clone()], vec!["SSUBSCRIBE".to_owned(), keys[1].clone()]]);
+    let confirm = |key: &str| format!("*3\r\n$10\r\nssubscribe\r\n${}\r\n{key}\r\n:1\r\n", key.len());
+    sim.feed(LinkConn::Subscriber, format!("{}{}{}", confirm(&probe), confirm(&keys[0]), confirm(&keys[1])).as_bytes());
+    assert!(sim.link.confirmed.contains("room") && sim.link.confirmed.contains("lobby"));
+
+    // A publish is an SPUBLISH to the tagged key; another node's arrives as `smessage`.
+    let envelope =
+        Envelope { origin: origin("n1", 0), channel: "room".into(), text: true, payload: Bytes::from_static(b"hi") };
+    assert!(sim.link.publish(sim.now, &envelope));
+    let sent = sim.commands(LinkConn::Command);
+    assert_eq!(sent[0][..2], ["SPUBLISH".to_owned(), keys[0].clone()]);
+    let from_other = Envelope { origin: origin("n2", 0), ..envelope };
+    let Some(payload) = encode_envelope(3, 1, &from_other) else { panic!("encodes") };
+    let mut push =
+        format!("*3\r\n$8\r\nsmessage\r\n${}\r\n{}\r\n${}\r\n", keys[0].len(), keys[0], payload.len()).into_bytes();
+    push.extend_from_slice(&payload);
+    push.extend_from_slice(b"\r\n");
+    sim.feed(LinkConn::Subscriber, &push);
+    let got = sim.deliveries();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].channel.as_str(), &got[0].payload[..]), ("room", &b"hi"[..]));
+
+    // A presence hash sits in the channel's slot too.
+    sim.link.presence_join(sim.now, "room", "u1", None);
+    let hset = sim.commands(LinkConn::Command);
+    assert_eq!(slots::key_slot(hset[0][1].as_bytes()), channel_slot("room"));
+
+    // MOVED: the map is stale (said once).
+    sim.feed(LinkConn::Command, b":1\r\n-MOVED 3999 10.0.0.2:6380\r\n");
+    assert!(sim.link.take_moved());
+    assert!(!sim.link.take_moved());
+
+    // The replica at .3 was promoted: both connections go there and subscribe again.
+    sim.at(10);
+    sim.link.retarget(sim.now, "10.0.0.3:6380");
+    assert_eq!(sim.closes(), [LinkConn::Command, LinkConn::Subscriber]);
+    assert_eq!(sim.link.state(), BrokerState::Reconnecting);
+    assert_eq!(sim.connect_to("10.0.0.3:6380"), [LinkConn::Command, LinkConn::Subscriber]);
+    let subs = sim.commands(LinkConn::Subscriber);
+    assert_eq!(subs.len(), 3, "both channels and the probe: {subs:?}");
+    assert!(subs.iter().all(|c| c[0] == "SSUBSCRIBE"));
+    assert!(sim.link.take_reconnected(), "what was published meanwhile was missed");
+
+    // Retired (its slots left): the sockets go, nothing reconnects, the state can move.
+    sim.link.retire();
+    assert_eq!(sim.closes(), [LinkConn::Command, LinkConn::Subscriber]);
+    assert_eq!(sim.link.poll_connect(), None);
+    assert_eq!(sim.link.take_channels(sim.now, |_| false), ["lobby", "room"]);
+    assert_eq!(sim.link.take_members(sim.now, |_| false), [("room".to_owned(), "u1".to_owned(), None)]);
 }
