@@ -110,7 +110,7 @@ pub use limits::{Admission, AdmissionTable, Refusal};
 pub use metrics::{Figure, Kind as FigureKind, Metrics};
 pub use presence::{PresenceStore, PresenceTable};
 pub use proxy::{Cidr, CidrError};
-pub use redis::LinkConn;
+pub use redis::{LinkConn, redis_cluster_slot};
 
 /// The WebSocket codec on its own: a streaming frame decoder with the RFC 6455 rules on top of
 /// tungstenite's frame types, frame encoding, and permessage-deflate (RFC 7692).

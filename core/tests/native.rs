@@ -634,17 +634,7 @@ impl RedisSim {
         for _ in 0..10 {
             let mut answered = false;
             for which in [LinkConn::Command, LinkConn::Subscriber] {
-                let mut bytes = Vec::new();
-                loop {
-                    let mut slices = [std::io::IoSlice::new(&[]); 4];
-                    let n = self.sim.hub.redis_transmit(which, &mut slices);
-                    let chunk: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).collect();
-                    if chunk.is_empty() {
-                        break;
-                    }
-                    self.sim.hub.handle_redis_written(self.sim.now, which, chunk.len());
-                    bytes.extend(chunk);
-                }
+                let bytes = self.sim.take_redis(which);
                 let mut reply = Vec::new();
                 let command = which == LinkConn::Command;
                 let mut rest = bytes.as_slice();

@@ -87,6 +87,7 @@ pub(crate) use history::{HistoryAnswer, HistoryRead};
 pub(crate) use presence::PresenceAnswer;
 pub(crate) use rng::splitmix64;
 pub(crate) use shard::shard_of;
+pub use slots::redis_cluster_slot;
 pub(crate) use slots::{MapReader, SLOTS, SlotMap, channel_slot, owned_tag};
 pub(crate) use url::{UrlError, parse_url};
 

@@ -60,6 +60,12 @@ pub(crate) fn channel_slot(channel: &str) -> u16 {
     key_slot(channel_tag(channel).as_bytes())
 }
 
+/// The Redis Cluster hash slot that holds a channel's keys and shard channel with
+/// `broker.kind = "redis-cluster"` (to find the master a channel's traffic goes to).
+pub fn redis_cluster_slot(channel: &str) -> u16 {
+    channel_slot(channel)
+}
+
 /// The hash tag for a link's own keys: the first `{n<i>}` whose slot one of `ranges` holds.
 pub(crate) fn owned_tag(ranges: &[(u16, u16)]) -> String {
     (0u32..100_000)

@@ -26,6 +26,8 @@ pub struct Sim {
     pub redis_opens: Vec<(LinkConn, String)>,
     /// `Output::Webhook` requests, in order.
     pub webhooks: Vec<switchboard_core::WebhookRequest>,
+    /// `Output::RedisClose` orders, in order.
+    pub redis_closes: Vec<LinkConn>,
 }
 
 impl Sim {
@@ -41,6 +43,7 @@ impl Sim {
             broker: Vec::new(),
             redis_opens: Vec::new(),
             webhooks: Vec::new(),
+            redis_closes: Vec::new(),
         }
     }
 
@@ -95,12 +98,28 @@ impl Sim {
                 Output::Broker(command) => self.broker.push(command),
                 Output::RedisOpen { conn, addr } => self.redis_opens.push((conn, addr)),
                 Output::Webhook(request) => self.webhooks.push(request),
-                Output::Transmit(_) | Output::RedisTransmit(_) | Output::RedisClose(_) => {}
+                Output::RedisClose(conn) => self.redis_closes.push(conn),
+                Output::Transmit(_) | Output::RedisTransmit(_) => {}
                 Output::Timeout(at) => {
                     self.timeout = at;
                     return;
                 }
             }
+        }
+    }
+
+    /// Everything the hub queued for Redis connection `conn`, as if the socket took it all.
+    pub fn take_redis(&mut self, conn: LinkConn) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        loop {
+            let mut slices = [IoSlice::new(&[]); 4];
+            let n = self.hub.redis_transmit(conn, &mut slices);
+            let chunk: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).collect();
+            if chunk.is_empty() {
+                return bytes;
+            }
+            self.hub.handle_redis_written(self.now, conn, chunk.len());
+            bytes.extend(chunk);
         }
     }
 
