@@ -5,8 +5,10 @@
 
 use std::time::Duration;
 
-use switchboard_tests::cluster::{API_KEY, RedisCluster, api_publish, healthz, next_data, subscribe_pairs, wait_until};
-use switchboard_tests::{PubSub, Server, Settings, for_each_binary};
+use switchboard_tests::cluster::{
+    API_KEY, RedisCluster, api_presence, api_publish, healthz, next_data, subscribe_pairs, wait_until,
+};
+use switchboard_tests::{PubSub, Server, Settings, for_each_binary, wait_for_stats};
 
 fn node(bin: &std::path::Path, seeds: &[u16], n: usize) -> Server {
     let urls: Vec<String> = seeds.iter().map(|p| format!("\"redis://127.0.0.1:{p}\"")).collect();
@@ -86,6 +88,14 @@ fn fan_out_through_a_cluster_survives_a_master_failover() {
         assert!(per_master.iter().all(|&n| n > 0), "a master is idle: {per_master:?}");
         exactly_once(&nodes[0], &names, &mut listeners, 0);
         exactly_once(&nodes[2], &names, &mut listeners, 100);
+        // Presence and the connection count are cluster-wide: each channel's members sit on
+        // its master, every hub's lease on each master.
+        for name in &names {
+            let (members, complete) = api_presence(nodes[0].addr, name);
+            assert_eq!((members.len(), complete), (2, true), "{name}: {members:?}");
+        }
+        let clients = 2 * names.len() as u64;
+        wait_for_stats(nodes[0].addr, 1, "the cluster-wide count", |s| s["connections"]["cluster"] == clients);
 
         // A master dies: the nodes say degraded until its replica takes over, then follow.
         let victim = cluster
@@ -95,14 +105,22 @@ fn fan_out_through_a_cluster_survives_a_master_failover() {
             .unwrap_or(0);
         cluster.servers[victim].kill();
         wait_until(Duration::from_secs(5), "node 1 says degraded", || healthz(nodes[0].addr).1["status"] == "degraded");
-        for server in &nodes {
-            wait_until(Duration::from_secs(30), "the nodes follow the promoted replica", || {
-                healthz(server.addr).1["status"] == "ok"
-            });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while nodes.iter().any(|n| healthz(n.addr).1["status"] != "ok") {
+            if std::time::Instant::now() > deadline {
+                let states: Vec<_> = nodes.iter().map(|n| healthz(n.addr).1).collect();
+                let alive = cluster.servers.iter().find(|s| s.child_running());
+                let view = alive.map(|s| s.command(&["CLUSTER", "NODES"]));
+                panic!("the nodes did not follow the promoted replica: {states:?}\n{view:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
         assert_eq!(cluster.masters().len(), 3, "a replica was promoted");
         warm(&nodes[0], &names, &mut listeners, "after");
         exactly_once(&nodes[1], &names, &mut listeners, 200);
+        for name in &names {
+            assert_eq!(api_presence(nodes[2].addr, name).0.len(), 2, "{name} after the failover");
+        }
         // The dead master comes back as a replica, for the next shell's run.
         cluster.servers[victim].restart();
         wait_until(

@@ -176,7 +176,7 @@ impl Hub {
             uptime_secs: self.started.map_or(0, |s| now.saturating_duration_since(s).as_secs()),
             draining: self.drain.is_some(),
             broker: self.broker_state,
-            cluster_connections: self.redis.first().and_then(RedisLink::cluster_connections),
+            cluster_connections: self.redis.iter().find(|l| !l.is_retired()).and_then(RedisLink::cluster_connections),
         }
     }
 
