@@ -12,7 +12,8 @@
 //!   instances (`broker.urls`) under three nodes: four publishers on the first node spread
 //!   `count` publications over `channels` channels, and every channel has one subscriber on
 //!   each of the two other nodes. Beside it, `redis-benchmark` measures `PUBLISH` on one
-//!   instance (same payload, pipeline 64): the ceiling of one Redis. Results in
+//!   instance (same payload, pipeline 64): the ceiling of one Redis. Then the same through a
+//!   3-master Redis Cluster (`broker.kind = "redis-cluster"`, sharded pub/sub). Results in
 //!   `bench/results/shards.json`.
 //!
 //! A run's rate is its publications over the time from the first publish to the last
@@ -69,6 +70,11 @@ fn start_redis(port: u16) -> Process {
 }
 
 fn start_server(redis_ports: &[u16], dir: &std::path::Path, node: &str) -> (Process, String) {
+    start_node("redis", redis_ports, dir, node)
+}
+
+/// A node on `kind` = `redis` (independent instances) or `redis-cluster` (seeds).
+fn start_node(kind: &str, redis_ports: &[u16], dir: &std::path::Path, node: &str) -> (Process, String) {
     let urls: Vec<String> = redis_ports.iter().map(|p| format!("\"redis://127.0.0.1:{p}\"")).collect();
     let urls = urls.join(", ");
     let config = format!(
@@ -80,7 +86,7 @@ bytes_per_second = "1GiB"
 [limits]
 send_queue_bytes = "64MiB"
 [broker]
-kind = "redis"
+kind = "{kind}"
 urls = [{urls}]
 node_id = "{node}"
 [auth]
@@ -350,6 +356,57 @@ fn redis_ceiling(port: u16) -> Option<f64> {
     line.split(": ").last()?.split(' ').next()?.parse().ok()
 }
 
+/// A Redis Cluster of `masters` masters (no replicas) on free ports whose bus ports are free.
+fn start_cluster(masters: usize, dir: &std::path::Path) -> (Vec<Process>, Vec<u16>) {
+    let mut ports = Vec::new();
+    while ports.len() < masters {
+        let port = free_port();
+        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            ports.push(port);
+        }
+    }
+    let mut servers = Vec::new();
+    for &port in &ports {
+        let node_dir = dir.join(format!("cluster-{port}"));
+        std::fs::create_dir_all(&node_dir).expect("a node directory");
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+            .arg("--dir")
+            .arg(&node_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (apt-get install -y redis-server)");
+        servers.push(Process(child));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen on {port}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let status = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("redis-cli runs");
+    assert!(status.success(), "redis-cli --cluster create failed");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for &port in &ports {
+        loop {
+            let out = Command::new("redis-cli").args(["-p", &port.to_string(), "cluster", "info"]).output();
+            if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok")) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the cluster did not become ok");
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    (servers, ports)
+}
+
 fn shards(numbers: &[usize]) {
     let mut args = numbers.iter().copied();
     let runs = args.next().unwrap_or(3);
@@ -360,22 +417,31 @@ fn shards(numbers: &[usize]) {
     let mut rows = Vec::new();
     let mut medians = Vec::new();
     let mut ceilings = Vec::new();
-    for instances in [1usize, 2, 4] {
-        let ports: Vec<u16> = (0..instances).map(|_| free_port()).collect();
-        let _redis: Vec<Process> = ports.iter().map(|&p| start_redis(p)).collect();
-        let nodes: Vec<(Process, String)> = (1..=3).map(|n| start_server(&ports, &dir, &format!("n{n}"))).collect();
+    // 0 stands for the 3-master Redis Cluster.
+    for instances in [1usize, 2, 4, 0] {
+        let (_redis, ports, kind) = if instances == 0 {
+            let (servers, ports) = start_cluster(3, &dir);
+            (servers, ports, "redis-cluster")
+        } else {
+            let ports: Vec<u16> = (0..instances).map(|_| free_port()).collect();
+            (ports.iter().map(|&p| start_redis(p)).collect(), ports, "redis")
+        };
+        let nodes: Vec<(Process, String)> = (1..=3).map(|n| start_node(kind, &ports, &dir, &format!("n{n}"))).collect();
+        // A cluster node reads the slot map first.
+        thread::sleep(Duration::from_millis(500));
+        let name = if instances == 0 { "3-master cluster".to_owned() } else { format!("{instances} instance(s)") };
         let readers = vec![nodes[1].1.clone(), nodes[2].1.clone()];
         let mut rates = Vec::new();
         for r in 0..runs {
             match shard_run(&nodes[0].1, &readers, channels, count, &format!("r{r}")) {
                 Ok(rate) => {
-                    println!("{instances} instance(s), run {r}: {rate:.0} publications/s");
-                    rows.push(format!(r#"{{"instances":{instances},"run":{r},"publications_per_sec":{rate:.0}}}"#));
+                    println!("{name}, run {r}: {rate:.0} publications/s");
+                    rows.push(format!(r#"{{"setup":"{name}","run":{r},"publications_per_sec":{rate:.0}}}"#));
                     rates.push(rate);
                 }
                 Err(e) => {
-                    println!("{instances} instance(s), run {r}: failed: {e}");
-                    rows.push(format!(r#"{{"instances":{instances},"run":{r},"error":{e:?}}}"#));
+                    println!("{name}, run {r}: failed: {e}");
+                    rows.push(format!(r#"{{"setup":"{name}","run":{r},"error":{e:?}}}"#));
                 }
             }
         }
@@ -387,13 +453,13 @@ fn shards(numbers: &[usize]) {
                 }
             }
         }
-        medians.push((instances, median(&mut rates)));
+        medians.push((name, median(&mut rates)));
     }
     let ceiling = median(&mut ceilings);
     let one = medians.first().map_or(0.0, |m| m.1);
     for (instances, rate) in &medians {
         let growth = if one > 0.0 { rate / one } else { 0.0 };
-        println!("median of {runs}: {instances} instance(s): {rate:.0} publications/s, {growth:.2}x one instance");
+        println!("median of {runs}: {instances}: {rate:.0} publications/s, {growth:.2}x one instance");
     }
     if ceiling > 0.0 {
         println!("one instance at {:.0}% of redis-benchmark's PUBLISH ({ceiling:.0}/s)", 100.0 * one / ceiling);
