@@ -335,7 +335,23 @@ impl RedisCluster {
                 || matches!(server.command(&["CLUSTER", "INFO"]), Ok(Reply::Bulk(Some(info))) if info.contains("cluster_state:ok")),
             );
         }
+        cluster.wait_replicas_synced();
         Some(cluster)
+    }
+
+    /// Waits until every running replica has synced with its master: a replica that never
+    /// did would not stand for election when its master dies.
+    pub fn wait_replicas_synced(&self) {
+        for server in self.servers.iter().filter(|s| s.child_running()) {
+            wait_until(Duration::from_secs(30), "every replica has synced with its master", || {
+                match server.command(&["INFO", "replication"]) {
+                    Ok(Reply::Bulk(Some(info))) => {
+                        info.contains("role:master") || info.contains("master_link_status:up")
+                    }
+                    _ => false,
+                }
+            });
+        }
     }
 
     /// The servers that are masters now (by `ROLE`), skipping dead ones.

@@ -4,7 +4,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
+use serde_json::{Value, json};
+
+use crate::PubSub;
 
 /// The HS256 secret of [`CONFIG`].
 pub const SECRET: &str = "native-test-secret";
@@ -68,4 +70,30 @@ pub fn token(claims: &Value) -> String {
 /// A connection token for `user`, valid for an hour.
 pub fn user_token(user: &str) -> String {
     token(&serde_json::json!({"sub": user, "exp": unix_now() + 3600}))
+}
+
+/// The next frame of `kind`, skipping joins, leaves and acks; fails on an error frame.
+pub fn next_of_type(client: &mut PubSub, kind: &str) -> Value {
+    loop {
+        let frame = client.recv_json();
+        if frame["type"] == kind {
+            return frame;
+        }
+        assert_ne!(frame["type"], "error", "waiting for {kind}: {frame}");
+    }
+}
+
+/// Subscribes to `channel` (recovering from `(epoch, offset)` if given); the `subscribed` reply.
+pub fn subscribe_from(client: &mut PubSub, channel: &str, recover: Option<(&str, u64)>) -> Value {
+    let mut op = json!({"op":"subscribe","channel":channel,"id":1});
+    if let Some((epoch, offset)) = recover {
+        op["recover"] = json!({"epoch": epoch, "offset": offset});
+    }
+    client.send(&op.to_string());
+    next_of_type(client, "subscribed")
+}
+
+/// The `offset`s of a list of publications.
+pub fn offsets(list: &[Value]) -> Vec<u64> {
+    list.iter().map(|p| p["offset"].as_u64().unwrap_or(0)).collect()
 }

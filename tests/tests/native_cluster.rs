@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use switchboard_tests::cluster::{API_KEY, Redis, Reply, api_publish, broker_toml, healthz, wait_until};
-use switchboard_tests::native::{AUTH_AND_NAMESPACES, user_token};
+use switchboard_tests::native::{AUTH_AND_NAMESPACES, next_of_type, offsets, subscribe_from, user_token};
 use switchboard_tests::{PubSub, Server, Settings, for_each_binary};
 
 /// Node `n` of a cluster around the Redis on `port`, with the native test namespaces.
@@ -19,30 +19,6 @@ fn node(bin: &std::path::Path, port: u16, n: usize) -> Server {
         ..Settings::default()
     };
     Server::start(bin, &format!("{}{AUTH_AND_NAMESPACES}", settings.to_toml()))
-}
-
-/// The next frame of `kind`, skipping joins, leaves and acks; fails on an error frame.
-fn next_of_type(client: &mut PubSub, kind: &str) -> Value {
-    loop {
-        let frame = client.recv_json();
-        if frame["type"] == kind {
-            return frame;
-        }
-        assert_ne!(frame["type"], "error", "waiting for {kind}: {frame}");
-    }
-}
-
-fn subscribe(client: &mut PubSub, channel: &str, recover: Option<(&str, u64)>) -> Value {
-    let mut op = json!({"op":"subscribe","channel":channel,"id":1});
-    if let Some((epoch, offset)) = recover {
-        op["recover"] = json!({"epoch": epoch, "offset": offset});
-    }
-    client.send(&op.to_string());
-    next_of_type(client, "subscribed")
-}
-
-fn offsets(list: &[Value]) -> Vec<u64> {
-    list.iter().map(|p| p["offset"].as_u64().unwrap_or(0)).collect()
 }
 
 #[test]
@@ -59,10 +35,10 @@ fn three_nodes_share_one_stream_and_recover_across_nodes() {
         let path = format!("/ws?token={}", user_token("ann"));
         let mut ann = PubSub::connect(&nodes[0], &path);
         let mut bob = PubSub::connect(&nodes[2], &format!("/ws?token={}", user_token("bob")));
-        let first = subscribe(&mut ann, "chat:h", None);
+        let first = subscribe_from(&mut ann, "chat:h", None);
         let epoch = first["epoch"].as_str().expect("an epoch").to_owned();
         assert_eq!(first["offset"], 0);
-        assert_eq!(subscribe(&mut bob, "chat:h", None)["epoch"], epoch.as_str(), "one stream for the cluster");
+        assert_eq!(subscribe_from(&mut bob, "chat:h", None)["epoch"], epoch.as_str(), "one stream for the cluster");
         // Every hub of every node that holds the channel is subscribed before publishing.
         redis.wait_subscribed("chat:h", 2, Duration::from_secs(5));
 
@@ -82,7 +58,7 @@ fn three_nodes_share_one_stream_and_recover_across_nodes() {
             assert_eq!(api_publish(nodes[(i + 1) % 3].addr, "chat:h", &format!("{{\"i\":{i}}}")), 202);
         }
         let mut back = PubSub::connect(&nodes[1], &path);
-        let reply = subscribe(&mut back, "chat:h", Some((&epoch, 6)));
+        let reply = subscribe_from(&mut back, "chat:h", Some((&epoch, 6)));
         assert_eq!(reply["recovered"], true, "{reply}");
         assert_eq!(offsets(reply["publications"].as_array().expect("publications")), [7, 8, 9, 10]);
         assert_eq!(api_publish(nodes[2].addr, "chat:h", "\"live\""), 202);
@@ -112,7 +88,7 @@ fn three_nodes_share_one_stream_and_recover_across_nodes() {
             || matches!(redis.command(&["KEYS", "switchboard:lease:*"]), Ok(Reply::Array(keys)) if keys.len() == 6),
         );
         assert_eq!(api_publish(nodes[0].addr, "chat:h", "\"after\""), 202);
-        let reply = subscribe(&mut bob, "chat:h", Some((&epoch, 11)));
+        let reply = subscribe_from(&mut bob, "chat:h", Some((&epoch, 11)));
         assert_eq!(reply["recovered"], false, "{reply}");
         assert_ne!(reply["epoch"], epoch.as_str(), "a new epoch");
         assert_eq!(reply["offset"], 1);

@@ -10,15 +10,18 @@ use switchboard_tests::cluster::{
 };
 use switchboard_tests::{PubSub, Server, Settings, for_each_binary, wait_for_stats};
 
-fn node(bin: &std::path::Path, seeds: &[u16], n: usize) -> Server {
+fn node_settings(seeds: &[u16], n: usize) -> Settings {
     let urls: Vec<String> = seeds.iter().map(|p| format!("\"redis://127.0.0.1:{p}\"")).collect();
     let broker = format!(
         "kind = \"redis-cluster\"\nurls = [{}]\nlease_ttl = \"2s\"\n\
          \n[broker.backoff]\nmin = \"50ms\"\nmax = \"300ms\"\n\n[broker.breaker]\nfailure_threshold = 3\nopen_for = \"500ms\"\n",
         urls.join(", ")
     );
-    let settings = Settings { workers: 1, api_key: API_KEY, node_id: format!("c{n}"), broker, ..Settings::default() };
-    Server::with(bin, &settings)
+    Settings { workers: 1, api_key: API_KEY, node_id: format!("c{n}"), broker, ..Settings::default() }
+}
+
+fn node(bin: &std::path::Path, seeds: &[u16], n: usize) -> Server {
+    Server::with(bin, &node_settings(seeds, n))
 }
 
 /// Publishes `tag` on every channel from `from` until both listeners of each got it (a new
@@ -55,8 +58,13 @@ fn exactly_once(from: &Server, names: &[String], listeners: &mut [(PubSub, PubSu
     }
 }
 
+/// The two tests' clusters and nodes take the machine's two cores: one at a time, so a slow
+/// cluster heartbeat does not look like a dead master.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn fan_out_through_a_cluster_survives_a_master_failover() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(mut cluster) = RedisCluster::start(3) else { return };
     for_each_binary(|bin| {
         // Two seeds: the first master and the last replica.
@@ -103,6 +111,7 @@ fn fan_out_through_a_cluster_survives_a_master_failover() {
             .iter()
             .position(|s| s.child_running() && cluster.masters().iter().any(|m| m.port == s.port))
             .unwrap_or(0);
+        cluster.wait_replicas_synced();
         cluster.servers[victim].kill();
         wait_until(Duration::from_secs(5), "node 1 says degraded", || healthz(nodes[0].addr).1["status"] == "degraded");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -128,5 +137,62 @@ fn fan_out_through_a_cluster_survives_a_master_failover() {
             "the old master rejoins",
             || matches!(cluster.servers[victim].command(&["CLUSTER", "INFO"]), Ok(switchboard_tests::cluster::Reply::Bulk(Some(i))) if i.contains("cluster_state:ok")),
         );
+    });
+}
+
+/// Node `n` on the cluster, with the native test namespaces (history on `chat:`).
+fn history_node(bin: &std::path::Path, seeds: &[u16], n: usize) -> Server {
+    let base = node_settings(seeds, n);
+    Server::start(bin, &format!("{}{}", base.to_toml(), switchboard_tests::native::AUTH_AND_NAMESPACES))
+}
+
+#[test]
+fn history_streams_live_on_their_masters_and_recover_across_nodes() {
+    use switchboard_tests::native::{next_of_type, offsets, subscribe_from, user_token};
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(cluster) = RedisCluster::start(3) else { return };
+    for_each_binary(|bin| {
+        let seeds = [cluster.servers[1].port];
+        let nodes: Vec<Server> = (1..=3).map(|n| history_node(bin, &seeds, n)).collect();
+        for server in &nodes {
+            wait_until(Duration::from_secs(10), "the node reads the slot map", || {
+                healthz(server.addr).1["status"] == "ok"
+            });
+        }
+        let channel = format!("chat:{}", bin.file_name().map_or("x".into(), |f| f.to_string_lossy()));
+        let path = format!("/ws?token={}", user_token("ann"));
+        let mut ann = PubSub::connect(&nodes[0], &path);
+        let mut bob = PubSub::connect(&nodes[2], &format!("/ws?token={}", user_token("bob")));
+        let epoch = subscribe_from(&mut ann, &channel, None)["epoch"].as_str().expect("an epoch").to_owned();
+        assert_eq!(subscribe_from(&mut bob, &channel, None)["epoch"], epoch.as_str(), "one stream for the cluster");
+        // The publish script (stream, meta and SPUBLISH in one call) runs on the channel's
+        // master: its keys share the channel's hash tag.
+        wait_until(Duration::from_secs(10), "publications go through", || {
+            api_publish(nodes[1].addr, &channel, "\"first\"") == 202
+        });
+        let first = next_of_type(&mut ann, "message")["offset"].as_u64().unwrap_or(0);
+        assert_eq!(next_of_type(&mut bob, "message")["offset"], first);
+        for i in 0..6 {
+            assert_eq!(api_publish(nodes[i % 3].addr, &channel, &format!("{{\"i\":{i}}}")), 202);
+        }
+        for client in [&mut ann, &mut bob] {
+            let got: Vec<u64> =
+                (0..6).map(|_| next_of_type(client, "message")["offset"].as_u64().unwrap_or(0)).collect();
+            assert_eq!(got, (first + 1..=first + 6).collect::<Vec<_>>());
+        }
+        switchboard_tests::close_and_wait(ann.ws);
+        for (i, server) in nodes.iter().enumerate() {
+            assert_eq!(api_publish(server.addr, &channel, &format!("{i}")), 202);
+        }
+        let mut back = PubSub::connect(&nodes[1], &path);
+        let reply = subscribe_from(&mut back, &channel, Some((&epoch, first + 6)));
+        assert_eq!(reply["recovered"], true, "{reply}");
+        let recovered = offsets(reply["publications"].as_array().expect("publications"));
+        assert_eq!(recovered, [first + 7, first + 8, first + 9]);
+        let stream = cluster.masters().into_iter().find(|m| {
+            let keys = m.command(&["KEYS", &format!("switchboard:stream:*{channel}")]);
+            matches!(keys, Ok(switchboard_tests::cluster::Reply::Array(k)) if k.len() == 1)
+        });
+        assert!(stream.is_some(), "one master holds the stream");
     });
 }
