@@ -345,11 +345,15 @@ pub fn http_api(t0: Instant, data: &[u8]) {
 /// with connects, failures, hang-ups, time passing and pub/sub traffic that makes the link
 /// subscribe, publish and ask for presence.
 ///
-/// Layout: one op byte at a time (with its operands) until the input ends.
+/// Layout: a flag (a Redis Cluster: the slot map reader's connection and one link per master
+/// the replies name, each op then picking one of the sockets the hub asked for), then one op
+/// byte at a time (with its operands) until the input ends.
 pub fn resp(t0: Instant, data: &[u8]) {
     let mut input = Choices::new(data);
+    let cluster = input.flag();
     let mut config = Config::default();
-    config.broker.kind = crate::config::BrokerKind::Redis;
+    config.broker.kind =
+        if cluster { crate::config::BrokerKind::RedisCluster } else { crate::config::BrokerKind::Redis };
     config.broker.node_id = "fuzz".to_owned();
     config.broker.backoff.min = Duration::from_millis(10);
     config.broker.backoff.max = Duration::from_millis(200);
@@ -371,7 +375,14 @@ pub fn resp(t0: Instant, data: &[u8]) {
     while !input.is_empty() && steps < 300 {
         steps += 1;
         let op = input.byte();
-        let which = if op & 0x80 == 0 { LinkConn::Subscriber } else { LinkConn::Command };
+        let which = if cluster {
+            let known: Vec<LinkConn> = link.connecting.union(&link.open).copied().collect();
+            known.get(input.below(known.len().max(1))).copied().unwrap_or(LinkConn::MAP)
+        } else if op & 0x80 == 0 {
+            LinkConn::Subscriber
+        } else {
+            LinkConn::Command
+        };
         let now = rig.now;
         match op & 0x7f {
             0..=63 => {
