@@ -297,7 +297,7 @@ fn bearer_token(header: &str) -> Option<&str> {
 }
 
 /// Compares without an early exit, so the time taken does not tell how many leading bytes were right.
-fn keys_match(expected: &[u8], given: &[u8]) -> bool {
+pub(crate) fn keys_match(expected: &[u8], given: &[u8]) -> bool {
     let diff = expected.iter().enumerate().fold(0u8, |acc, (i, &e)| acc | (e ^ given.get(i).map_or(0xff, |&g| g)));
     (diff == 0) & (expected.len() == given.len())
 }

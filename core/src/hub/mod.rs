@@ -1,5 +1,6 @@
 //! The `Hub`: every connection of one worker, and the rules that decide what happens to them.
 
+mod admin;
 mod cluster;
 mod conn;
 mod fanout;
@@ -197,6 +198,8 @@ pub struct Hub {
     history_waiters: HashMap<u64, native::HistoryWaiter>,
     /// Subscribers whose live messages wait for (or are trimmed by) their history read.
     recovering: Vec<native::Recovering>,
+    /// The other hubs' figures and this hub's rates, for the admin API.
+    admin: admin::AdminState,
 }
 
 impl Hub {
@@ -250,6 +253,7 @@ impl Hub {
             epoch_draws: 0,
             history_waiters: HashMap::new(),
             recovering: Vec::new(),
+            admin: admin::AdminState::default(),
         };
         // The public keys come later (`with_public_keys`): their files are the shell's to read.
         let secret_only = Config {
@@ -508,7 +512,7 @@ impl Hub {
         let connection = self.timers.peek().map(|Reverse((at, _))| *at);
         let drain = self.drain.as_ref().map(|d| d.next_batch.min(d.deadline));
         let redis = self.redis.iter().filter_map(RedisLink::poll_timeout).min();
-        [connection, drain, redis, self.webhook_timeout()].into_iter().flatten().min()
+        [connection, drain, redis, self.webhook_timeout(), self.admin_timeout()].into_iter().flatten().min()
     }
 
     /// Runs every timer due at `now`.
@@ -536,6 +540,7 @@ impl Hub {
             self.pump_redis(now);
         }
         self.run_webhooks(now);
+        self.admin_tick(now);
     }
 
     /// Starts a graceful drain: new upgrades get 503, open connections get close 1001 in
@@ -629,6 +634,7 @@ impl Hub {
                     link.watch(pusher::DIRECTORY);
                 }
             }
+            self.admin_start(now);
         }
         self.latest = Some(self.latest.map_or(now, |latest| latest.max(now)));
     }
