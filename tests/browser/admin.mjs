@@ -51,9 +51,15 @@ try {
   // The channel view shows its presence: the test client, as user ann.
   await page.waitForFunction(() => [...document.querySelectorAll('#presence td')].some((td) => td.textContent === 'ann'), null, { timeout: 10000 });
 
+  // The client's details, from whichever worker holds it.
+  await page.click('#presence a');
+  await page.waitForFunction(() => document.getElementById('conn-details').textContent.includes('"user": "ann"'), null, { timeout: 10000 });
+
   await page.fill('#pub-data', '{"from": "the admin page"}');
   await page.click('#publish');
   await page.waitForFunction(() => document.getElementById('pubmsg').textContent.startsWith('Published'), null, { timeout: 10000 });
+  // The channel keeps history: the publication is listed on the page.
+  await page.waitForFunction(() => document.getElementById('recent').textContent.includes('{"from":"the admin page"}'), null, { timeout: 10000 });
 
   // A few seconds of live charts, then the pictures the docs show.
   await page.waitForTimeout(6000);

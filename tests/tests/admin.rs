@@ -230,19 +230,17 @@ fn the_admin_api_lists_publishes_and_disconnects_on_a_node() {
         let (code, value) = call(addr, "GET", "channels?limit=lots", Some(&format!("Bearer {TOKEN}")), None);
         assert_eq!(code, 400, "{value}");
 
-        // A connection's details come from the worker holding it; the other names it.
-        let details = (0..50)
-            .map(|_| {
-                call(addr, "GET", &format!("connection?id={}", anon.conn_id), Some(&format!("Bearer {TOKEN}")), None)
-            })
-            .find(|(code, _)| *code == 200)
-            .map(|(_, details)| details)
-            .unwrap_or_else(|| panic!("no worker gave the details of {}", anon.conn_id));
-        assert_eq!(details["route"], "/ws");
-        let mut listed: Vec<&str> =
-            details["channels"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-        listed.sort_unstable();
-        assert_eq!(listed, ["lobby", "news:today"], "{details}");
+        // Either worker gives a connection's details: the other asks the one holding it.
+        for _ in 0..4 {
+            let details = get(addr, &format!("connection?id={}", anon.conn_id));
+            assert_eq!((details["route"].clone(), details["protocol"].clone()), (json!("/ws"), json!("pubsub")));
+            let mut listed: Vec<&str> =
+                details["channels"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            listed.sort_unstable();
+            assert_eq!(listed, ["lobby", "news:today"], "{details}");
+            let details = get(addr, &format!("connection?id={}", ann.conn_id));
+            assert_eq!(details["user"], "ann", "{details}");
+        }
         for bad in ["connection?id=nonsense", "connection?id="] {
             let (code, value) = call(addr, "GET", bad, Some(&format!("Bearer {TOKEN}")), None);
             assert_eq!((code, value["error"].is_string()), (400, true), "{bad}: {value}");
@@ -254,6 +252,16 @@ fn the_admin_api_lists_publishes_and_disconnects_on_a_node() {
         assert_eq!(code, 202, "{value}");
         assert_eq!(next_message(&mut ann)["data"], json!({"from": "admin"}));
         assert_eq!(next_message(&mut anon)["data"], json!({"from": "admin"}));
+        // news keeps ten publications: the channel view lists them, newest first.
+        for i in 0..3 {
+            let (code, value) = post(addr, "publish", &format!(r#"{{"channel":"news:today","data":{{"n":{i}}}}}"#));
+            assert_eq!(code, 202, "{value}");
+        }
+        let history = get(addr, "history?channel=news:today");
+        assert_eq!(history["publications"][0]["data"], json!({"n": 2}), "{history}");
+        assert_eq!(history["publications"].as_array().map(Vec::len), Some(3), "{history}");
+        let (code, value) = call(addr, "GET", "history?channel=lobby", Some(&format!("Bearer {TOKEN}")), None);
+        assert_eq!((code, value["error"].is_string()), (404, true), "lobby keeps no history: {value}");
         for bad in [r#"{"channel":"lobby""#, r#"{"channel":"no spaces","data":1}"#, r#"{"data":1}"#] {
             let (code, value) = post(addr, "publish", bad);
             assert_eq!((code, value["error"].is_string()), (400, true), "{bad}: {value}");
@@ -307,6 +315,19 @@ fn two_nodes_on_redis_answer_for_the_whole_cluster() {
         );
         let channels = wait_for(n1.addr, "channels", "lobby on n2", |c| channel(c, "lobby").is_some());
         assert_eq!(channel(&channels, "lobby").map(|c| c["nodes"].clone()), Some(json!(["n2"])), "{channels}");
+
+        // Asked of n1, about a client of n2: n1 asks n2 through Redis.
+        let details = get(n1.addr, &format!("connection?id={}", far.conn_id));
+        assert_eq!(
+            (details["node"].clone(), details["channels"].clone()),
+            (json!("n2"), json!(["lobby"])),
+            "{details}"
+        );
+        // History in Redis Streams, read by n1 for a publish made on n2.
+        let (code, value) = post(second.addr, "publish", r#"{"channel":"news:x","data":"kept"}"#);
+        assert_eq!(code, 202, "{value}");
+        let history = get(n1.addr, "history?channel=news:x");
+        assert_eq!(history["publications"][0]["data"], "kept", "{history}");
 
         // Published and disconnected from n1, for a client of n2.
         let (code, value) = post(n1.addr, "publish", r#"{"channel":"lobby","data":"across"}"#);

@@ -98,6 +98,22 @@ pub(crate) enum Message {
     Report(Report),
     /// Close every matching connection.
     Disconnect(Target),
+    /// The hub holding `connection` is asked for its details (`GET {path}/api/connection`).
+    Describe {
+        /// Matches the answer to the request.
+        token: u64,
+        /// The connection's name.
+        connection: String,
+    },
+    /// The answer to a `Describe`, for the hub `to` (node, worker) that asked.
+    Described {
+        /// The `Describe`'s token.
+        token: u64,
+        /// The hub that asked.
+        to: (String, u32),
+        /// `None` when the connection is not open.
+        details: Option<serde_json::Value>,
+    },
 }
 
 /// Whom a disconnect is for (`POST {path}/api/disconnect`).

@@ -2,18 +2,28 @@
 //! figures): routing, the hub's own report, and disconnect orders from other hubs.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::native::HistoryWaiter;
 use super::{ConnId, Hub, Phase};
 use crate::admin::{self, ChannelFilter, Message, Report, Target};
 use crate::broker::{BrokerCommand, Envelope};
+use crate::config::RouteMode;
 use crate::handshake::{HttpResponse, RequestHead};
+use crate::history::StreamRead;
+use crate::pubsub;
 use crate::time::later;
 
 /// Most channels one `GET {path}/api/channels` lists.
 const MAX_LISTED: usize = 500;
+
+/// How long a request for another hub's connection details waits for its answer.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most publications `GET {path}/api/history` shows.
+const LAST_PUBLICATIONS: usize = 20;
 
 /// What the hub keeps for the admin API.
 #[derive(Debug, Default)]
@@ -26,6 +36,9 @@ pub(super) struct AdminState {
     rates: (f64, f64),
     /// The other hubs' latest reports, with when each came.
     peers: HashMap<(String, u32), (Instant, Report)>,
+    /// Requests for another hub's connection details: token, the waiting request, the
+    /// connection's name and when to give up.
+    describing: Vec<(u64, ConnId, String, Instant)>,
 }
 
 /// How an admin request was answered.
@@ -69,16 +82,18 @@ impl Hub {
                     None => Routed::Waiting,
                 };
             }
-            ("GET", "/api/connection") => self.admin_connection(&head.query),
+            ("GET", "/api/history") => return self.admin_history(now, id, &head.query),
+            ("GET", "/api/connection") => return self.admin_connection(now, id, &head.query),
             ("GET", "/api/config") => match serde_json::to_string(&self.config.redacted()) {
                 Ok(json) => HttpResponse::json(200, json),
                 Err(e) => json_error(500, &format!("the configuration could not be rendered: {e}")),
             },
             ("POST", "/api/publish") => as_json_error(self.publish_body(now, body)),
             ("POST", "/api/disconnect") => self.admin_disconnect(now, body),
-            (_, "/api/nodes" | "/api/channels" | "/api/presence" | "/api/connection" | "/api/config") => {
-                json_error(405, "method not allowed").with_header("Allow", "GET")
-            }
+            (
+                _,
+                "/api/nodes" | "/api/channels" | "/api/presence" | "/api/history" | "/api/connection" | "/api/config",
+            ) => json_error(405, "method not allowed").with_header("Allow", "GET"),
             (_, "/api/publish" | "/api/disconnect") => {
                 json_error(405, "method not allowed").with_header("Allow", "POST")
             }
@@ -122,48 +137,101 @@ impl Hub {
         HttpResponse::json(200, admin::channels_json(&self.admin_reports(now), &filter))
     }
 
-    /// `?id=NAME`: a connection held by this hub; one held by another hub is named as such.
-    fn admin_connection(&self, query: &str) -> HttpResponse {
-        let name = super::http::query_value(query, "id").unwrap_or_default();
-        let Some((node, worker, id)) = parse_conn_name(&name) else {
-            return json_error(
-                400,
-                "give ?id= with a connection id as its welcome names it (node-worker-slot.generation)",
-            );
-        };
-        if node != self.origin.node || worker != self.origin.worker {
-            let held = self.admin.peers.contains_key(&(node.to_owned(), worker));
-            let reason = if held {
-                format!("connection {name} is held by node {node} worker {worker}: ask that node")
-            } else {
-                format!("no live node {node} worker {worker} holds connection {name}")
-            };
-            return HttpResponse::json(
-                404,
-                serde_json::json!({ "error": reason, "node": node, "worker": worker }).to_string(),
-            );
+    /// `?channel=NAME`: the channel's last publications, from the node's table or Redis.
+    fn admin_history(&mut self, now: Instant, id: ConnId, query: &str) -> Routed {
+        let channel = super::http::query_value(query, "channel").unwrap_or_default();
+        if !pubsub::valid_channel(&channel, self.config.pubsub.max_channel_bytes) {
+            return Routed::Answer(json_error(400, "give ?channel= with a valid channel name ([A-Za-z0-9_.:-])"));
         }
-        let Some(conn) = self.conn(id).filter(|c| c.phase == Phase::Open) else {
-            return json_error(404, &format!("no open connection {name}"));
+        let Some(rules) = self.stream_rules(&channel) else {
+            let reason = format!("{channel:?} keeps no history (its namespace has no history_size)");
+            return Routed::Answer(json_error(404, &reason));
         };
-        let route = self.config.route.get(conn.route).map(|r| r.path.as_str());
+        // All the stream keeps (at most `history_size`): the page shows the last of them.
+        let limit = rules.size;
+        if self.redis.is_empty() {
+            let read = self.history.read(&channel, 0, limit, rules, now);
+            return Routed::Answer(history_json(&channel, Some(read)));
+        }
+        let Some(conn) = self.conn_mut(id) else { return Routed::Waiting };
+        conn.phase = Phase::Responding;
+        conn.head = Vec::new();
+        self.next_token += 1;
+        let waiter = HistoryWaiter::Admin { conn: id, channel: channel.clone() };
+        self.read_from_redis(now, self.next_token, waiter, &channel, 0, limit, rules);
+        Routed::Waiting
+    }
+
+    /// A history read for the admin API came back (`None`: Redis was out of reach).
+    pub(super) fn admin_history_answer(&mut self, conn: ConnId, channel: &str, read: Option<StreamRead>) {
+        if self.conn(conn).is_some_and(|c| c.phase == Phase::Responding) {
+            self.respond_http(conn, &history_json(channel, read));
+        }
+    }
+
+    /// `?id=NAME`: a connection's details, from the hub holding it (another hub is asked
+    /// through the broker, and the request waits for its answer).
+    fn admin_connection(&mut self, now: Instant, id: ConnId, query: &str) -> Routed {
+        let name = super::http::query_value(query, "id").unwrap_or_default();
+        let Some((node, worker, conn)) = parse_conn_name(&name) else {
+            let reason = "give ?id= with a connection id as its welcome names it (node-worker-slot.generation)";
+            return Routed::Answer(json_error(400, reason));
+        };
+        if (node, worker) == (self.origin.node.as_str(), self.origin.worker) {
+            return Routed::Answer(details_response(&name, self.connection_details(conn, &name)));
+        }
+        if !self.admin.peers.contains_key(&(node.to_owned(), worker)) {
+            return Routed::Answer(json_error(404, &format!("no live node {node} worker {worker} holds {name}")));
+        }
+        let Some(waiting) = self.conn_mut(id) else { return Routed::Waiting };
+        waiting.phase = Phase::Responding;
+        waiting.head = Vec::new();
+        self.next_token += 1;
+        let token = self.next_token;
+        self.admin.describing.push((token, id, name.clone(), later(now, DESCRIBE_TIMEOUT)));
+        self.admin_broadcast(now, &Message::Describe { token, connection: name });
+        Routed::Waiting
+    }
+
+    /// What the admin API shows of connection `id` (named `name`), if it is open here.
+    fn connection_details(&self, id: ConnId, name: &str) -> Option<serde_json::Value> {
+        let conn = self.conn(id).filter(|c| c.phase == Phase::Open)?;
+        let route = self.config.route.get(conn.route);
         let channels: Vec<&str> =
             conn.subscriptions.iter().filter_map(|s| self.channels.get(s.channel)).map(|c| c.name.as_str()).collect();
         let user = conn.native.as_ref().map(|a| &*a.user).or(self.signed_in_as(id));
-        let protocol = if conn.pusher.is_some() { "pusher" } else { route.map_or("", |_| "native") };
-        let body = serde_json::json!({
+        let protocol = match (conn.pusher.is_some(), route.map(|r| r.mode)) {
+            (true, _) => "pusher",
+            (false, Some(RouteMode::Pubsub)) => "pubsub",
+            (false, Some(RouteMode::Broadcast)) => "broadcast",
+            (false, Some(RouteMode::Echo)) => "echo",
+            (false, None) => "",
+        };
+        Some(serde_json::json!({
             "id": name,
-            "node": node,
-            "worker": worker,
+            "node": self.origin.node,
+            "worker": self.origin.worker,
             "client": conn.client.to_string(),
-            "route": route,
+            "route": route.map(|r| r.path.as_str()),
             "protocol": protocol,
             "user": user.filter(|u| !u.is_empty()),
             "channels": channels,
             "queued_bytes": conn.out.unsent(),
             "compression": conn.deflate.is_some(),
-        });
-        HttpResponse::json(200, body.to_string())
+        }))
+    }
+
+    /// Answers the requests for connection details that waited long enough: the hub asked
+    /// did not answer (gone, or Redis out of reach).
+    fn describe_timeouts(&mut self, now: Instant) {
+        let (due, waiting) = std::mem::take(&mut self.admin.describing).into_iter().partition(|w| w.3 <= now);
+        self.admin.describing = waiting;
+        for (_, conn, name, _) in due {
+            if self.conn(conn).is_some_and(|c| c.phase == Phase::Responding) {
+                let reason = format!("the hub holding {name} did not answer in time");
+                self.respond_http(conn, &json_error(504, &reason));
+            }
+        }
     }
 
     /// `{"connection": id}` or `{"user": id}`: closed here at once, and on every other hub
@@ -235,6 +303,7 @@ impl Hub {
         }
         self.admin.last_counts = Some((now, messages_in, messages_out));
         self.admin.peers.retain(|_, (seen, _)| now.saturating_duration_since(*seen) < admin::STALE_AFTER);
+        self.describe_timeouts(now);
         let report = self.admin_report(now);
         self.admin_broadcast(now, &Message::Report(report));
     }
@@ -269,6 +338,25 @@ impl Hub {
             }
             Ok(Message::Disconnect(target)) => {
                 self.disconnect_local(now, &target);
+            }
+            Ok(Message::Describe { token, connection }) => {
+                let Some((node, worker, id)) = parse_conn_name(&connection) else { return };
+                if (node, worker) != (self.origin.node.as_str(), self.origin.worker) {
+                    return;
+                }
+                let details = self.connection_details(id, &connection);
+                let to = (envelope.origin.node.clone(), envelope.origin.worker);
+                self.admin_broadcast(now, &Message::Described { token, to, details });
+            }
+            Ok(Message::Described { token, to, details }) => {
+                if to != (self.origin.node.clone(), self.origin.worker) {
+                    return;
+                }
+                let Some(index) = self.admin.describing.iter().position(|w| w.0 == token) else { return };
+                let (_, conn, name, _) = self.admin.describing.swap_remove(index);
+                if self.conn(conn).is_some_and(|c| c.phase == Phase::Responding) {
+                    self.respond_http(conn, &details_response(&name, details));
+                }
             }
             Err(_) => self.metrics.protocol_errors += 1,
         }
@@ -342,6 +430,38 @@ fn page() -> HttpResponse {
         ],
         content_type: "text/html; charset=utf-8",
         body: admin::PAGE.as_bytes().to_vec(),
+    }
+}
+
+/// The last [`LAST_PUBLICATIONS`] of `read`, newest first.
+fn history_json(channel: &str, read: Option<StreamRead>) -> HttpResponse {
+    let Some(read) = read else {
+        return json_error(503, "the history is in Redis, which is out of reach").with_header("Retry-After", "1");
+    };
+    let publications: Vec<serde_json::Value> = read
+        .publications
+        .iter()
+        .rev()
+        .take(LAST_PUBLICATIONS)
+        .map(|(offset, data)| {
+            let data: serde_json::Value = serde_json::from_slice(data).unwrap_or(serde_json::Value::Null);
+            serde_json::json!({ "offset": offset, "data": data })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "channel": channel,
+        "epoch": read.top.epoch,
+        "offset": read.top.offset,
+        "publications": publications,
+    });
+    HttpResponse::json(200, body.to_string())
+}
+
+/// 200 with a connection's details, or 404 when it is not open.
+fn details_response(name: &str, details: Option<serde_json::Value>) -> HttpResponse {
+    match details {
+        Some(details) => HttpResponse::json(200, details.to_string()),
+        None => json_error(404, &format!("no open connection {name}")),
     }
 }
 
