@@ -125,6 +125,7 @@ fn the_admin_api_needs_its_credential_and_never_shows_a_secret() {
             ("GET", "nodes", None),
             ("GET", "channels", None),
             ("GET", "presence?channel=lobby", None),
+            ("GET", "history?channel=news:today", None),
             ("GET", "connection?id=t-0-0.0", None),
             ("GET", "config", None),
             ("POST", "publish", Some(r#"{"channel":"lobby","data":1}"#)),

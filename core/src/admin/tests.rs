@@ -78,3 +78,22 @@ fn messages_round_trip_and_bad_ones_are_refused() {
     assert!(serde_json::from_str::<Message>(r#"{"kind":"disconnect","nobody":"x"}"#).is_err());
     assert!(serde_json::from_str::<Target>(r#"{"connection":"n-0-1.0","user":"u"}"#).is_err());
 }
+
+/// docs/ADMIN.md and the README state the page's size: they must say the size it has.
+#[test]
+fn the_docs_give_the_pages_size_in_bytes() {
+    const ADMIN_DOC: &str = include_str!("../../../docs/ADMIN.md");
+    const README: &str = include_str!("../../../README.md");
+    let digits = PAGE.len().to_string();
+    let mut grouped = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    let stated = format!("{grouped} bytes");
+    assert!(ADMIN_DOC.contains(&format!("**{stated}**")), "docs/ADMIN.md must say the page is {stated}");
+    assert!(README.contains(&stated), "README.md must say the page is {stated}");
+    assert!(!PAGE.contains("http://") && !PAGE.contains("https://"), "the page must load nothing from elsewhere");
+}
