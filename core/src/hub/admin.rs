@@ -10,6 +10,7 @@ use super::native::HistoryWaiter;
 use super::{ConnId, Hub, Phase};
 use crate::admin::{self, ChannelFilter, Message, Report, Target};
 use crate::broker::{BrokerCommand, Envelope};
+use crate::channel::ChannelId;
 use crate::config::RouteMode;
 use crate::handshake::{HttpResponse, RequestHead};
 use crate::history::StreamRead;
@@ -383,15 +384,18 @@ impl Hub {
     /// This hub's figures now (the rates are the last interval's).
     fn admin_report(&self, now: Instant) -> Report {
         let m = &self.metrics;
-        let mut channels: Vec<(String, u64)> = self
+        // Counted first and named after the cut: only the listed channels' names are copied.
+        let mut counts: Vec<(u64, ChannelId)> = self
             .channels
             .iter()
-            .filter_map(|(name, id)| Some((name.to_owned(), self.channels.get(id)?.subscribers.len() as u64)))
+            .filter_map(|(_, id)| Some((self.channels.get(id)?.subscribers.len() as u64, id)))
             .collect();
-        if channels.len() > admin::MAX_REPORTED_CHANNELS {
-            channels.select_nth_unstable_by(admin::MAX_REPORTED_CHANNELS, |a, b| b.1.cmp(&a.1));
-            channels.truncate(admin::MAX_REPORTED_CHANNELS);
+        if counts.len() > admin::MAX_REPORTED_CHANNELS {
+            counts.select_nth_unstable_by(admin::MAX_REPORTED_CHANNELS, |a, b| b.0.cmp(&a.0));
+            counts.truncate(admin::MAX_REPORTED_CHANNELS);
         }
+        let channels =
+            counts.into_iter().filter_map(|(n, id)| Some((self.channels.get(id)?.name.clone(), n))).collect();
         let info = self.node_info(now);
         Report {
             node: info.node_id,
