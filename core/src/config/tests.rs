@@ -408,6 +408,8 @@ fn admin_enabled_without_a_credential_is_refused_at_its_line() {
         panic!("a route under the admin path must be refused")
     };
     assert_eq!(e.key, "route[2].path");
+    let beside = "[admin]\nenabled = true\ntoken = \"t\"\npath = \"/w\"\n";
+    assert!(Config::from_toml(beside).is_ok(), "/ws is beside /w, not under it");
 }
 
 #[test]

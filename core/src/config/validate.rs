@@ -168,7 +168,9 @@ impl Config {
                 format!("{:?} must start with '/' and contain no whitespace, '?' or '#'", r.path)
             })?;
             let admin = &self.admin;
-            check(!admin.enabled || !r.path.starts_with(&admin.path), &format!("route[{i}].path"), || {
+            let under_admin =
+                r.path.strip_prefix(admin.path.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+            check(!admin.enabled || !under_admin, &format!("route[{i}].path"), || {
                 format!("{:?} is under admin.path {:?}, which the admin page serves", r.path, admin.path)
             })?;
             if let Some(first) = self.route[..i].iter().position(|o| o.path == r.path) {
