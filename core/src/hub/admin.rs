@@ -1,5 +1,6 @@
 //! The admin page and API under `admin.path` (see [`crate::admin`] for how hubs share their
-//! figures): routing, the hub's own report, and disconnect orders from other hubs.
+//! figures): routing, the hub's own report, history and connection details for the API, and
+//! the orders and questions other hubs send on the admin channel.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -48,7 +49,8 @@ pub(super) enum Routed {
     NotAdmin,
     /// Answered now.
     Answer(HttpResponse),
-    /// The connection waits for the cluster (presence).
+    /// The connection waits in `Responding` for the cluster (presence, history in Redis,
+    /// another hub's connection details).
     Waiting,
 }
 
