@@ -70,7 +70,7 @@ try {
   await page.waitForTimeout(1200);
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert.ok(overflow <= 0, `at phone width the page is ${overflow}px wider than the screen`);
-  await page.screenshot({ path: join(shots, 'admin-phone.png'), fullPage: false });
+  await page.screenshot({ path: join(shots, 'admin-phone.png'), fullPage: true });
   const errors = logs.filter((l) => l.startsWith('pageerror'));
   assert.deepEqual(errors, [], logs.join('\n'));
   console.log('admin page: ok');
