@@ -214,7 +214,9 @@ fn the_admin_api_lists_publishes_and_disconnects_on_a_node() {
         subscribe(&mut anon, "news:today");
 
         // Either worker answers, for both: their reports meet on the in-process bus.
-        let nodes = wait_for(addr, "nodes", "two connections", |n| n["totals"]["connections"] == 2);
+        let nodes = wait_for(addr, "nodes", "two connections on two workers", |n| {
+            n["totals"]["connections"] == 2 && n["nodes"][0]["workers"] == 2
+        });
         assert_eq!(nodes["nodes"].as_array().map(Vec::len), Some(1), "{nodes}");
         assert_eq!((nodes["nodes"][0]["id"].clone(), nodes["nodes"][0]["workers"].clone()), (json!(NODE_ID), json!(2)));
         assert_eq!(nodes["nodes"][0]["version"], env!("CARGO_PKG_VERSION"));
@@ -327,8 +329,10 @@ fn two_nodes_on_redis_answer_for_the_whole_cluster() {
         // History in Redis Streams, read by n1 for a publish made on n2.
         let (code, value) = post(second.addr, "publish", r#"{"channel":"news:x","data":"kept"}"#);
         assert_eq!(code, 202, "{value}");
-        let history = get(n1.addr, "history?channel=news:x");
-        assert_eq!(history["publications"][0]["data"], "kept", "{history}");
+        // The 202 says the publish left n2, not that Redis has run it: wait for it there.
+        wait_for(n1.addr, "history?channel=news:x", "the publication from n2", |h| {
+            h["publications"][0]["data"] == "kept"
+        });
 
         // Published and disconnected from n1, for a client of n2.
         let (code, value) = post(n1.addr, "publish", r#"{"channel":"lobby","data":"across"}"#);
