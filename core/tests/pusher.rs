@@ -460,7 +460,7 @@ fn http_requests_are_kept_alive_and_pipelined_answers_come_in_order() {
 }
 
 #[test]
-fn the_admin_api_disconnects_a_signed_in_pusher_user_and_no_one_else() {
+fn the_admin_api_terminates_a_signed_in_pusher_user_and_no_one_else() {
     let toml = format!("{APPS}\n[admin]\nenabled = true\ntoken = \"tok\"\n");
     let mut sim = Sim::new(Config::from_toml(&toml).expect("test config parses"));
     let signed_in = |sim: &mut Sim, user: &str| {
@@ -484,7 +484,12 @@ fn the_admin_api_disconnects_a_signed_in_pusher_user_and_no_one_else() {
     assert_eq!(status, 202, "{answer}");
     assert_eq!(serde_json::from_str::<Value>(&answer).ok().map(|a| a["disconnected_here"].clone()), Some(2.into()));
     for id in [first, second] {
-        assert_eq!(messages(&sim.take_output(id)).1, Some(1008), "u1's connections are closed");
+        let (list, code) = messages(&sim.take_output(id));
+        assert_eq!(
+            (events(&list), code),
+            (vec!["pusher:error"], Some(4009)),
+            "terminated as terminate_connections does"
+        );
     }
     assert_eq!(messages(&sim.take_output(other)).1, None, "u2 stays");
 }

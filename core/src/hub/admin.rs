@@ -256,13 +256,23 @@ impl Hub {
                 return json_error(404, &format!("no live node {node} worker {worker} holds connection {name}"));
             }
         }
-        let here = self.disconnect_local(now, &target);
+        let mut here = self.disconnect_local(now, &target);
+        if let Target::User(user) = &target {
+            // A Pusher user goes the way `terminate_connections` sends them, across the
+            // cluster: `pusher:error` 4009, which pusher-js does not retry.
+            here += self.live_ids().filter(|&id| self.signed_in_as(id) == Some(user.as_str())).count();
+            let apps: Vec<String> = self.config.pusher.app.iter().map(|app| app.id.clone()).collect();
+            for app in apps {
+                self.terminate_user(now, &app, user);
+            }
+        }
         self.admin_broadcast(now, &Message::Disconnect(target));
         let body = serde_json::json!({ "status": "accepted", "disconnected_here": here });
         HttpResponse::json(202, body.to_string())
     }
 
-    /// Closes this hub's connections `target` names; returns how many.
+    /// Closes this hub's connections `target` names (of a user: native ones; Pusher users
+    /// are terminated by `admin_disconnect`); returns how many.
     fn disconnect_local(&mut self, now: Instant, target: &Target) -> usize {
         let ids: Vec<ConnId> = match target {
             Target::Connection(name) => parse_conn_name(name)
@@ -272,10 +282,7 @@ impl Hub {
                 .collect(),
             Target::User(user) => self
                 .live_ids()
-                .filter(|&id| {
-                    self.conn(id).and_then(|c| c.native.as_ref()).is_some_and(|a| &*a.user == user)
-                        || self.signed_in_as(id) == Some(user.as_str())
-                })
+                .filter(|&id| self.conn(id).and_then(|c| c.native.as_ref()).is_some_and(|a| &*a.user == user))
                 .collect(),
         };
         let mut closed = 0;
