@@ -303,7 +303,7 @@ fn bearer_token(header: &str) -> Option<&str> {
 }
 
 /// Compares without an early exit, so the time taken does not tell how many leading bytes were right.
-fn keys_match(expected: &[u8], given: &[u8]) -> bool {
+pub(crate) fn keys_match(expected: &[u8], given: &[u8]) -> bool {
     let diff = expected.iter().enumerate().fold(0u8, |acc, (i, &e)| acc | (e ^ given.get(i).map_or(0xff, |&g| g)));
     (diff == 0) & (expected.len() == given.len())
 }
@@ -722,6 +722,32 @@ mod tests {
         ];
         for (configured, header, expected) in cases {
             assert_eq!(check_auth(configured, *header), *expected, "{configured:?} {header:?}");
+        }
+    }
+
+    /// docs/METRICS.md is the reference for the names, and the Grafana dashboard is built on
+    /// them: a renamed or new series must show up in both places.
+    #[test]
+    fn the_docs_name_every_series_and_the_dashboard_asks_for_no_other() {
+        const DOC: &str = include_str!("../../docs/METRICS.md");
+        const DASHBOARD: &str = include_str!("../../docs/grafana/switchboard.json");
+        let text = prometheus_text(&full_metrics(), &info());
+        let families: BTreeSet<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+        assert!(families.len() > 30, "{families:?}");
+        for family in &families {
+            assert!(DOC.contains(&format!("`{family}`")), "docs/METRICS.md does not name {family}");
+        }
+        let asked: BTreeSet<&str> = DASHBOARD
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("switchboard_"))
+            .collect();
+        assert!(asked.len() > 10, "{asked:?}");
+        for name in asked {
+            assert!(
+                families.contains(name),
+                "docs/grafana/switchboard.json asks for {name}, which /metrics never writes"
+            );
         }
     }
 

@@ -458,3 +458,38 @@ fn http_requests_are_kept_alive_and_pipelined_answers_come_in_order() {
     assert!(String::from_utf8_lossy(&sim.take_output(old)).contains("Connection: close"));
     assert!(sim.is_closed(old));
 }
+
+#[test]
+fn the_admin_api_terminates_a_signed_in_pusher_user_and_no_one_else() {
+    let toml = format!("{APPS}\n[admin]\nenabled = true\ntoken = \"tok\"\n");
+    let mut sim = Sim::new(Config::from_toml(&toml).expect("test config parses"));
+    let signed_in = |sim: &mut Sim, user: &str| {
+        let (id, socket_id, _, _) = connect(sim, "/app/key-1?protocol=7");
+        let socket_id = socket_id.expect("a socket id");
+        let user_data = format!("{{\"id\":\"{user}\"}}");
+        let auth = format!("key-1:{}", sign("secret-1", &format!("{socket_id}::user::{user_data}")));
+        let message = serde_json::json!({"event": "pusher:signin", "data": {"user_data": user_data, "auth": auth}});
+        sim.send(id, &text(&message.to_string()));
+        let (list, code) = messages(&sim.take_output(id));
+        assert_eq!((events(&list), code), (vec!["pusher:signin_success"], None));
+        id
+    };
+    let (first, second, other) = (signed_in(&mut sim, "u1"), signed_in(&mut sim, "u1"), signed_in(&mut sim, "u2"));
+    let body = r#"{"user":"u1"}"#;
+    let request = format!(
+        "POST /admin/api/disconnect HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, answer) = call(&mut sim, &request);
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(serde_json::from_str::<Value>(&answer).ok().map(|a| a["disconnected_here"].clone()), Some(2.into()));
+    for id in [first, second] {
+        let (list, code) = messages(&sim.take_output(id));
+        assert_eq!(
+            (events(&list), code),
+            (vec!["pusher:error"], Some(4009)),
+            "terminated as terminate_connections does"
+        );
+    }
+    assert_eq!(messages(&sim.take_output(other)).1, None, "u2 stays");
+}

@@ -12,6 +12,7 @@ use toml::de::DeTable;
 
 use crate::proxy::Cidr;
 
+mod admin;
 mod auth;
 mod located;
 mod pusher;
@@ -20,6 +21,7 @@ mod tests;
 mod units;
 mod validate;
 
+pub use admin::AdminConfig;
 pub use auth::{AuthConfig, NamespaceConfig, PublishRule, SubscribeRule};
 pub use located::ConfigError;
 pub use pusher::{PusherApp, PusherConfig, Webhook, WebhookEvent};
@@ -54,6 +56,8 @@ pub struct Config {
     pub pusher: PusherConfig,
     /// JSON Web Tokens for the native protocol.
     pub auth: AuthConfig,
+    /// The dashboard and admin API (`[admin]`).
+    pub admin: AdminConfig,
     /// Rules of the native protocol's channels by prefix (`[[namespace]]`).
     pub namespace: Vec<NamespaceConfig>,
     /// WebSocket routes (`[[route]]`); a file without any keeps the three defaults.
@@ -488,6 +492,7 @@ impl Default for Config {
             drain: DrainConfig::default(),
             pusher: PusherConfig::default(),
             auth: AuthConfig::default(),
+            admin: AdminConfig::default(),
             namespace: Vec::new(),
             route: vec![
                 RouteConfig::new("/echo", RouteMode::Echo),
@@ -526,7 +531,8 @@ impl Config {
         }
     }
 
-    /// A copy with every secret (`http.api_key`, `auth.hmac_secret`, each `pusher.app[].secret`) replaced by
+    /// A copy with every secret (`http.api_key`, `auth.hmac_secret`, `admin.password`,
+    /// `admin.token`, each `pusher.app[].secret`) replaced by
     /// `"<redacted>"`, for showing a configuration to people. An empty one stays empty: it means
     /// "off", not "hidden".
     pub fn redacted(&self) -> Self {
@@ -538,6 +544,7 @@ impl Config {
         };
         hide(&mut copy.http.api_key);
         copy.auth.redact();
+        copy.admin.redact();
         for app in &mut copy.pusher.app {
             hide(&mut app.secret);
             // Webhook headers often carry the receiver's credentials.

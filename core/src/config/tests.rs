@@ -399,3 +399,39 @@ fn debug_output_never_shows_the_api_key() {
     assert!(!shown.contains("s3cret-key"), "{shown}");
     assert!(shown.contains("<redacted>"), "{shown}");
 }
+
+#[test]
+fn admin_enabled_without_a_credential_is_refused_at_its_line() {
+    let src = "[server]\nworkers = 1\n\n[admin]\nenabled = true\n";
+    let Err(e) = Config::from_toml(src) else { panic!("an open admin API must be refused") };
+    assert_eq!((e.key.as_str(), e.line), ("admin.password", 5), "{e}");
+    assert!(e.to_string().contains("admin.token"), "{e}");
+    assert!(Config::from_toml("[admin]\nenabled = true\ntoken = \"t\"\n").is_ok());
+    assert!(Config::from_toml("[admin]\nenabled = true\npassword = \"p\"\n").is_ok());
+    let Err(e) = Config::from_toml("[admin]\nenabled = true\ntoken = \"t\"\npath = \"admin\"\n") else {
+        panic!("a relative admin path must be refused")
+    };
+    assert_eq!((e.key.as_str(), e.line), ("admin.path", 4));
+    let Err(e) = Config::from_toml("[admin]\nenabled = true\ntoken = \"t\"\npath = \"/ws\"\n") else {
+        panic!("a route under the admin path must be refused")
+    };
+    assert_eq!(e.key, "route[2].path");
+    let beside = "[admin]\nenabled = true\ntoken = \"t\"\npath = \"/w\"\n";
+    assert!(Config::from_toml(beside).is_ok(), "/ws is beside /w, not under it");
+}
+
+#[test]
+fn admin_credentials_are_redacted() {
+    let admin = AdminConfig {
+        enabled: true,
+        password: "pw-s3cret".to_owned(),
+        token: "tok-s3cret".to_owned(),
+        path: "/admin".to_owned(),
+    };
+    let c = Config { admin, ..Config::default() };
+    let shown = c.to_toml_redacted();
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert_eq!(shown.matches("\"<redacted>\"").count(), 2, "{shown}");
+    assert!(!format!("{c:?}").contains("s3cret"));
+    assert_eq!(Config::from_toml(&c.to_toml()), Ok(c));
+}

@@ -132,6 +132,7 @@ impl Config {
 
         self.pusher.check_rules()?;
         self.auth.check_rules()?;
+        self.admin.check_rules()?;
         super::auth::check_namespaces(&self.namespace, &self.auth)?;
         self.validate_routes()
     }
@@ -176,6 +177,12 @@ impl Config {
                 r.path.starts_with('/') && !r.path.contains(|c: char| c.is_whitespace() || c == '?' || c == '#');
             check(path_ok, &format!("route[{i}].path"), || {
                 format!("{:?} must start with '/' and contain no whitespace, '?' or '#'", r.path)
+            })?;
+            let admin = &self.admin;
+            let under_admin =
+                r.path.strip_prefix(admin.path.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+            check(!admin.enabled || !under_admin, &format!("route[{i}].path"), || {
+                format!("{:?} is under admin.path {:?}, which the admin page serves", r.path, admin.path)
             })?;
             if let Some(first) = self.route[..i].iter().position(|o| o.path == r.path) {
                 return Err(Invalid::new(

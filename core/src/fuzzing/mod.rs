@@ -33,6 +33,8 @@ pub const ROUTES: [&str; 3] = ["/echo", "/chat", "/ws"];
 
 /// The API key configured where the HTTP API is fuzzed.
 pub const API_KEY: &str = "fuzz-key";
+/// The `admin.token` of the `http_api` target's hub.
+pub const ADMIN_TOKEN: &str = "fuzz-admin";
 
 /// Fuzzer bytes read as a stream of small choices; an exhausted input reads as zeros.
 #[derive(Debug, Clone)]

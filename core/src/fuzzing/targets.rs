@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::client::{MASK, ServerItem, ServerStream, client_frame, pubsub_frame, upgrade_request};
 use super::rig::{Opened, Rig};
-use super::{API_KEY, Choices, ROUTES};
+use super::{ADMIN_TOKEN, API_KEY, Choices, ROUTES};
 use crate::config::{Config, Size};
 use crate::deflate::Deflater;
 use crate::hub::Hub;
@@ -277,17 +277,39 @@ pub fn http_api(t0: Instant, data: &[u8]) {
     config.http.api_key = API_KEY.to_owned();
     config.http.max_body_bytes = Size(4096);
     config.http.metrics = mode & 0x80 == 0;
+    config.admin.enabled = true;
+    ADMIN_TOKEN.clone_into(&mut config.admin.token);
     let mut rig = Rig::new(config, t0);
     let mut subscriber = rig.open(2, "/ws", None);
     rig.send(subscriber.id, &client_frame(0x81, b"{\"op\":\"subscribe\",\"channel\":\"news\"}", MASK));
     let mut member = rig.open(3, "/chat", None);
+    let mut admin_without_token = false;
     let request = if mode & 0x7f == 0 {
         input.rest().to_vec()
     } else {
         let method = ["GET", "POST", "PUT", "HEAD", "DELETE", "get"][input.below(6)];
-        let path =
-            ["/api/publish", "/healthz", "/metrics", "/api/stats", "/ws", "/nope", "/api/publish?x=1"][input.below(7)];
-        let auth = match input.below(5) {
+        let path = [
+            "/api/publish",
+            "/healthz",
+            "/metrics",
+            "/api/stats",
+            "/ws",
+            "/nope",
+            "/api/publish?x=1",
+            "/admin",
+            "/admin/api/publish",
+            "/admin/api/disconnect",
+            "/admin/api/nodes",
+            "/admin/api/channels?contains=ne&min_subscribers=1&limit=2",
+            "/admin/api/connection?id=fuzz-node-0-0.0",
+            "/admin/api/history?channel=news",
+            "/admin/api/presence?channel=news",
+            "/admin/api/config",
+        ][input.below(16)];
+        let auth_choice = input.below(6);
+        admin_without_token = path.starts_with("/admin/api/") && auth_choice != 5;
+        let auth = match auth_choice {
+            5 => format!("Authorization: Bearer {ADMIN_TOKEN}\r\n"),
             0 => format!("Authorization: Bearer {API_KEY}\r\n"),
             1 => format!("authorization: bearer   {API_KEY}\r\n"),
             2 => "Authorization: Bearer wrong\r\n".to_owned(),
@@ -317,7 +339,10 @@ pub fn http_api(t0: Instant, data: &[u8]) {
                 assert!(serde_json::from_slice::<serde_json::Value>(body).is_ok(), "JSON response is not JSON");
             }
             if *status == 202 {
-                assert!(request.starts_with(b"POST "), "202 answers only a publish");
+                assert!(request.starts_with(b"POST "), "202 answers only a publish or a disconnect");
+            }
+            if admin_without_token {
+                assert!(*status >= 400, "the admin API answered {status} without its token: {head}");
             }
         }
         Some(other) => panic!("an HTTP request was answered with {other:?}"),

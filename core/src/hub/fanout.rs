@@ -36,6 +36,9 @@ impl Hub {
         if envelope.channel == DIRECTORY {
             return self.on_directory(now, envelope);
         }
+        if envelope.channel == crate::admin::CHANNEL {
+            return self.on_admin(now, envelope);
+        }
         let Some(channel) = self.channels.find(&envelope.channel) else { return };
         let checked = envelope.origin.node == self.origin.node;
         let json = if is_pusher(&envelope.channel) {

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use super::admin::Routed;
 use super::{ConnId, Hub, Phase, PresenceWaiter, PublishError, Timer, live_conn, room_name};
 use crate::api::{self, NodeInfo};
 use crate::config::RouteMode;
@@ -101,7 +102,11 @@ impl Hub {
             self.api_presence(now, id, &head);
             return false;
         }
-        let response = self.http_request(now, &head, &body);
+        let response = match self.admin_route(now, id, &head, &body) {
+            Routed::NotAdmin => self.http_request(now, &head, &body),
+            Routed::Answer(response) => response,
+            Routed::Waiting => return false,
+        };
         let close_asked =
             head.header_values("connection").any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
         if head.http11 && !close_asked && self.drain.is_none() {
@@ -158,15 +163,24 @@ impl Hub {
             let response = if status == 401 { response.with_header("WWW-Authenticate", "Bearer") } else { response };
             return self.respond_http(id, &response);
         }
+        if let Some(response) = self.presence_request(now, id, head) {
+            self.respond_http(id, &response);
+        }
+    }
+
+    /// Asks the cluster who is on `?channel=` for connection `id`, which then waits in
+    /// `Responding`; the answer now when the request is bad.
+    pub(super) fn presence_request(&mut self, now: Instant, id: ConnId, head: &RequestHead) -> Option<HttpResponse> {
         let channel = query_value(&head.query, "channel").unwrap_or_default();
         if !pubsub::valid_channel(&channel, self.config.pubsub.max_channel_bytes) {
             let reason = "give ?channel= with a valid channel name ([A-Za-z0-9_.:-])";
-            return self.respond_http(id, &HttpResponse::error(400, reason));
+            return Some(HttpResponse::error(400, reason));
         }
-        let Some(conn) = self.conn_mut(id) else { return };
+        let conn = self.conn_mut(id)?;
         conn.phase = Phase::Responding;
         conn.head = Vec::new();
         self.ask_presence(now, PresenceWaiter::Http { conn: id, channel });
+        None
     }
 
     pub(super) fn node_info(&self, now: Instant) -> NodeInfo {
@@ -219,6 +233,11 @@ impl Hub {
             let response = HttpResponse::error(status, reason);
             return if status == 401 { response.with_header("WWW-Authenticate", "Bearer") } else { response };
         }
+        self.publish_body(now, body)
+    }
+
+    /// Publishes what a `POST /api/publish` body asks (the caller checked its credential).
+    pub(super) fn publish_body(&mut self, now: Instant, body: &[u8]) -> HttpResponse {
         let request = match api::parse_publish(body, self.config.pubsub.max_channel_bytes) {
             Ok(request) => request,
             Err(reason) => return HttpResponse::error(400, &reason),
@@ -353,7 +372,7 @@ fn is_users_path(path: &str) -> bool {
 }
 
 /// The percent-decoded value of `key` in a query string.
-fn query_value(query: &str, key: &str) -> Option<String> {
+pub(super) fn query_value(query: &str, key: &str) -> Option<String> {
     let raw = query.split('&').find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))?;
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

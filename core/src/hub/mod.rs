@@ -1,5 +1,6 @@
 //! The `Hub`: every connection of one worker, and the rules that decide what happens to them.
 
+mod admin;
 mod cluster;
 mod conn;
 mod fanout;
@@ -203,6 +204,8 @@ pub struct Hub {
     history_waiters: HashMap<u64, native::HistoryWaiter>,
     /// Subscribers whose live messages wait for (or are trimmed by) their history read.
     recovering: Vec<native::Recovering>,
+    /// The other hubs' figures and this hub's rates, for the admin API.
+    admin: admin::AdminState,
 }
 
 impl Hub {
@@ -259,6 +262,7 @@ impl Hub {
             epoch_draws: 0,
             history_waiters: HashMap::new(),
             recovering: Vec::new(),
+            admin: admin::AdminState::default(),
         };
         // The public keys come later (`with_public_keys`): their files are the shell's to read.
         let secret_only = Config {
@@ -518,7 +522,7 @@ impl Hub {
         let drain = self.drain.as_ref().map(|d| d.next_batch.min(d.deadline));
         let redis = self.redis.iter().filter_map(RedisLink::poll_timeout).min();
         let map = self.map_reader.as_ref().and_then(crate::redis::MapReader::poll_timeout);
-        [connection, drain, redis, map, self.webhook_timeout()].into_iter().flatten().min()
+        [connection, drain, redis, map, self.webhook_timeout(), self.admin_timeout()].into_iter().flatten().min()
     }
 
     /// Runs every timer due at `now`.
@@ -549,6 +553,7 @@ impl Hub {
             self.pump_redis(now);
         }
         self.run_webhooks(now);
+        self.admin_tick(now);
     }
 
     /// Starts a graceful drain: new upgrades get 503, open connections get close 1001 in
@@ -646,6 +651,7 @@ impl Hub {
                     link.watch(pusher::DIRECTORY);
                 }
             }
+            self.admin_start(now);
         }
         self.latest = Some(self.latest.map_or(now, |latest| latest.max(now)));
     }

@@ -92,6 +92,8 @@ pub(super) enum HistoryWaiter {
     Subscribe { conn: ConnId, channel: String, request: Option<RequestId>, recover: Option<Position> },
     /// A `history` op.
     Page { conn: ConnId, channel: String, request: Option<RequestId>, since: Option<Position> },
+    /// `GET {admin.path}/api/history`, waiting in `Responding`.
+    Admin { conn: ConnId, channel: String },
 }
 
 /// A subscriber whose live messages are held while its history is read from Redis, then
@@ -519,7 +521,7 @@ impl Hub {
 
     /// Asks Redis for a read of `channel`'s stream; `waiter` gets the answer, under `token`.
     #[allow(clippy::too_many_arguments, reason = "one read's parameters, as the link takes them")]
-    fn read_from_redis(
+    pub(super) fn read_from_redis(
         &mut self,
         now: Instant,
         token: u64,
@@ -606,6 +608,7 @@ impl Hub {
             HistoryWaiter::Page { conn, channel, request, since } => {
                 self.answer_history(now, conn, request, &channel, since.as_ref(), read);
             }
+            HistoryWaiter::Admin { conn, channel } => self.admin_history_answer(conn, &channel, read),
         }
     }
 
