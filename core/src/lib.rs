@@ -100,6 +100,7 @@ mod pusher;
 mod queue;
 mod redis;
 mod time;
+mod tls;
 
 pub use auth::jwt::sign_hs256;
 pub use broker::{BrokerCommand, Envelope, Origin};
@@ -111,6 +112,7 @@ pub use metrics::{Figure, Kind as FigureKind, Metrics};
 pub use presence::{PresenceStore, PresenceTable};
 pub use proxy::{Cidr, CidrError};
 pub use redis::LinkConn;
+pub use tls::TlsKeys;
 
 /// The WebSocket codec on its own: a streaming frame decoder with the RFC 6455 rules on top of
 /// tungstenite's frame types, frame encoding, and permessage-deflate (RFC 7692).

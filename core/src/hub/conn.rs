@@ -10,6 +10,7 @@ use crate::frame::Decoder;
 use crate::limits::TokenBucket;
 use crate::queue::OutQueue;
 use crate::time::later;
+use crate::tls::Tls;
 
 /// What a connection's deadline is for; each has its own slot in the [`TimerTable`], so a
 /// deadline never means one thing in one phase and another in the next.
@@ -135,6 +136,8 @@ pub(super) struct Connection {
     pub(super) pusher: Option<Box<PusherConn>>,
     /// What a native connection's token proved; `None` until one is verified.
     pub(super) native: Option<Box<super::native::NativeAuth>>,
+    /// The TLS record layer under everything above, on a `[tls]` listener.
+    pub(super) tls: Option<Box<Tls>>,
 }
 
 /// What a Pusher protocol connection adds.

@@ -141,13 +141,14 @@ impl Hub {
                 }
                 continue;
             }
-            if conn.out.is_empty() {
+            let was_idle = conn.out.is_empty();
+            let Some(len) = super::tls::push_frame(conn, frames, frame, true) else { continue };
+            if was_idle {
                 events.push_back(Event::Transmit(id));
             }
             metrics.bytes_out += len as u64;
             metrics.queued_bytes += len as u64;
             metrics.messages_out += 1;
-            conn.out.push(frames, frame);
         }
         for frame in compressed.into_iter().chain([plain_frame]).flatten() {
             frames.forget_unread(frame);

@@ -14,6 +14,7 @@ mod pusher_api;
 mod pusher_hooks;
 mod pusher_users;
 mod timers;
+mod tls;
 
 pub(crate) use native::STREAMED;
 pub use output::{Output, WebhookOutcome, WebhookRequest};
@@ -52,6 +53,7 @@ use crate::pusher::webhooks::Webhooks;
 use crate::queue::{FrameStore, OutQueue};
 use crate::redis::RedisLink;
 use crate::time::later;
+use crate::tls::TlsKeys;
 
 /// Identifies a connection; a stale id (of a connection that has ended) is ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -197,6 +199,10 @@ pub struct Hub {
     history_waiters: HashMap<u64, native::HistoryWaiter>,
     /// Subscribers whose live messages wait for (or are trimmed by) their history read.
     recovering: Vec<native::Recovering>,
+    /// What new TLS handshakes present, once the shell handed the files in (`with_tls`).
+    tls: Option<TlsKeys>,
+    /// A TLS read's plaintext, kept between reads.
+    tls_plain: Vec<u8>,
 }
 
 impl Hub {
@@ -250,6 +256,8 @@ impl Hub {
             epoch_draws: 0,
             history_waiters: HashMap::new(),
             recovering: Vec::new(),
+            tls: None,
+            tls_plain: Vec::new(),
         };
         // The public keys come later (`with_public_keys`): their files are the shell's to read.
         let secret_only = Config {
@@ -325,6 +333,9 @@ impl Hub {
     /// shell does it every turn); the hub counts on from `now` in between.
     pub fn handle_wall_clock(&mut self, now: Instant, unix_ms: u64) {
         self.wall = Some((now, unix_ms));
+        if let Some(keys) = &self.tls {
+            keys.set_wall_clock(unix_ms);
+        }
     }
 
     /// Makes this hub one of `workers` hubs of a node: with more than one, what it publishes
@@ -413,6 +424,7 @@ impl Hub {
             wake_at: None,
             pusher: None,
             native: None,
+            tls: None,
         };
         let index = match self.free.pop() {
             Some(index) => index,
@@ -430,6 +442,10 @@ impl Hub {
             Ok(handshaking) => {
                 self.metrics.handshaking += 1;
                 self.handshakes.push_back(id);
+                if !self.start_tls(id) {
+                    self.finish(id);
+                    return id;
+                }
                 if handshaking > self.config.limits.max_handshaking {
                     self.evict_oldest_handshake(id);
                 }
@@ -447,7 +463,17 @@ impl Hub {
     /// Bytes read from the connection's socket.
     pub fn handle_bytes(&mut self, now: Instant, id: ConnId, data: &[u8]) {
         self.touch(now);
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn(id) else { return };
+        if conn.tls.is_some() {
+            self.read_tls(now, id, data);
+        } else {
+            self.read_plain(now, id, data);
+        }
+    }
+
+    /// Plaintext from the connection: its request, or its frames.
+    fn read_plain(&mut self, now: Instant, id: ConnId, data: &[u8]) {
+        let Some(conn) = self.conn(id) else { return };
         match conn.phase {
             Phase::Handshake => self.read_head(now, id, data),
             Phase::Responding | Phase::Answered => {}
@@ -721,6 +747,7 @@ impl Hub {
             self.metrics.count_rejection(response.status);
         }
         self.enqueue(id, response.to_bytes());
+        self.close_notify(id);
     }
 
     /// Queues a data frame meant for this connection alone (an echo, a pub/sub reply) under
@@ -747,11 +774,17 @@ impl Hub {
     }
 
     fn enqueue(&mut self, id: ConnId, bytes: Bytes) {
+        self.enqueue_sealed(id, bytes, true);
+    }
+
+    /// Queues `bytes` for the connection, sealed first on TLS when `seal` says so.
+    fn enqueue_sealed(&mut self, id: ConnId, bytes: Bytes, seal: bool) {
         let Some(conn) = live_conn(&mut self.slots, id) else { return };
         let was_idle = conn.out.is_empty();
-        let len = bytes.len();
         let frame = self.frames.insert(bytes);
-        conn.out.push(&mut self.frames, frame);
+        let queued = tls::push_frame(conn, &mut self.frames, frame, seal);
+        self.frames.forget_unread(frame);
+        let Some(len) = queued else { return };
         self.metrics.bytes_out += len as u64;
         self.metrics.queued_bytes += len as u64;
         if was_idle {
