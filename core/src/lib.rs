@@ -72,7 +72,8 @@
 //!
 //! # What is public
 //!
-//! [`Hub`] and its inputs and [`Output`]; [`Config`] and its sections ([`config`]); the node-wide
+//! [`Hub`] and its inputs and [`Output`]; [`Config`] and its sections ([`config`]); the parsed
+//! certificate and key a TLS listener presents ([`TlsKeys`]); the node-wide
 //! [`Admission`] a shell shares between hubs; [`Metrics`]; the broker [`Envelope`]; and, in
 //! [`codec`], the WebSocket frame decoder and permessage-deflate for reuse on their own.
 #![forbid(unsafe_code)]
