@@ -71,7 +71,7 @@ impl TlsKeys {
         // The hub drains what rustls seals at once, so its buffer needs no bound of its own:
         // `send_queue_bytes` bounds the ciphertext once it is queued.
         session.set_buffer_limit(None);
-        Some(Tls { session, failed: false })
+        Some(Tls { session, failed: false, pending: Vec::new() })
     }
 
     /// The wall clock reads `unix_ms` now (rustls checks a resumption offer's age against it).
@@ -101,23 +101,40 @@ impl TimeProvider for WallClock {
     }
 }
 
-/// One connection's TLS record layer.
+/// One connection's TLS record layer, and the plaintext waiting to be sealed.
 #[derive(Debug)]
 pub(crate) struct Tls {
     pub(crate) session: ServerConnection,
     /// A fatal error or alert ended the session: what the hub still queues is dropped.
     pub(crate) failed: bool,
+    /// What the layer above queued since the last seal. Sealed together (`seal_pending`) when
+    /// the hub's outputs are polled: the messages of one turn become one run of full records,
+    /// not a record each (a fan-out burst of 64-byte messages costs one AES-GCM pass, not 64).
+    pub(crate) pending: Vec<u8>,
 }
 
 impl Tls {
-    /// `plain` sealed into records, with whatever else rustls had to send before it; `None`
-    /// once the session failed.
-    pub(crate) fn seal(&mut self, plain: &[u8]) -> Option<Bytes> {
-        if self.failed {
+    /// Holds `plain` for the next seal; false when it is dropped: the session failed, or its
+    /// handshake is not done (rustls would hold it unbounded, as the hub lifts its limit, for
+    /// a client that may never finish).
+    pub(crate) fn queue(&mut self, plain: &[u8]) -> bool {
+        if self.failed || self.session.is_handshaking() {
+            return false;
+        }
+        self.pending.extend_from_slice(plain);
+        true
+    }
+
+    /// The pending plaintext sealed, with its length; `None` when nothing is pending. The
+    /// buffer is released, so an idle connection holds none.
+    pub(crate) fn seal_pending(&mut self) -> Option<(Bytes, usize)> {
+        if self.pending.is_empty() {
             return None;
         }
-        self.session.writer().write_all(plain).ok()?;
-        self.take_sealed()
+        let plain = std::mem::take(&mut self.pending);
+        // rustls' send buffer has no limit here (`accept`), so it takes all of it.
+        self.session.writer().write_all(&plain).ok()?;
+        Some((self.take_sealed().unwrap_or_default(), plain.len()))
     }
 
     /// What rustls has to send (handshake messages, an alert, sealed records), if anything.

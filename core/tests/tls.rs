@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
@@ -187,6 +187,30 @@ fn unsent_ciphertext_counts_toward_the_send_queue() {
 }
 
 #[test]
+fn what_one_input_queues_is_sealed_into_one_record() {
+    let (mut hub, now, id, mut client) = one_client();
+    for word in [&b"one"[..], b"two", b"three"] {
+        client.writer().write_all(&client_frame(0x81, word, MASK)).expect("buffered");
+    }
+    let mut records = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut records).expect("into a Vec");
+    }
+    hub.handle_bytes(now, id, &records);
+    drain(&mut hub, id);
+    let sealed = take_output(&mut hub, now, id, usize::MAX);
+    // One record header: three echoes (5 + 5 + 7 bytes), a content type byte and a 16-byte tag.
+    assert_eq!(sealed.len(), 5 + 17 + 1 + 16, "{sealed:?}");
+    assert_eq!(usize::from(u16::from_be_bytes([sealed[3], sealed[4]])), 17 + 1 + 16);
+    let mut rest = &sealed[..];
+    client.read_tls(&mut rest).expect("reads the record");
+    client.process_new_packets().expect("it opens");
+    let mut echoed = Vec::new();
+    client.reader().read_to_end(&mut echoed).ok();
+    assert_eq!(echoed, [&[0x81, 3][..], b"one", &[0x81, 3], b"two", &[0x81, 5], b"three"].concat());
+}
+
+#[test]
 fn new_keys_serve_new_handshakes_and_open_connections_stay() {
     let (first_cert, first_key) = certificate("first");
     let (second_cert, second_key) = certificate("second");
@@ -206,6 +230,34 @@ fn new_keys_serve_new_handshakes_and_open_connections_stay() {
 
     old_client.writer().write_all(&client_frame(0x81, b"old", MASK)).expect("buffered");
     assert_eq!(pump(&mut hub, now, old, &mut old_client), [&[0x81, 3][..], b"old"].concat());
+}
+
+#[test]
+fn a_client_silent_in_its_tls_handshake_is_closed_at_the_handshake_timeout() {
+    let (cert, key) = certificate("one");
+    for says_hello in [false, true] {
+        let now = switchboard_testkit::origin();
+        let mut hub = hub_with(&tls_config(TlsVersion::V1_2), &cert, &key);
+        let id = hub.handle_accept(now, peer_addr(1));
+        if says_hello {
+            let mut hello = Vec::new();
+            client(&cert, &[&rustls::version::TLS13]).write_tls(&mut hello).expect("into a Vec");
+            hub.handle_bytes(now, id, &hello);
+            drain(&mut hub, id);
+            assert!(!take_output(&mut hub, now, id, usize::MAX).is_empty(), "the server's flight");
+        }
+        assert!(!drain(&mut hub, id));
+        // Past `handshake_timeout` (10 s): no 408 can be sealed yet; close_notify goes out, and
+        // the connection closes as soon as it is written, not after `close_timeout`.
+        let later = now + Duration::from_secs(11);
+        hub.handle_timeout(later);
+        drain(&mut hub, id);
+        let goodbye = take_output(&mut hub, later, id, usize::MAX);
+        assert!(!goodbye.is_empty() && goodbye.len() < 64, "an alert record alone: {goodbye:?}");
+        assert!(drain(&mut hub, id), "closed at its handshake timeout (hello: {says_hello})");
+        assert_eq!(hub.metrics().handshake_timeouts, 1);
+        assert_eq!(hub.connection_count(), 0);
+    }
 }
 
 #[test]

@@ -165,6 +165,23 @@ pub(super) struct SignedIn {
 }
 
 impl Connection {
+    /// Bytes queued and not yet written: in the out queue and, on TLS, still to be sealed.
+    pub(super) fn unsent(&self) -> usize {
+        self.out.unsent() + self.tls.as_ref().map_or(0, |tls| tls.pending.len())
+    }
+
+    /// True when nothing at all waits to be written.
+    pub(super) fn flushed(&self) -> bool {
+        self.out.is_empty() && self.tls.as_ref().is_none_or(|tls| tls.pending.is_empty())
+    }
+
+    /// True when queueing `len` more bytes would take a non-empty queue past `limit` bytes (an
+    /// empty queue always takes one message, however large, so a big message still goes out).
+    pub(super) fn would_overflow(&self, len: usize, limit: usize) -> bool {
+        let unsent = self.unsent();
+        unsent > 0 && unsent + len > limit
+    }
+
     /// The earliest of its timers, the idle timeout included (derived from `last_active`, so
     /// a message costs no timer update).
     pub(super) fn next_deadline(&self, idle_timeout: Duration, epoch: Instant) -> Option<Instant> {

@@ -105,7 +105,7 @@ impl Hub {
         let mut slow = Vec::new();
         let terminate = pusher && skip_socket == TERMINATE;
         let mut terminated = Vec::new();
-        let Self { channels, slots, metrics, events, deflaters, config, frames, .. } = self;
+        let Self { channels, slots, metrics, events, deflaters, config, frames, unsealed, .. } = self;
         let Some(chan) = channels.get(channel) else { return };
         for &id in &chan.subscribers {
             let Some(conn) = slots.get_mut(id.index as usize).and_then(|s| s.conn.as_mut()) else { continue };
@@ -134,15 +134,15 @@ impl Hub {
                 _ => *plain_frame.get_or_insert_with(|| frames.insert(plain.clone())),
             };
             let len = frames.get(frame).len();
-            if conn.out.would_overflow(len, limit) {
+            if conn.would_overflow(len, limit) {
                 match slow_consumer_policy(config, conn.route) {
                     SlowConsumerPolicy::Drop => metrics.messages_dropped += 1,
                     SlowConsumerPolicy::Close => slow.push(id),
                 }
                 continue;
             }
-            let was_idle = conn.out.is_empty();
-            let Some(len) = super::tls::push_frame(conn, frames, frame, true) else { continue };
+            let was_idle = conn.flushed();
+            let Some(len) = super::tls::push_frame(conn, id, frames, frame, unsealed) else { continue };
             if was_idle {
                 events.push_back(Event::Transmit(id));
             }

@@ -203,6 +203,8 @@ pub struct Hub {
     tls: Option<TlsKeys>,
     /// A TLS read's plaintext, kept between reads.
     tls_plain: Vec<u8>,
+    /// TLS connections with plaintext waiting to be sealed by the next `poll_output`.
+    unsealed: Vec<ConnId>,
 }
 
 impl Hub {
@@ -258,6 +260,7 @@ impl Hub {
             recovering: Vec::new(),
             tls: None,
             tls_plain: Vec::new(),
+            unsealed: Vec::new(),
         };
         // The public keys come later (`with_public_keys`): their files are the shell's to read.
         let secret_only = Config {
@@ -512,7 +515,7 @@ impl Hub {
         self.touch(now);
         let Some(conn) = live_conn(&mut self.slots, id) else { return };
         let written = conn.out.consume(&mut self.frames, n);
-        let close = conn.out.is_empty() && conn.close_when_flushed;
+        let close = conn.flushed() && conn.close_when_flushed;
         self.metrics.queued_bytes -= written as u64;
         if close {
             self.finish(id);
@@ -521,12 +524,12 @@ impl Hub {
 
     /// True while the connection has unsent bytes.
     pub fn wants_write(&self, id: ConnId) -> bool {
-        self.conn(id).is_some_and(|c| !c.out.is_empty())
+        self.conn(id).is_some_and(|c| !c.flushed())
     }
 
     /// Unsent bytes queued for the connection.
     pub fn queued_bytes(&self, id: ConnId) -> usize {
-        self.conn(id).map_or(0, |c| c.out.unsent())
+        self.conn(id).map_or(0, Connection::unsent)
     }
 
     /// When `handle_timeout` must next be called (it may be early; that is harmless).
@@ -748,6 +751,10 @@ impl Hub {
         }
         self.enqueue(id, response.to_bytes());
         self.close_notify(id);
+        // Nothing could be queued (a TLS client still in its handshake): nothing to wait for.
+        if self.conn(id).is_some_and(Connection::flushed) {
+            self.finish(id);
+        }
     }
 
     /// Queues a data frame meant for this connection alone (an echo, a pub/sub reply) under
@@ -756,7 +763,7 @@ impl Hub {
     fn enqueue_bounded(&mut self, id: ConnId, bytes: Bytes) -> bool {
         let limit = self.config.limits.send_queue_bytes.as_usize();
         let Some(conn) = self.conn(id) else { return false };
-        if conn.out.would_overflow(bytes.len(), limit) {
+        if conn.would_overflow(bytes.len(), limit) {
             match slow_consumer_policy(&self.config, conn.route) {
                 SlowConsumerPolicy::Drop => self.metrics.messages_dropped += 1,
                 SlowConsumerPolicy::Close => {
@@ -780,9 +787,14 @@ impl Hub {
     /// Queues `bytes` for the connection, sealed first on TLS when `seal` says so.
     fn enqueue_sealed(&mut self, id: ConnId, bytes: Bytes, seal: bool) {
         let Some(conn) = live_conn(&mut self.slots, id) else { return };
-        let was_idle = conn.out.is_empty();
+        let was_idle = conn.flushed();
         let frame = self.frames.insert(bytes);
-        let queued = tls::push_frame(conn, &mut self.frames, frame, seal);
+        let queued = if seal {
+            tls::push_frame(conn, id, &mut self.frames, frame, &mut self.unsealed)
+        } else {
+            conn.out.push(&mut self.frames, frame);
+            Some(self.frames.get(frame).len())
+        };
         self.frames.forget_unread(frame);
         let Some(len) = queued else { return };
         self.metrics.bytes_out += len as u64;
@@ -807,7 +819,8 @@ impl Hub {
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(id.index);
         self.metrics.connections_open -= 1;
-        self.metrics.queued_bytes -= conn.out.clear(&mut self.frames) as u64;
+        let pending = conn.tls.as_ref().map_or(0, |tls| tls.pending.len());
+        self.metrics.queued_bytes -= (conn.out.clear(&mut self.frames) + pending) as u64;
         if let Some(pusher) = conn.pusher.as_ref().filter(|p| p.counted) {
             self.admission.close_app(pusher.app);
             if let Some(count) = self.metrics.connections_by_route.get_mut(pusher::GAUGE) {

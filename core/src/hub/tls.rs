@@ -7,11 +7,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::conn::live_conn;
 use super::conn::{Connection, Phase, Timer};
 use super::{ConnId, Hub};
 use crate::queue::{FrameId, FrameStore};
 use crate::time::later;
-use crate::tls::TlsKeys;
+use crate::tls::{Tls, TlsKeys};
 
 impl Hub {
     /// Serves TLS with `keys` (see [`TlsKeys::from_pem`]): a hub whose config sets `tls.cert`
@@ -97,8 +98,10 @@ impl Hub {
     }
 
     /// The connection will send nothing more after what is queued: on TLS, say so with
-    /// close_notify, so the peer can tell the end from a truncation.
+    /// close_notify (after what waits to be sealed), so the peer can tell the end from a
+    /// truncation.
     pub(super) fn close_notify(&mut self, id: ConnId) {
+        self.seal(id);
         if let Some(tls) = self.conn_mut(id).and_then(|c| c.tls.as_deref_mut())
             && !tls.failed
         {
@@ -107,17 +110,44 @@ impl Hub {
         }
     }
 
+    /// Seals what the connections noted in `unsealed` queued since the last poll: one run of
+    /// records per connection per turn.
+    pub(super) fn seal_pending(&mut self) {
+        let mut unsealed = std::mem::take(&mut self.unsealed);
+        for &id in &unsealed {
+            self.seal(id);
+        }
+        // The list's allocation is kept for the next turn.
+        unsealed.clear();
+        self.unsealed = unsealed;
+    }
+
+    /// Seals what waits on connection `id` into its out queue. A transmit was announced when
+    /// it started to wait (or its queue was not empty then), so none is announced again.
+    fn seal(&mut self, id: ConnId) {
+        let Some(conn) = live_conn(&mut self.slots, id) else { return };
+        let Some((sealed, plain)) = conn.tls.as_deref_mut().and_then(Tls::seal_pending) else { return };
+        let len = sealed.len();
+        let frame = self.frames.insert(sealed);
+        conn.out.push(&mut self.frames, frame);
+        self.frames.forget_unread(frame);
+        // Counted as plaintext when queued; the wire carries the records.
+        self.metrics.bytes_out = self.metrics.bytes_out + len as u64 - plain as u64;
+        self.metrics.queued_bytes = self.metrics.queued_bytes + len as u64 - plain as u64;
+    }
+
     /// The peer broke TLS (not TLS at all, a bad record, a fatal alert): this connection
     /// alone ends, after the alert rustls owes it, if any, is written.
     fn tls_failed(&mut self, now: Instant, id: ConnId) {
         self.metrics.tls_failures += 1;
         self.flush_tls(id);
         let give_up = (self.epoch(now), later(now, self.config.server.close_timeout));
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = live_conn(&mut self.slots, id) else { return };
         if let Some(tls) = conn.tls.as_deref_mut() {
             tls.failed = true;
+            self.metrics.queued_bytes -= std::mem::take(&mut tls.pending).len() as u64;
         }
-        if conn.out.is_empty() {
+        if conn.flushed() {
             return self.finish(id);
         }
         // Further bytes are ignored, and nothing else is queued (the session seals nothing).
@@ -138,14 +168,27 @@ impl Hub {
     }
 }
 
-/// Queues stored `frame` on `conn`: shared as it is, or on TLS sealed into a frame of the
-/// connection's own. Returns the bytes queued; `None` when nothing was (the session failed).
-/// A frame sealed this way stays stored unread: `FrameStore::forget_unread` frees it.
-pub(super) fn push_frame(conn: &mut Connection, frames: &mut FrameStore, frame: FrameId, seal: bool) -> Option<usize> {
-    let frame = match conn.tls.as_deref_mut() {
-        Some(tls) if seal => frames.insert(tls.seal(frames.get(frame))?),
-        _ => frame,
+/// Queues stored `frame` on connection `id`: shared as it is, or on TLS copied to what waits
+/// to be sealed (and `id` noted in `unsealed` when it starts to wait). Returns the bytes
+/// queued; `None` when nothing was (the session failed or is in its handshake).
+pub(super) fn push_frame(
+    conn: &mut Connection,
+    id: ConnId,
+    frames: &mut FrameStore,
+    frame: FrameId,
+    unsealed: &mut Vec<ConnId>,
+) -> Option<usize> {
+    let len = frames.get(frame).len();
+    let Some(tls) = conn.tls.as_deref_mut() else {
+        conn.out.push(frames, frame);
+        return Some(len);
     };
-    conn.out.push(frames, frame);
-    Some(frames.get(frame).len())
+    let first = tls.pending.is_empty();
+    if !tls.queue(frames.get(frame)) {
+        return None;
+    }
+    if first {
+        unsealed.push(id);
+    }
+    Some(len)
 }
