@@ -146,11 +146,14 @@ fn tls_connector() -> Result<TlsConnector, String> {
     let mut roots = RootCertStore::empty();
     roots.add(cert).map_err(|e| format!("{CA_ENV}={path}: {e}"))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // Every connection a full handshake: a resumed one would measure a different thing, and
+    // not every server offers it.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
