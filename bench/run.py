@@ -704,6 +704,12 @@ def report(results, path, plots):
     print(f"wrote {os.path.relpath(path, ROOT)}")
 
 
+def cpu_us(summary, rate_key, per=1):
+    """Server CPU microseconds per `per` events: its CPU share over the window, by the rate."""
+    cpu, rate = summary.get("resources", {}).get("server_cpu_pct"), summary.get(rate_key)
+    return None if not cpu or not rate else cpu / 100 * 1e6 * per / rate
+
+
 def tls_section(results):
     """Plain and TLS side by side, per server: idle memory, upgrades per second, fan-out rate."""
     t = Table(results, [n for n in results["servers"] if speaks(results, n, "wss")])
@@ -711,6 +717,10 @@ def tls_section(results):
         ("RSS per idle connection (19,500 held)", "idle", lambda s: s.get("server_rss_per_conn_bytes"), " B"),
         ("upgrades per second (19,500, 512 in flight)", "storm", lambda s: s.get("upgrades_per_s"), "/s"),
         ("fan-out to 1,000 subscribers, deliveries per second", "fanout-1000", lambda s: s.get("delivered_per_s"), "/s"),
+        # What a server spends, whoever the bottleneck is (the generator does every handshake's
+        # client side and decrypts every frame, so on a busy machine it often is).
+        ("server CPU per upgrade", "storm", lambda s: cpu_us(s, "upgrades_per_s"), " µs"),
+        ("server CPU per 1,000 deliveries", "fanout-1000", lambda s: cpu_us(s, "delivered_per_s", 1000), " µs"),
     ]
     lines = [TLS_BEGIN, "", "### Over TLS (`bench/run --only tls`)", ""]
     lines.append(f"Medians of {len(t.runs)} runs; the load generator trusts a certificate made for the run "
