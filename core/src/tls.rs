@@ -125,16 +125,15 @@ impl Tls {
         true
     }
 
-    /// The pending plaintext sealed, with its length; `None` when nothing is pending. The
+    /// The pending plaintext's length and the records it was sealed into (`None` if rustls
+    /// refused it, which its unlimited send buffer should never do: it is then dropped). The
     /// buffer is released, so an idle connection holds none.
-    pub(crate) fn seal_pending(&mut self) -> Option<(Bytes, usize)> {
-        if self.pending.is_empty() {
-            return None;
-        }
+    pub(crate) fn seal_pending(&mut self) -> (usize, Option<Bytes>) {
         let plain = std::mem::take(&mut self.pending);
-        // rustls' send buffer has no limit here (`accept`), so it takes all of it.
-        self.session.writer().write_all(&plain).ok()?;
-        Some((self.take_sealed().unwrap_or_default(), plain.len()))
+        if plain.is_empty() || self.session.writer().write_all(&plain).is_err() {
+            return (plain.len(), None);
+        }
+        (plain.len(), self.take_sealed())
     }
 
     /// What rustls has to send (handshake messages, an alert, sealed records), if anything.

@@ -7,8 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::conn::live_conn;
-use super::conn::{Connection, Phase, Timer};
+use super::conn::{Connection, Phase, Timer, live_conn};
 use super::{ConnId, Hub};
 use crate::queue::{FrameId, FrameStore};
 use crate::time::later;
@@ -126,11 +125,13 @@ impl Hub {
     /// it started to wait (or its queue was not empty then), so none is announced again.
     fn seal(&mut self, id: ConnId) {
         let Some(conn) = live_conn(&mut self.slots, id) else { return };
-        let Some((sealed, plain)) = conn.tls.as_deref_mut().and_then(Tls::seal_pending) else { return };
-        let len = sealed.len();
-        let frame = self.frames.insert(sealed);
-        conn.out.push(&mut self.frames, frame);
-        self.frames.forget_unread(frame);
+        let Some((plain, sealed)) = conn.tls.as_deref_mut().map(Tls::seal_pending) else { return };
+        let len = sealed.as_ref().map_or(0, Bytes::len);
+        if let Some(sealed) = sealed.filter(|s| !s.is_empty()) {
+            let frame = self.frames.insert(sealed);
+            conn.out.push(&mut self.frames, frame);
+            self.frames.forget_unread(frame);
+        }
         // Counted as plaintext when queued; the wire carries the records.
         self.metrics.bytes_out = self.metrics.bytes_out + len as u64 - plain as u64;
         self.metrics.queued_bytes = self.metrics.queued_bytes + len as u64 - plain as u64;
