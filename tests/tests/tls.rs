@@ -18,6 +18,9 @@ type Tls = StreamOwned<ClientConnection, TcpStream>;
 type Wss = tungstenite::WebSocket<Tls>;
 type Version = &'static SupportedProtocolVersion;
 
+/// `http.api_key` of these servers, for `POST /api/publish` over https.
+const API_KEY: &str = "tls-api-key";
+
 const TLS12: Version = &rustls::version::TLS12;
 const TLS13: Version = &rustls::version::TLS13;
 
@@ -50,7 +53,7 @@ fn tls_server(bin: &Path, min_version: &str) -> (tempfile::TempDir, CertificateD
 fn tls_settings(dir: &Path, min_version: &str) -> Settings {
     let path = |file: &str| dir.join(file).to_string_lossy().into_owned();
     let tls = format!("cert = {:?}\nkey = {:?}\nmin_version = {min_version:?}\n", path("cert.pem"), path("key.pem"));
-    Settings { tls, ..Settings::default() }
+    Settings { tls, api_key: API_KEY, ..Settings::default() }
 }
 
 /// A TLS connection to `addr` that trusts `root` alone and speaks only `version`; the
@@ -100,13 +103,17 @@ fn recv_text(socket: &mut Wss) -> String {
 
 /// `GET path` over TLS `version`; the whole response.
 fn https_get(addr: SocketAddr, root: &CertificateDer<'static>, version: Version, path: &str) -> String {
-    let mut stream = connect_tls(addr, root, version).unwrap_or_else(|e| panic!("TLS for {path}: {e}"));
+    https(addr, root, version, &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"))
+}
+
+/// Sends `request` (which asks to close after it) over TLS `version`; the whole response.
+fn https(addr: SocketAddr, root: &CertificateDer<'static>, version: Version, request: &str) -> String {
+    let mut stream = connect_tls(addr, root, version).unwrap_or_else(|e| panic!("TLS for {request:?}: {e}"));
     assert_eq!(stream.conn.alpn_protocol(), Some(&b"http/1.1"[..]), "ALPN chose http/1.1");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).unwrap_or_else(|e| panic!("write: {e}"));
     let mut response = Vec::new();
     // The server ends its answer with close_notify: reading to the end is a clean EOF.
-    stream.read_to_end(&mut response).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    stream.read_to_end(&mut response).unwrap_or_else(|e| panic!("read the answer to {request:?}: {e}"));
     String::from_utf8_lossy(&response).into_owned()
 }
 
@@ -168,6 +175,16 @@ fn wss_echo_broadcast_pubsub_and_https_on_both_tls_versions() {
             send(&mut publisher, r#"{"op":"publish","channel":"news","data":{"tls":true},"id":2}"#);
             let message = recv_text(&mut subscriber);
             assert!(message.contains(r#"{"tls":true}"#) && message.contains("news"), "{message}");
+            let body = r#"{"channel":"news","data":{"via":"https"}}"#;
+            let publish = format!(
+                "POST /api/publish HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {API_KEY}\r\n\
+                 Content-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let published = https(server.addr, &root, version, &publish);
+            assert_eq!(status(&published), 202, "{published}");
+            let message = recv_text(&mut subscriber);
+            assert!(message.contains(r#"{"via":"https"}"#), "{message}");
 
             let health = https_get(server.addr, &root, version, "/healthz");
             assert_eq!(status(&health), 200, "{health}");
