@@ -52,10 +52,11 @@ impl Hub {
     pub(super) fn read_tls(&mut self, now: Instant, id: ConnId, mut data: &[u8]) {
         let mut plain = std::mem::take(&mut self.tls_plain);
         while !data.is_empty() {
-            let Some(tls) = self.conn_mut(id).and_then(|c| c.tls.as_deref_mut()) else { break };
-            if tls.failed {
-                break;
-            }
+            let Some(conn) = self.conn_mut(id) else { break };
+            // Answered (or waiting on other nodes for the answer): further input is ignored, as
+            // on plain TCP; rustls, which may have said close_notify already, sees none of it.
+            let ignored = matches!(conn.phase, Phase::Answered | Phase::Responding);
+            let Some(tls) = conn.tls.as_deref_mut().filter(|tls| !tls.failed && !ignored) else { break };
             let handshaking = tls.session.is_handshaking();
             let state = match tls.session.read_tls(&mut data) {
                 Ok(0) => break,
