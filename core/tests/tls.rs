@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
-use switchboard_core::config::TlsVersion;
+use switchboard_core::config::{Size, TlsVersion};
 use switchboard_core::fuzzing::{MASK, client_frame, peer_addr, take_output, upgrade_request};
 use switchboard_core::{Config, ConnId, Hub, Output, TlsKeys};
 
@@ -58,6 +58,17 @@ fn drain(hub: &mut Hub, id: ConnId) -> bool {
             _ => {}
         }
     }
+}
+
+/// What the client has sealed, into the hub in one read, and the hub's outputs drained
+/// (nothing read back).
+fn send_records(hub: &mut Hub, now: Instant, id: ConnId, client: &mut ClientConnection) {
+    let mut records = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut records).expect("into a Vec");
+    }
+    hub.handle_bytes(now, id, &records);
+    drain(hub, id);
 }
 
 /// Moves bytes both ways until neither side has any left; returns the plaintext the client
@@ -175,12 +186,7 @@ fn plaintext_on_the_tls_port_closes_that_connection_only() {
 fn unsent_ciphertext_counts_toward_the_send_queue() {
     let (mut hub, now, id, mut client) = one_client();
     client.writer().write_all(&client_frame(0x82, &[7; 1000], MASK)).expect("buffered");
-    let mut records = Vec::new();
-    while client.wants_write() {
-        client.write_tls(&mut records).expect("into a Vec");
-    }
-    hub.handle_bytes(now, id, &records);
-    drain(&mut hub, id);
+    send_records(&mut hub, now, id, &mut client);
     // A 1,004-byte frame, sealed: one record's header, tag and content type more.
     assert_eq!(hub.queued_bytes(id), 1004 + 5 + 16 + 1);
     assert_eq!(hub.metrics().queued_bytes, 1004 + 5 + 16 + 1);
@@ -192,12 +198,7 @@ fn what_one_input_queues_is_sealed_into_one_record() {
     for word in [&b"one"[..], b"two", b"three"] {
         client.writer().write_all(&client_frame(0x81, word, MASK)).expect("buffered");
     }
-    let mut records = Vec::new();
-    while client.wants_write() {
-        client.write_tls(&mut records).expect("into a Vec");
-    }
-    hub.handle_bytes(now, id, &records);
-    drain(&mut hub, id);
+    send_records(&mut hub, now, id, &mut client);
     let sealed = take_output(&mut hub, now, id, usize::MAX);
     // One record header: three echoes (5 + 5 + 7 bytes), a content type byte and a 16-byte tag.
     assert_eq!(sealed.len(), 5 + 17 + 1 + 16, "{sealed:?}");
@@ -208,6 +209,25 @@ fn what_one_input_queues_is_sealed_into_one_record() {
     let mut echoed = Vec::new();
     client.reader().read_to_end(&mut echoed).ok();
     assert_eq!(echoed, [&[0x81, 3][..], b"one", &[0x81, 3], b"two", &[0x81, 5], b"three"].concat());
+}
+
+#[test]
+fn a_tls_client_that_does_not_read_is_a_slow_consumer() {
+    let (cert, key) = certificate("one");
+    let now = switchboard_testkit::origin();
+    let mut config = tls_config(TlsVersion::V1_2);
+    config.limits.send_queue_bytes = Size(4096);
+    let mut hub = hub_with(&config, &cert, &key);
+    let (id, mut client) = open_echo(&mut hub, now, 1, &cert, &rustls::version::TLS13);
+    for _ in 0..10 {
+        client.writer().write_all(&client_frame(0x82, &[7; 1000], MASK)).expect("buffered");
+    }
+    send_records(&mut hub, now, id, &mut client);
+    // Four 1,004-byte echoes fit the bound while they wait to be sealed; the fifth does not.
+    assert_eq!(hub.metrics().slow_consumer_closes, 1);
+    let queued = hub.queued_bytes(id);
+    assert!((4 * 1004..4096 + 64).contains(&queued), "{queued} bytes queued: four echoes, a close, one record");
+    assert_eq!(hub.metrics().queued_bytes, queued as u64);
 }
 
 #[test]
