@@ -3,19 +3,78 @@
 use std::io::Cursor;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::OnceLock;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use async_tungstenite::tungstenite::protocol::frame::coding::OpCode;
+use futures_lite::{AsyncRead, AsyncWrite};
+use futures_rustls::TlsConnector;
+use futures_rustls::client::TlsStream;
+use futures_rustls::rustls::pki_types::pem::PemObject;
+use futures_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use futures_rustls::rustls::{self, ClientConfig, RootCertStore};
 use smol::Async;
 use smol::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 
-pub(crate) type Ws = WebSocketStream<TcpStream>;
+pub(crate) type Ws = WebSocketStream<Stream>;
+
+/// The environment variable naming the PEM certificate a `wss://` target is trusted by.
+pub(crate) const CA_ENV: &str = "SWITCHBOARD_BENCH_CA";
+
+/// A client's socket: plain TCP (`ws://`) or TLS over it (`wss://`).
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// The bare TCP socket, for the readers that walk frames on it; `None` under TLS.
+    pub(crate) fn into_tcp(self) -> Option<TcpStream> {
+        match self {
+            Self::Plain(stream) => Some(stream),
+            Self::Tls(_) => None,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_close(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_close(cx),
+        }
+    }
+}
 
 /// What the bytes at the front of a read buffer hold, for readers that walk server frames in
 /// place instead of building a `Message` per frame.
@@ -51,21 +110,51 @@ pub(crate) fn walk(buf: &[u8], pos: usize, filled: usize) -> Walk {
     Walk::Frame { opcode: header.opcode, start, end }
 }
 
-/// Where the clients connect: the URL for the upgrade and the socket address behind it.
+/// Where the clients connect: the URL for the upgrade, the socket address behind it, and for
+/// `wss://` the TLS client (trusting the certificate `SWITCHBOARD_BENCH_CA` names).
 #[derive(Clone)]
 pub(crate) struct Target {
     url: String,
     addr: SocketAddr,
+    tls: Option<TlsConnector>,
 }
 
 impl Target {
     pub(crate) fn parse(url: &str) -> Result<Self, String> {
-        let rest = url.strip_prefix("ws://").ok_or_else(|| format!("--url {url}: must start with ws://"))?;
+        let (rest, tls) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+            (Some(rest), _) => (rest, None),
+            (_, Some(rest)) => (rest, Some(tls_connector()?)),
+            _ => return Err(format!("--url {url}: must start with ws:// or wss://")),
+        };
         let authority = rest.split('/').next().unwrap_or(rest);
         // An IP, not a name: resolving 20,000 times would measure the resolver.
         let addr = authority.parse().map_err(|e| format!("--url {url}: {authority}: {e} (give IP:PORT)"))?;
-        Ok(Self { url: url.to_owned(), addr })
+        Ok(Self { url: url.to_owned(), addr, tls })
     }
+
+    /// True for a `wss://` target.
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+/// A TLS client trusting only the certificate in the file `SWITCHBOARD_BENCH_CA` names (it
+/// must carry the target's IP among its names).
+fn tls_connector() -> Result<TlsConnector, String> {
+    let path = std::env::var(CA_ENV).map_err(|_| format!("wss:// needs {CA_ENV}=<PEM certificate to trust>"))?;
+    let cert = CertificateDer::from_pem_file(&path).map_err(|e| format!("{CA_ENV}={path}: {e}"))?;
+    let mut roots = RootCertStore::empty();
+    roots.add(cert).map_err(|e| format!("{CA_ENV}={path}: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // Every connection a full handshake: a resumed one would measure a different thing, and
+    // not every server offers it.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// Socket options a client wants before its upgrade.
@@ -78,7 +167,14 @@ pub(crate) struct Options {
 }
 
 pub(crate) async fn connect(target: &Target, options: Options) -> Result<Ws, String> {
-    let stream = open(target, options).await?;
+    let tcp = open(target, options).await?;
+    let stream = match &target.tls {
+        None => Stream::Plain(tcp),
+        Some(connector) => {
+            let name = ServerName::IpAddress(target.addr.ip().into());
+            Stream::Tls(Box::new(connector.connect(name, tcp).await.map_err(|e| format!("tls: {e}"))?))
+        }
+    };
     // write_buffer_size 0: a frame goes out when sent, so its timestamp is its send time.
     let config = WebSocketConfig::default().read_buffer_size(options.read_buffer).write_buffer_size(0);
     let (ws, _) = async_tungstenite::client_async_with_config(target.url.as_str(), stream, Some(config))

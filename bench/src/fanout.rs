@@ -460,7 +460,7 @@ async fn connect_all(
 /// One publisher on a WebSocket: numbered, timestamped messages, `encode`d into frames, at
 /// `rate` a second (0: as fast as the window allows) until `stop`.
 pub(crate) async fn publish(
-    mut sender: async_tungstenite::WebSocketSender<TcpStream>,
+    mut sender: async_tungstenite::WebSocketSender<conn::Stream>,
     run: &Run,
     index: usize,
     rate: f64,
@@ -498,33 +498,52 @@ fn decode_binary(opcode: OpCode, payload: &[u8]) -> Option<Stamp> {
 /// made the generator the bottleneck. This loop reads what the socket holds, walks the frames
 /// in place with tungstenite's own header parser, and reads the clock once per read. Nothing is
 /// lost by leaving tungstenite after the handshake: publishing starts only after every upgrade
-/// has completed and a pause, so no frame can be waiting in tungstenite's buffer.
+/// has completed and a pause, so no frame can be waiting in tungstenite's buffer. Under TLS the
+/// same walk runs on what the TLS stream decrypts.
 ///
 /// `decode` finds the stamp in a data frame's payload (`None`: not a timed message, skipped).
 pub(crate) async fn receive(
-    stream: TcpStream,
+    stream: conn::Stream,
     run: &Run,
     pubs: usize,
-    mut decode: impl FnMut(OpCode, &[u8]) -> Option<Stamp>,
+    decode: impl FnMut(OpCode, &[u8]) -> Option<Stamp>,
 ) {
-    let socket: Arc<Async<std::net::TcpStream>> = stream.into();
-    let mut last = vec![0; pubs];
-    let mut drained = false;
-    let mut buf = vec![0; READ_BUFFER];
-    let mut filled = 0;
-    'read: loop {
-        if filled == buf.len() {
-            // One frame larger than the buffer: make room for it.
-            buf.resize(buf.len() * 2, 0);
+    let mut frames = Frames { buf: vec![0; READ_BUFFER], filled: 0, last: vec![0; pubs], decode };
+    match stream {
+        conn::Stream::Plain(tcp) => receive_tcp(tcp, run, &mut frames).await,
+        conn::Stream::Tls(mut tls) => {
+            use futures_lite::AsyncReadExt;
+            loop {
+                let room = frames.room();
+                let n = match tls.read(room).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let Some(pong) = frames.walk(n, run) else { break };
+                if !pong.is_empty() && tls.write_all(&pong).await.is_err() {
+                    break;
+                }
+            }
         }
+    }
+    run.lost_connection();
+}
+
+/// The plain socket's loop: reads what the socket holds, waiting for readiness only after a
+/// short read.
+async fn receive_tcp<D: FnMut(OpCode, &[u8]) -> Option<Stamp>>(stream: TcpStream, run: &Run, frames: &mut Frames<D>) {
+    let socket: Arc<Async<std::net::TcpStream>> = stream.into();
+    let mut drained = false;
+    loop {
         // A short read emptied the socket, so the next bytes come with the next readiness; waiting
         // for it first saves the read that would only say EAGAIN (a third of the cost per
         // message when a thousand sockets each get one small frame).
         if drained && socket.readable().await.is_err() {
             break;
         }
-        let room = buf.len() - filled;
-        let n = match (&mut socket.get_ref()).read(&mut buf[filled..]) {
+        let room = frames.room();
+        let wanted = room.len();
+        let n = match (&mut socket.get_ref()).read(room) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
@@ -534,41 +553,68 @@ pub(crate) async fn receive(
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
-        drained = n < room;
-        filled += n;
+        drained = n < wanted;
+        let Some(pong) = frames.walk(n, run) else { break };
+        if !pong.is_empty() && (&*socket).write_all(&pong).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// A subscriber's read buffer, and the frames walked in place in it.
+struct Frames<D> {
+    buf: Vec<u8>,
+    filled: usize,
+    /// The last sequence number seen from each publisher.
+    last: Vec<u64>,
+    decode: D,
+}
+
+impl<D: FnMut(OpCode, &[u8]) -> Option<Stamp>> Frames<D> {
+    /// Where the next read goes.
+    fn room(&mut self) -> &mut [u8] {
+        if self.filled == self.buf.len() {
+            // One frame larger than the buffer: make room for it.
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        &mut self.buf[self.filled..]
+    }
+
+    /// `n` more bytes were read: delivers the whole frames among them. Returns the pongs owed,
+    /// or `None` when the subscriber must end (a close, or anything but a plain whole frame,
+    /// which the run reports as a closed connection).
+    fn walk(&mut self, n: usize, run: &Run) -> Option<Vec<u8>> {
+        self.filled += n;
         let now = now_ns();
+        let mut pongs = Vec::new();
         let mut pos = 0;
-        while pos < filled {
-            // Anything but a plain whole frame ends the subscriber, which the run reports as a
-            // closed connection.
-            let (opcode, start, end) = match conn::walk(&buf, pos, filled) {
+        while pos < self.filled {
+            let (opcode, start, end) = match conn::walk(&self.buf, pos, self.filled) {
                 Walk::Frame { opcode, start, end } => (opcode, start, end),
                 Walk::Partial { end } => {
-                    if let Some(end) = end.filter(|&end| end - pos > buf.len()) {
-                        buf.resize((end - pos).next_power_of_two(), 0);
+                    if let Some(end) = end.filter(|&end| end - pos > self.buf.len()) {
+                        self.buf.resize((end - pos).next_power_of_two(), 0);
                     }
                     break;
                 }
-                Walk::Bad(_) => break 'read,
+                Walk::Bad(_) => return None,
             };
             match opcode {
                 OpCode::Data(_) => {
-                    if let Some(stamp) = decode(opcode, &buf[start..end]) {
-                        run.deliver(stamp, now, &mut last);
+                    if let Some(stamp) = (self.decode)(opcode, &self.buf[start..end]) {
+                        run.deliver(stamp, now, &mut self.last);
                     }
                 }
-                OpCode::Control(Control::Ping) if (&*socket).write_all(&pong(&buf[start..end])).await.is_err() => {
-                    break 'read;
-                }
-                OpCode::Control(Control::Close) => break 'read,
+                OpCode::Control(Control::Ping) => pongs.extend(pong(&self.buf[start..end])),
+                OpCode::Control(Control::Close) => return None,
                 _ => {}
             }
             pos = end;
         }
-        buf.copy_within(pos..filled, 0);
-        filled -= pos;
+        self.buf.copy_within(pos..self.filled, 0);
+        self.filled -= pos;
+        Some(pongs)
     }
-    run.lost_connection();
 }
 
 /// A client's pong: masked, as RFC 6455 requires of every client frame. The all-zero key is

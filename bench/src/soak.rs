@@ -67,8 +67,12 @@ const READ_BUFFER: usize = 64 * 1024;
 const HANDSHAKE_OPTIONS: Options = Options { read_buffer: 256, receive_buffer: None };
 
 pub(crate) async fn soak(executor: &LocalExecutor<'static>, args: &mut Args) -> Result<Value, String> {
+    let target = Target::parse(&args.require::<String>("url")?)?;
+    if target.is_tls() {
+        return Err("soak: ws:// only (it reads the bare socket)".to_owned());
+    }
     let plan = Plan {
-        target: Target::parse(&args.require::<String>("url")?)?,
+        target,
         conns: args.require("conns")?,
         secs: args.require("secs")?,
         pid: args.require("server-pid")?,
@@ -105,7 +109,7 @@ pub(crate) async fn soak(executor: &LocalExecutor<'static>, args: &mut Args) -> 
     let tasks: Vec<_> = (0..slots)
         .map(|slot| {
             let run = Rc::clone(&run);
-            let socket = ready.next().map(bare);
+            let socket = ready.next().and_then(bare);
             executor.spawn(async move { client(&run, slot, socket).await })
         })
         .collect();
@@ -543,7 +547,11 @@ async fn client(run: &Run, slot: usize, mut ready: Option<Socket>) {
                         if replacing {
                             bump(&run.reconnects.done, 1);
                         }
-                        bare(ws)
+                        let Some(socket) = bare(ws) else {
+                            run.error("connect: the soak reads plain ws:// only".to_owned());
+                            return;
+                        };
+                        socket
                     }
                     Err(e) => {
                         bump(&run.reconnects.failed, 1);
@@ -581,8 +589,9 @@ type Socket = Arc<Async<std::net::TcpStream>>;
 /// read as the 101 would stay behind in tungstenite's buffer; the server sends nothing unasked
 /// until the next broadcast, and at worst that lifetime's count starts one broadcast later,
 /// which cannot show as loss.
-fn bare(ws: Ws) -> Socket {
-    ws.into_inner().into()
+/// `None` under TLS, which the soak does not speak (its target is checked to be `ws://`).
+fn bare(ws: Ws) -> Option<Socket> {
+    ws.into_inner().into_tcp().map(Into::into)
 }
 
 /// One lifetime: reads, pings, the broadcast (publisher only) and the scheduled close.

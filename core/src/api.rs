@@ -415,6 +415,8 @@ mod tests {
             auth_failures: 38,
             resubscribes: 39,
             broker_probe_failures: 40,
+            tls_handshakes: 41,
+            tls_failures: 42,
         }
     }
 
@@ -565,6 +567,8 @@ mod tests {
             ("switchboard_auth_failures_total", &[], 38.0),
             ("switchboard_resubscribes_total", &[], 39.0),
             ("switchboard_broker_probe_failures_total", &[], 40.0),
+            ("switchboard_tls_handshakes_total", &[], 41.0),
+            ("switchboard_tls_failures_total", &[], 42.0),
             ("switchboard_uptime_seconds", &[], 3600.0),
             ("switchboard_draining", &[], 0.0),
             ("switchboard_cluster_connections", &[], 900.0),

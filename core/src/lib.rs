@@ -72,7 +72,8 @@
 //!
 //! # What is public
 //!
-//! [`Hub`] and its inputs and [`Output`]; [`Config`] and its sections ([`config`]); the node-wide
+//! [`Hub`] and its inputs and [`Output`]; [`Config`] and its sections ([`config`]); the parsed
+//! certificate and key a TLS listener presents ([`TlsKeys`]); the node-wide
 //! [`Admission`] a shell shares between hubs; [`Metrics`]; the broker [`Envelope`]; and, in
 //! [`codec`], the WebSocket frame decoder and permessage-deflate for reuse on their own.
 #![forbid(unsafe_code)]
@@ -101,6 +102,7 @@ mod pusher;
 mod queue;
 mod redis;
 mod time;
+mod tls;
 
 pub use auth::jwt::sign_hs256;
 pub use broker::{BrokerCommand, Envelope, Origin};
@@ -112,6 +114,7 @@ pub use metrics::{Figure, Kind as FigureKind, Metrics};
 pub use presence::{PresenceStore, PresenceTable};
 pub use proxy::{Cidr, CidrError};
 pub use redis::{LinkConn, redis_cluster_slot};
+pub use tls::TlsKeys;
 
 /// The WebSocket codec on its own: a streaming frame decoder with the RFC 6455 rules on top of
 /// tungstenite's frame types, frame encoding, and permessage-deflate (RFC 7692).

@@ -72,6 +72,10 @@ metrics! {
     handshake_evictions: Counter,
     /// Connections closed at accept past `limits.max_handshaking_per_ip`.
     handshake_refusals: Counter,
+    /// TLS handshakes completed.
+    tls_handshakes: Counter,
+    /// TLS connections closed for a TLS failure: not TLS, a failed handshake, a bad record, an alert.
+    tls_failures: Counter,
     /// Connections closed for a missing or malformed PROXY protocol header.
     proxy_header_errors: Counter,
     /// Channels with at least one local subscriber (broadcast rooms included).

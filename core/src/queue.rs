@@ -109,12 +109,6 @@ impl OutQueue {
         self.unsent
     }
 
-    /// True when queueing `len` more bytes would take a non-empty queue past `limit` bytes
-    /// (an empty queue always takes one frame, however large, so a big message still goes out).
-    pub(crate) fn would_overflow(&self, len: usize, limit: usize) -> bool {
-        self.unsent > 0 && self.unsent + len > limit
-    }
-
     /// True when everything was written.
     pub(crate) fn is_empty(&self) -> bool {
         self.front.is_none()

@@ -17,7 +17,7 @@ use switchboard_testkit::{files, folders, fuzz_dir, origin, read};
 type Entry = fn(Instant, &[u8]);
 
 /// Every fuzz target and its entry point; a corpus folder not named here fails the test.
-const TARGETS: [(&str, Entry); 10] = [
+const TARGETS: [(&str, Entry); 11] = [
     ("handshake", fuzzing::handshake),
     ("frames", fuzzing::frames),
     ("pubsub_json", fuzzing::pubsub_json),
@@ -28,7 +28,19 @@ const TARGETS: [(&str, Entry); 10] = [
     ("pusher", fuzzing::pusher),
     ("pusher_hub", fuzzing::pusher_hub),
     ("native", fuzzing::native),
+    ("tls", tls),
 ];
+
+/// The `tls` target with its certificate, made once per run (never committed), as the fuzz
+/// target makes its own.
+fn tls(t0: Instant, data: &[u8]) {
+    static FIXTURE: std::sync::OnceLock<fuzzing::TlsFixture> = std::sync::OnceLock::new();
+    let fixture = FIXTURE.get_or_init(|| {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a certificate");
+        fuzzing::TlsFixture::new(&certified.cert.pem(), &certified.signing_key.serialize_pem())
+    });
+    fuzzing::tls(t0, data, fixture);
+}
 
 /// Folders of inputs that must keep passing.
 const KINDS: [&str; 2] = ["corpus", "regressions"];
@@ -132,6 +144,11 @@ fn pusher_corpus() {
 #[test]
 fn pusher_hub_corpus() {
     assert!(replay("pusher_hub") > 0, "pusher_hub has seeds");
+}
+
+#[test]
+fn tls_corpus() {
+    assert!(replay("tls") > 0, "tls has seeds");
 }
 
 #[test]

@@ -31,6 +31,8 @@ pub enum Message {
         /// Its hub's figures.
         metrics: Box<Metrics>,
     },
+    /// New `[tls]` keys (SIGHUP): new handshakes present them.
+    TlsKeys(switchboard_core::TlsKeys),
     /// How a webhook this worker's hub asked for went (from the node's delivery threads).
     WebhookDone {
         /// The request's id.
@@ -309,6 +311,7 @@ impl<R: Reactor> Worker<R> {
             }
             Message::Metrics { worker, metrics } => self.hub.handle_peer_metrics(worker, *metrics),
             Message::WebhookDone { id, outcome } => self.hub.handle_webhook_done(now, id, outcome),
+            Message::TlsKeys(keys) => self.hub.handle_tls_keys(keys),
         }
         self.drain_outputs(now);
     }

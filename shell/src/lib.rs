@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cli::Command;
 use log::{debug, error, info};
-use switchboard_core::{AdmissionTable, Config, ConnId, Envelope, HistoryTable, Hub};
+use switchboard_core::{AdmissionTable, Config, ConnId, Envelope, HistoryTable, Hub, TlsKeys};
 
 pub use accept::Accepting;
 pub use admission::SharedAdmission;
@@ -63,6 +63,8 @@ pub struct Node {
     pub seed: u64,
     /// The text of each `auth.public_keys` file, in order.
     pub public_keys: Vec<String>,
+    /// The `[tls]` certificate and key, when the listener speaks TLS.
+    pub tls: Option<TlsKeys>,
     /// The node's channel history, lent to every worker's hub.
     pub history: SharedHistory,
     /// The node's native presence (without Redis), lent to every worker's hub.
@@ -73,7 +75,10 @@ impl Node {
     /// The hub of worker `index`: it counts its connections in the node's shared admission,
     /// so the limits hold for the node whatever the worker count.
     pub fn hub(&self, index: u32) -> io::Result<Hub> {
-        let hub = Hub::new(self.config.clone(), self.node_id.clone()).map_err(io::Error::other)?;
+        let mut hub = Hub::new(self.config.clone(), self.node_id.clone()).map_err(io::Error::other)?;
+        if let Some(keys) = &self.tls {
+            hub = hub.with_tls(keys.clone());
+        }
         Ok(hub
             .with_public_keys(&self.public_keys)
             .map_err(io::Error::other)?
@@ -145,13 +150,20 @@ pub fn main(program: &'static str, serve: impl FnOnce(Node) -> io::Result<()>) -
             return ExitCode::FAILURE;
         }
     };
+    let tls = match read_tls(&config) {
+        Ok(keys) => keys,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match args.command {
         Command::CheckConfig => println!("{}: ok", args.config.as_deref().unwrap_or("built-in defaults")),
         // Secrets (the API key, app secrets) never leave the process.
         Command::PrintConfig => print!("{}", config.to_toml_redacted()),
         _ => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-            if let Err(e) = prepare(program, config, public_keys).and_then(serve) {
+            if let Err(e) = prepare(program, config, public_keys, tls).and_then(serve) {
                 error!("{e}");
                 return ExitCode::FAILURE;
             }
@@ -178,7 +190,23 @@ fn read_public_keys(config: &Config) -> Result<Vec<String>, String> {
     Ok(pems)
 }
 
-fn prepare(program: &'static str, config: Config, public_keys: Vec<String>) -> io::Result<Node> {
+/// The `[tls]` certificate chain and key, read and checked against each other, when
+/// `tls.cert` is set; the error names the key and its file. At start and on SIGHUP.
+pub fn read_tls(config: &Config) -> Result<Option<TlsKeys>, String> {
+    let tls = &config.tls;
+    if !tls.enabled() {
+        return Ok(None);
+    }
+    let cert = std::fs::read(&tls.cert).map_err(|e| format!("tls.cert: {}: {e}", tls.cert))?;
+    let key = std::fs::read(&tls.key).map_err(|e| format!("tls.key: {}: {e}", tls.key))?;
+    TlsKeys::from_pem(tls, &cert, &key).map(Some).map_err(|e| match e.key.as_str() {
+        "tls.cert" => format!("{}: {}: {}", e.key, tls.cert, e.message),
+        "tls.key" => format!("{}: {}: {}", e.key, tls.key, e.message),
+        _ => format!("{}: {}", e.key, e.message),
+    })
+}
+
+fn prepare(program: &'static str, config: Config, public_keys: Vec<String>, tls: Option<TlsKeys>) -> io::Result<Node> {
     let addr: SocketAddr = config
         .server
         .listen
@@ -196,7 +224,20 @@ fn prepare(program: &'static str, config: Config, public_keys: Vec<String>) -> i
     // Epochs come from the node's seed too, so a restarted node starts new ones.
     let history = SharedHistory::new(HistoryTable::new(seed.rotate_left(17) ^ 0x5eed));
     let presence = SharedPresence::default();
-    Ok(Node { program, config, node_id, workers, listeners, local, admission, seed, public_keys, history, presence })
+    Ok(Node {
+        program,
+        config,
+        node_id,
+        workers,
+        listeners,
+        local,
+        admission,
+        seed,
+        public_keys,
+        tls,
+        history,
+        presence,
+    })
 }
 
 /// 64 random bits from the standard library's hasher keys (themselves drawn from the OS),

@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use switchboard_core::Hub;
 
@@ -29,7 +29,8 @@ enum Event {
 
 /// Runs `node`: `posts` reach each worker (one per worker, made before any starts, so each can
 /// reach all the others), and `start` builds worker `index` around its hub, its listener and
-/// its peers; every worker gets its own thread. The first SIGTERM or SIGINT drains every worker
+/// its peers; every worker gets its own thread. SIGHUP re-reads the `[tls]` files (a bad one is
+/// logged and the old keys kept). The first SIGTERM or SIGINT drains every worker
 /// for up to `drain.timeout`, a second exits at once; a worker that fails or panics drains the
 /// others and the node exits with an error once all have ended. Webhooks go out from a few
 /// threads of the node's (one per worker, at most [`webhook::MAX_THREADS`]), and their outcomes
@@ -40,7 +41,7 @@ pub fn run(
     mut start: impl FnMut(u32, Hub, std::net::TcpListener, Peers) -> io::Result<Run>,
 ) -> io::Result<()> {
     // Installed before the address is announced, so a signal sent right after it is a drain.
-    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let (events, inbox) = mpsc::channel();
     let webhooks = Webhooks::start(node.workers.clamp(1, webhook::MAX_THREADS), webhook::TIMEOUT)?;
     let mut threads = Vec::with_capacity(node.workers);
@@ -69,6 +70,10 @@ pub fn run(
     while running > 0 {
         let Ok(event) = inbox.recv() else { break };
         let drain = match event {
+            Event::Signal(SIGHUP) => {
+                reload_tls(&node, &posts);
+                false
+            }
             Event::Signal(signal) if draining => {
                 warn!("second signal {signal}: exiting now");
                 std::process::exit(128 + signal);
@@ -99,4 +104,19 @@ pub fn run(
     // The workers' clients went with them: the delivery threads end once idle.
     webhooks.shutdown(WEBHOOK_GRACE);
     if failed { Err(io::Error::other("a worker failed")) } else { Ok(()) }
+}
+
+/// SIGHUP: the `[tls]` files again, for every worker's new handshakes; open connections keep
+/// their sessions. A file that no longer reads or matches is logged, and the old keys stay.
+fn reload_tls(node: &Node, posts: &[Post]) {
+    match crate::read_tls(&node.config) {
+        Ok(Some(keys)) => {
+            info!("SIGHUP: reloaded tls.cert {} and tls.key {}", node.config.tls.cert, node.config.tls.key);
+            for post in posts {
+                post(Message::TlsKeys(keys.clone()));
+            }
+        }
+        Ok(None) => info!("SIGHUP: no [tls] to reload"),
+        Err(e) => warn!("SIGHUP: {e}; keeping the certificate in use"),
+    }
 }

@@ -83,6 +83,8 @@ pub struct Settings {
     pub limits_extra: String,
     /// TOML appended after the routes: `[pusher]` and its `[[pusher.app]]` tables.
     pub pusher: String,
+    /// Lines of a `[tls]` section (`cert`, `key`, `min_version`); empty: plain TCP.
+    pub tls: String,
 }
 
 impl Default for Settings {
@@ -104,6 +106,7 @@ impl Default for Settings {
             server_extra: String::new(),
             limits_extra: String::new(),
             pusher: String::new(),
+            tls: String::new(),
         }
     }
 }
@@ -151,6 +154,9 @@ node_id = "{node_id}"
 [drain]
 timeout = "{drain}"
 
+[tls]
+{tls}
+
 [[route]]
 path = "/echo"
 mode = "echo"
@@ -194,6 +200,7 @@ mode = "pubsub"
             server_extra = self.server_extra,
             limits_extra = self.limits_extra,
             pusher = self.pusher,
+            tls = self.tls,
         )
     }
 }
@@ -307,6 +314,34 @@ impl Drop for Server {
         if thread::panicking() {
             eprintln!("--- server stderr:\n{}", self.stderr());
         }
+    }
+}
+
+/// Runs `scripts/python-client.py` (Python `websockets`, an independent client) from the
+/// repository's `.venv` with `args` and `envs` for at most two minutes; asserts that it passed
+/// its echo (plain and deflate) and broadcast checks.
+pub fn run_python_client(python: &Path, args: &[String], envs: &[(&str, &Path)]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/python-client.py");
+    let mut child = Command::new(python)
+        .arg(&script)
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", python.display()));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().is_ok_and(|s| s.is_none()) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Kills only a client that overran its time; a finished one is reaped either way.
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap_or_else(|e| panic!("waiting for python: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprint!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "python client failed ({})", output.status);
+    for check in ["ok: plain", "ok: deflate", "ok: broadcast"] {
+        assert!(stdout.contains(check), "no {check:?} in {stdout}");
     }
 }
 

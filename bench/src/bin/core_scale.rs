@@ -4,38 +4,12 @@
 //!
 //! `cargo run --release -p switchboard-bench --bin core_scale -- [connections] [rounds]`
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use switchboard_bench::Counting;
 use switchboard_core::{Config, ConnId, Hub, Output};
-
-/// Counts live heap bytes so the figure is the hub's own, not the allocator's page cache.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator; only a counter is added.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        // SAFETY: same layout contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `ptr` came from `alloc` above with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size, Ordering::Relaxed);
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `ptr` came from this allocator with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -53,7 +27,7 @@ fn main() {
     ))
     .expect("benchmark config is valid");
     let t0 = Instant::now();
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = Counting::live();
     let mut hub = Hub::new(config, "bench").expect("the benchmark config is valid");
     let mut ids = Vec::with_capacity(connections);
     let setup = Instant::now();
@@ -66,7 +40,7 @@ fn main() {
     }
     while !matches!(hub.poll_output(), Output::Timeout(_)) {}
     let ids_bytes = ids.capacity() * size_of::<ConnId>();
-    let held = LIVE.load(Ordering::Relaxed) - before - ids_bytes;
+    let held = Counting::live() - before - ids_bytes;
     println!("connections: {connections} (set up in {:.2?})", setup.elapsed());
     println!("heap bytes per idle connection: {:.0}", held as f64 / connections as f64);
     let message = [b'x'; 64];

@@ -58,6 +58,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The dashboard and admin API (`[admin]`).
     pub admin: AdminConfig,
+    /// `wss://` and `https://` on the listener itself.
+    pub tls: TlsConfig,
     /// Rules of the native protocol's channels by prefix (`[[namespace]]`).
     pub namespace: Vec<NamespaceConfig>,
     /// WebSocket routes (`[[route]]`); a file without any keeps the three defaults.
@@ -458,6 +460,37 @@ impl Default for BreakerConfig {
     }
 }
 
+/// `[tls]`: the listener speaks TLS itself (`wss://`, `https://`) when `cert` is set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the certificate chain, leaf first; empty: plain TCP. The shell reads it.
+    pub cert: String,
+    /// PEM file of the private key (PKCS#8, RSA or EC); the shell reads it, nobody shows it.
+    pub key: String,
+    /// The oldest TLS version accepted.
+    pub min_version: TlsVersion,
+}
+
+impl TlsConfig {
+    /// True when the listener speaks TLS.
+    pub fn enabled(&self) -> bool {
+        !self.cert.is_empty()
+    }
+}
+
+/// A TLS protocol version, as `[tls] min_version` names it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2 (RFC 5246) and 1.3.
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    /// TLS 1.3 (RFC 8446) only.
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
 /// `[drain]`: graceful shutdown.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -493,6 +526,7 @@ impl Default for Config {
             pusher: PusherConfig::default(),
             auth: AuthConfig::default(),
             admin: AdminConfig::default(),
+            tls: TlsConfig::default(),
             namespace: Vec::new(),
             route: vec![
                 RouteConfig::new("/echo", RouteMode::Echo),

@@ -204,6 +204,19 @@ fn validation_errors() {
 }
 
 #[test]
+fn tls_errors_name_the_key_and_line() {
+    let e = assert_err("[tls]\ncert = \"server.pem\"\n", "tls.key", 2, 8);
+    assert!(e.message.contains("private key"), "{e}");
+    assert_err("[tls]\n\nkey = \"key.pem\"\n", "tls.cert", 3, 7);
+    let e = assert_err("[tls]\nmin_version = \"1.1\"\n", "tls.min_version", 2, 15);
+    assert!(e.message.contains("1.2"), "{e}");
+    let config = Config::from_toml("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nmin_version = \"1.3\"\n");
+    let Ok(config) = config else { panic!("{config:?}") };
+    assert_eq!((config.tls.enabled(), config.tls.min_version), (true, TlsVersion::V1_3));
+    assert_eq!(Config::from_toml(&config.to_toml()), Ok(config));
+}
+
+#[test]
 fn the_readme_internet_example_is_valid() {
     let readme = include_str!("../../../README.md");
     let section = readme.split("## Exposing it to the internet").nth(1).unwrap_or_default();

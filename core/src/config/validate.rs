@@ -129,6 +129,7 @@ impl Config {
         positive(b.probe_timeout, "broker.probe_timeout")?;
 
         check(self.drain.batch >= 1, "drain.batch", || "must be at least 1".to_owned())?;
+        self.check_tls()?;
 
         self.pusher.check_rules()?;
         self.auth.check_rules()?;
@@ -168,6 +169,24 @@ impl Config {
             check(value <= MAX_DURATION, key, || format!("{} is too long (at most 365 days)", format_duration(value)))?;
         }
         Ok(())
+    }
+
+    /// A certificate without its key (or the reverse) is a mistake, not plain TCP.
+    fn check_tls(&self) -> Result<(), Invalid> {
+        let t = &self.tls;
+        match (t.cert.is_empty(), t.key.is_empty()) {
+            (false, true) => Err(Invalid {
+                key: "tls.key".to_owned(),
+                message: "must name the private key's PEM file when tls.cert is set".to_owned(),
+                also: Some("tls.cert"),
+            }),
+            (true, false) => Err(Invalid {
+                key: "tls.cert".to_owned(),
+                message: "must name the certificate chain's PEM file when tls.key is set".to_owned(),
+                also: Some("tls.key"),
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn validate_routes(&self) -> Result<(), Invalid> {

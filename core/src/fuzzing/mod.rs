@@ -18,6 +18,7 @@ mod client;
 mod hub_ops;
 mod rig;
 mod targets;
+mod tls;
 
 pub use client::{MASK, ServerItem, ServerStream, client_frame, upgrade_request};
 pub use hub_ops::hub_ops;
@@ -27,6 +28,7 @@ pub fn splitmix64(state: &mut u64) -> u64 {
     crate::redis::splitmix64(state)
 }
 pub use targets::{config, frames, handshake, http_api, native, pubsub_json, pusher, pusher_hub, resp};
+pub use tls::{TlsFixture, tls};
 
 /// Routes every hub here serves, in the order `Choices` picks them.
 pub const ROUTES: [&str; 3] = ["/echo", "/chat", "/ws"];

@@ -10,6 +10,7 @@ use crate::frame::Decoder;
 use crate::limits::TokenBucket;
 use crate::queue::OutQueue;
 use crate::time::later;
+use crate::tls::Tls;
 
 /// What a connection's deadline is for; each has its own slot in the [`TimerTable`], so a
 /// deadline never means one thing in one phase and another in the next.
@@ -135,6 +136,8 @@ pub(super) struct Connection {
     pub(super) pusher: Option<Box<PusherConn>>,
     /// What a native connection's token proved; `None` until one is verified.
     pub(super) native: Option<Box<super::native::NativeAuth>>,
+    /// The TLS record layer under everything above, on a `[tls]` listener.
+    pub(super) tls: Option<Box<Tls>>,
 }
 
 /// What a Pusher protocol connection adds.
@@ -162,6 +165,23 @@ pub(super) struct SignedIn {
 }
 
 impl Connection {
+    /// Bytes queued and not yet written: in the out queue and, on TLS, still to be sealed.
+    pub(super) fn unsent(&self) -> usize {
+        self.out.unsent() + self.tls.as_ref().map_or(0, |tls| tls.pending.len())
+    }
+
+    /// True when nothing at all waits to be written.
+    pub(super) fn flushed(&self) -> bool {
+        self.out.is_empty() && self.tls.as_ref().is_none_or(|tls| tls.pending.is_empty())
+    }
+
+    /// True when queueing `len` more bytes would take a non-empty queue past `limit` bytes (an
+    /// empty queue always takes one message, however large, so a big message still goes out).
+    pub(super) fn would_overflow(&self, len: usize, limit: usize) -> bool {
+        let unsent = self.unsent();
+        unsent > 0 && unsent + len > limit
+    }
+
     /// The earliest of its timers, the idle timeout included (derived from `last_active`, so
     /// a message costs no timer update).
     pub(super) fn next_deadline(&self, idle_timeout: Duration, epoch: Instant) -> Option<Instant> {

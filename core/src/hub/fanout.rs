@@ -108,7 +108,7 @@ impl Hub {
         let mut slow = Vec::new();
         let terminate = pusher && skip_socket == TERMINATE;
         let mut terminated = Vec::new();
-        let Self { channels, slots, metrics, events, deflaters, config, frames, .. } = self;
+        let Self { channels, slots, metrics, events, deflaters, config, frames, unsealed, .. } = self;
         let Some(chan) = channels.get(channel) else { return };
         for &id in &chan.subscribers {
             let Some(conn) = slots.get_mut(id.index as usize).and_then(|s| s.conn.as_mut()) else { continue };
@@ -137,20 +137,21 @@ impl Hub {
                 _ => *plain_frame.get_or_insert_with(|| frames.insert(plain.clone())),
             };
             let len = frames.get(frame).len();
-            if conn.out.would_overflow(len, limit) {
+            if conn.would_overflow(len, limit) {
                 match slow_consumer_policy(config, conn.route) {
                     SlowConsumerPolicy::Drop => metrics.messages_dropped += 1,
                     SlowConsumerPolicy::Close => slow.push(id),
                 }
                 continue;
             }
-            if conn.out.is_empty() {
+            let was_idle = conn.flushed();
+            let Some(len) = super::tls::push_frame(conn, id, frames, frame, unsealed) else { continue };
+            if was_idle {
                 events.push_back(Event::Transmit(id));
             }
             metrics.bytes_out += len as u64;
             metrics.queued_bytes += len as u64;
             metrics.messages_out += 1;
-            conn.out.push(frames, frame);
         }
         for frame in compressed.into_iter().chain([plain_frame]).flatten() {
             frames.forget_unread(frame);

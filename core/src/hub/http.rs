@@ -127,7 +127,7 @@ impl Hub {
         let limit = self.config.limits.send_queue_bytes.as_usize();
         let Some(conn) = self.conn(id) else { return false };
         // A client that pipelines requests without reading the answers is let go.
-        let flooded = conn.out.unsent() > limit.max(64 * 1024);
+        let flooded = conn.unsent() > limit.max(64 * 1024);
         let peer = conn.peer.ip();
         let handshake = if flooded { None } else { self.admission.begin_handshake(self.handshake_key(peer), now).ok() };
         let Some(handshaking) = handshake else {

@@ -44,7 +44,7 @@ impl Hub {
                 }
             }
             Decoded::Ping(payload) => {
-                let flooded = conn.out.unsent()
+                let flooded = conn.unsent()
                     > self.config.limits.send_queue_bytes.as_usize().saturating_mul(2).max(PONG_FLOOD_FLOOR);
                 if open && flooded {
                     // Pongs are never dropped, but a peer that pings without ever reading would
@@ -59,7 +59,7 @@ impl Hub {
             Decoded::Close(close) => {
                 conn.close_when_flushed = true;
                 if conn.close_sent {
-                    if conn.out.is_empty() {
+                    if conn.flushed() {
                         self.finish(id);
                     }
                 } else {

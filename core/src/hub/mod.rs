@@ -15,6 +15,7 @@ mod pusher_api;
 mod pusher_hooks;
 mod pusher_users;
 mod timers;
+mod tls;
 
 pub(crate) use native::STREAMED;
 pub use output::{Output, WebhookOutcome, WebhookRequest};
@@ -53,6 +54,7 @@ use crate::pusher::webhooks::Webhooks;
 use crate::queue::{FrameStore, OutQueue};
 use crate::redis::RedisLink;
 use crate::time::later;
+use crate::tls::TlsKeys;
 
 /// Identifies a connection; a stale id (of a connection that has ended) is ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -206,6 +208,12 @@ pub struct Hub {
     recovering: Vec<native::Recovering>,
     /// The other hubs' figures and this hub's rates, for the admin API.
     admin: admin::AdminState,
+    /// What new TLS handshakes present, once the shell handed the files in (`with_tls`).
+    tls: Option<TlsKeys>,
+    /// A TLS read's plaintext, kept between reads.
+    tls_plain: Vec<u8>,
+    /// TLS connections with plaintext waiting to be sealed by the next `poll_output`.
+    unsealed: Vec<ConnId>,
 }
 
 impl Hub {
@@ -263,6 +271,9 @@ impl Hub {
             history_waiters: HashMap::new(),
             recovering: Vec::new(),
             admin: admin::AdminState::default(),
+            tls: None,
+            tls_plain: Vec::new(),
+            unsealed: Vec::new(),
         };
         // The public keys come later (`with_public_keys`): their files are the shell's to read.
         let secret_only = Config {
@@ -338,6 +349,9 @@ impl Hub {
     /// shell does it every turn); the hub counts on from `now` in between.
     pub fn handle_wall_clock(&mut self, now: Instant, unix_ms: u64) {
         self.wall = Some((now, unix_ms));
+        if let Some(keys) = &self.tls {
+            keys.set_wall_clock(unix_ms);
+        }
     }
 
     /// Makes this hub one of `workers` hubs of a node: with more than one, what it publishes
@@ -426,6 +440,7 @@ impl Hub {
             wake_at: None,
             pusher: None,
             native: None,
+            tls: None,
         };
         let index = match self.free.pop() {
             Some(index) => index,
@@ -443,6 +458,10 @@ impl Hub {
             Ok(handshaking) => {
                 self.metrics.handshaking += 1;
                 self.handshakes.push_back(id);
+                if !self.start_tls(id) {
+                    self.finish(id);
+                    return id;
+                }
                 if handshaking > self.config.limits.max_handshaking {
                     self.evict_oldest_handshake(id);
                 }
@@ -460,7 +479,17 @@ impl Hub {
     /// Bytes read from the connection's socket.
     pub fn handle_bytes(&mut self, now: Instant, id: ConnId, data: &[u8]) {
         self.touch(now);
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn(id) else { return };
+        if conn.tls.is_some() {
+            self.read_tls(now, id, data);
+        } else {
+            self.read_plain(now, id, data);
+        }
+    }
+
+    /// Plaintext from the connection: its request, or its frames.
+    fn read_plain(&mut self, now: Instant, id: ConnId, data: &[u8]) {
+        let Some(conn) = self.conn(id) else { return };
         match conn.phase {
             Phase::Handshake => self.read_head(now, id, data),
             Phase::Responding | Phase::Answered => {}
@@ -499,7 +528,7 @@ impl Hub {
         self.touch(now);
         let Some(conn) = live_conn(&mut self.slots, id) else { return };
         let written = conn.out.consume(&mut self.frames, n);
-        let close = conn.out.is_empty() && conn.close_when_flushed;
+        let close = conn.flushed() && conn.close_when_flushed;
         self.metrics.queued_bytes -= written as u64;
         if close {
             self.finish(id);
@@ -508,12 +537,12 @@ impl Hub {
 
     /// True while the connection has unsent bytes.
     pub fn wants_write(&self, id: ConnId) -> bool {
-        self.conn(id).is_some_and(|c| !c.out.is_empty())
+        self.conn(id).is_some_and(|c| !c.flushed())
     }
 
     /// Unsent bytes queued for the connection.
     pub fn queued_bytes(&self, id: ConnId) -> usize {
-        self.conn(id).map_or(0, |c| c.out.unsent())
+        self.conn(id).map_or(0, Connection::unsent)
     }
 
     /// When `handle_timeout` must next be called (it may be early; that is harmless).
@@ -754,6 +783,11 @@ impl Hub {
             self.metrics.count_rejection(response.status);
         }
         self.enqueue(id, response.to_bytes());
+        self.close_notify(id);
+        // Nothing could be queued (a TLS client still in its handshake): nothing to wait for.
+        if self.conn(id).is_some_and(Connection::flushed) {
+            self.finish(id);
+        }
     }
 
     /// Queues a data frame meant for this connection alone (an echo, a pub/sub reply) under
@@ -762,7 +796,7 @@ impl Hub {
     fn enqueue_bounded(&mut self, id: ConnId, bytes: Bytes) -> bool {
         let limit = self.config.limits.send_queue_bytes.as_usize();
         let Some(conn) = self.conn(id) else { return false };
-        if conn.out.would_overflow(bytes.len(), limit) {
+        if conn.would_overflow(bytes.len(), limit) {
             match slow_consumer_policy(&self.config, conn.route) {
                 SlowConsumerPolicy::Drop => self.metrics.messages_dropped += 1,
                 SlowConsumerPolicy::Close => {
@@ -780,11 +814,22 @@ impl Hub {
     }
 
     fn enqueue(&mut self, id: ConnId, bytes: Bytes) {
+        self.enqueue_sealed(id, bytes, true);
+    }
+
+    /// Queues `bytes` for the connection, sealed first on TLS when `seal` says so.
+    fn enqueue_sealed(&mut self, id: ConnId, bytes: Bytes, seal: bool) {
         let Some(conn) = live_conn(&mut self.slots, id) else { return };
-        let was_idle = conn.out.is_empty();
-        let len = bytes.len();
+        let was_idle = conn.flushed();
         let frame = self.frames.insert(bytes);
-        conn.out.push(&mut self.frames, frame);
+        let queued = if seal {
+            tls::push_frame(conn, id, &mut self.frames, frame, &mut self.unsealed)
+        } else {
+            conn.out.push(&mut self.frames, frame);
+            Some(self.frames.get(frame).len())
+        };
+        self.frames.forget_unread(frame);
+        let Some(len) = queued else { return };
         self.metrics.bytes_out += len as u64;
         self.metrics.queued_bytes += len as u64;
         if was_idle {
@@ -807,7 +852,8 @@ impl Hub {
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(id.index);
         self.metrics.connections_open -= 1;
-        self.metrics.queued_bytes -= conn.out.clear(&mut self.frames) as u64;
+        let pending = conn.tls.as_ref().map_or(0, |tls| tls.pending.len());
+        self.metrics.queued_bytes -= (conn.out.clear(&mut self.frames) + pending) as u64;
         if let Some(pusher) = conn.pusher.as_ref().filter(|p| p.counted) {
             self.admission.close_app(pusher.app);
             if let Some(count) = self.metrics.connections_by_route.get_mut(pusher::GAUGE) {

@@ -77,6 +77,9 @@ impl Hub {
         if !self.pusher_effects.is_empty() || !self.directory_out.is_empty() {
             self.pusher_flush();
         }
+        if !self.unsealed.is_empty() {
+            self.seal_pending();
+        }
         if let Some(event) = self.events.pop_front() {
             return match event {
                 Event::Transmit(id) => Output::Transmit(id),

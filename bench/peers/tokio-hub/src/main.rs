@@ -6,14 +6,26 @@
 //! connected client, the sender included, unchanged. A client that falls more than `CAPACITY`
 //! messages behind is disconnected, as Switchboard's default slow-consumer policy does.
 //!
-//! `tokio-hub [--listen 127.0.0.1:8080] [--workers N]` prints `listening on ADDR` when ready.
+//! With `--cert` and `--key` (PEM files) it serves `wss://` through tokio-rustls (ring provider,
+//! ALPN `http/1.1`, no session resumption: as Switchboard's `[tls]`, so both do the same work
+//! per handshake).
+//!
+//! `tokio-hub [--listen 127.0.0.1:8080] [--workers N] [--cert PEM --key PEM]` prints
+//! `listening on ADDR` when ready.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::broadcast::{self, error::TryRecvError};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::NoServerSessionStorage;
+use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -28,28 +40,55 @@ const BACKLOG: u32 = 4096;
 fn main() -> io::Result<()> {
     let mut listen = "127.0.0.1:8080".to_owned();
     let mut workers = 0;
+    let (mut cert, mut key) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next();
         match (arg.as_str(), value) {
             ("--listen", Some(v)) => listen = v,
             ("--workers", Some(v)) => workers = v.parse().map_err(|e| invalid(format!("--workers {v}: {e}")))?,
-            _ => return Err(invalid(format!("usage: tokio-hub [--listen ADDR] [--workers N] (got {arg:?})"))),
+            ("--cert", Some(v)) => cert = Some(v),
+            ("--key", Some(v)) => key = Some(v),
+            _ => {
+                let usage = "usage: tokio-hub [--listen ADDR] [--workers N] [--cert PEM --key PEM]";
+                return Err(invalid(format!("{usage} (got {arg:?})")));
+            }
         }
     }
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(acceptor(&cert, &key)?),
+        (None, None) => None,
+        _ => return Err(invalid("--cert and --key go together".to_owned())),
+    };
     let addr: SocketAddr = listen.parse().map_err(|e| invalid(format!("--listen {listen}: {e}")))?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if workers > 0 {
         runtime.worker_threads(workers);
     }
-    runtime.enable_all().build()?.block_on(serve(addr))
+    runtime.enable_all().build()?.block_on(serve(addr, tls))
+}
+
+fn acceptor(cert: &str, key: &str) -> io::Result<TlsAcceptor> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| invalid(format!("--cert {cert}: {e}")))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| invalid(format!("--key {key}: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(|e| invalid(format!("tls: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, message)
 }
 
-async fn serve(addr: SocketAddr) -> io::Result<()> {
+async fn serve(addr: SocketAddr, tls: Option<TlsAcceptor>) -> io::Result<()> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
@@ -59,7 +98,16 @@ async fn serve(addr: SocketAddr) -> io::Result<()> {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(stream, hub.clone()));
+                let _ = stream.set_nodelay(true);
+                let hub = hub.clone();
+                match tls.clone() {
+                    None => drop(tokio::spawn(connection(stream, hub))),
+                    Some(tls) => drop(tokio::spawn(async move {
+                        if let Ok(stream) = tls.accept(stream).await {
+                            connection(stream, hub).await;
+                        }
+                    })),
+                }
             }
             // Out of descriptors or a connection reset before accept: the next one may do.
             Err(e) => {
@@ -70,8 +118,7 @@ async fn serve(addr: SocketAddr) -> io::Result<()> {
     }
 }
 
-async fn connection(stream: TcpStream, hub: broadcast::Sender<Message>) {
-    let _ = stream.set_nodelay(true);
+async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, hub: broadcast::Sender<Message>) {
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
     let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else {
         return;
