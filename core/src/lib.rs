@@ -108,7 +108,9 @@ pub use auth::jwt::sign_hs256;
 pub use broker::{BrokerCommand, Envelope, Origin};
 pub use config::{Config, ConfigError};
 pub use history::{HistoryStore, HistoryTable, StreamRead, StreamRules, StreamTop};
-pub use hub::{ConnId, Footprint, Hub, Output, PublishError, WebhookOutcome, WebhookRequest, check_public_keys};
+pub use hub::{
+    ConnId, Footprint, Hub, Output, PublishError, WebhookOutcome, WebhookRequest, check_broker_ca, check_public_keys,
+};
 pub use limits::{Admission, AdmissionTable, Refusal};
 pub use metrics::{Figure, Kind as FigureKind, Metrics};
 pub use presence::{PresenceStore, PresenceTable};

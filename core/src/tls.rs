@@ -93,7 +93,7 @@ fn error(key: &str, message: String) -> ConfigError {
 
 /// The time as the hub was last told it: rustls asks for one, and the core reads no clock.
 #[derive(Debug, Default)]
-struct WallClock(AtomicU64);
+pub(crate) struct WallClock(pub(crate) AtomicU64);
 
 impl TimeProvider for WallClock {
     fn current_time(&self) -> Option<UnixTime> {

@@ -65,6 +65,8 @@ pub struct Node {
     pub public_keys: Vec<String>,
     /// The `[tls]` certificate and key, when the listener speaks TLS.
     pub tls: Option<TlsKeys>,
+    /// The text of `broker.tls_ca`, when set (the CA `rediss://` servers are checked against).
+    pub broker_ca: Option<Vec<u8>>,
     /// The node's channel history, lent to every worker's hub.
     pub history: SharedHistory,
     /// The node's native presence (without Redis), lent to every worker's hub.
@@ -78,6 +80,9 @@ impl Node {
         let mut hub = Hub::new(self.config.clone(), self.node_id.clone()).map_err(io::Error::other)?;
         if let Some(keys) = &self.tls {
             hub = hub.with_tls(keys.clone());
+        }
+        if let Some(ca) = &self.broker_ca {
+            hub = hub.with_broker_ca(ca).map_err(io::Error::other)?;
         }
         Ok(hub
             .with_public_keys(&self.public_keys)
@@ -157,13 +162,20 @@ pub fn main(program: &'static str, serve: impl FnOnce(Node) -> io::Result<()>) -
             return ExitCode::FAILURE;
         }
     };
+    let broker_ca = match read_broker_ca(&config) {
+        Ok(ca) => ca,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match args.command {
         Command::CheckConfig => println!("{}: ok", args.config.as_deref().unwrap_or("built-in defaults")),
         // Secrets (the API key, app secrets) never leave the process.
         Command::PrintConfig => print!("{}", config.to_toml_redacted()),
         _ => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-            if let Err(e) = prepare(program, config, public_keys, tls).and_then(serve) {
+            if let Err(e) = prepare(program, config, public_keys, tls, broker_ca).and_then(serve) {
                 error!("{e}");
                 return ExitCode::FAILURE;
             }
@@ -206,7 +218,25 @@ pub fn read_tls(config: &Config) -> Result<Option<TlsKeys>, String> {
     })
 }
 
-fn prepare(program: &'static str, config: Config, public_keys: Vec<String>, tls: Option<TlsKeys>) -> io::Result<Node> {
+/// The text of `broker.tls_ca`, checked as a CA list, when it is set; the error names the key
+/// and its file.
+fn read_broker_ca(config: &Config) -> Result<Option<Vec<u8>>, String> {
+    let path = &config.broker.tls_ca;
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let pem = std::fs::read(path).map_err(|e| format!("broker.tls_ca: {path}: {e}"))?;
+    switchboard_core::check_broker_ca(&pem).map_err(|e| format!("{}: {path}: {}", e.key, e.message))?;
+    Ok(Some(pem))
+}
+
+fn prepare(
+    program: &'static str,
+    config: Config,
+    public_keys: Vec<String>,
+    tls: Option<TlsKeys>,
+    broker_ca: Option<Vec<u8>>,
+) -> io::Result<Node> {
     let addr: SocketAddr = config
         .server
         .listen
@@ -235,6 +265,7 @@ fn prepare(program: &'static str, config: Config, public_keys: Vec<String>, tls:
         seed,
         public_keys,
         tls,
+        broker_ca,
         history,
         presence,
     })

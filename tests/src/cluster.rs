@@ -84,7 +84,7 @@ impl Redis {
     }
 
     /// Starts one with `extra` arguments on a port `port` picks.
-    fn start_with(extra: &[&str], port: fn() -> u16) -> Option<Self> {
+    pub fn start_with(extra: &[&str], port: fn() -> u16) -> Option<Self> {
         if let Err(why) = check_version() {
             assert!(
                 std::env::var_os("SWITCHBOARD_SKIP_REDIS").is_some(),
@@ -374,7 +374,8 @@ impl RedisCluster {
     }
 }
 
-fn free_port() -> u16 {
+/// A port of 127.0.0.1 free when asked.
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
     listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("local_addr: {e}"))
 }

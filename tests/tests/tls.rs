@@ -1,7 +1,8 @@
 //! `wss://` and `https://` served by the binaries themselves (`[tls]`): echo, broadcast and
 //! pub/sub through tungstenite over rustls' client and through Python `websockets` over `ssl`,
 //! TLS 1.2 and 1.3, a plaintext or garbage client closed while TLS clients carry on, and a
-//! SIGHUP that swaps the certificate under open connections. Certificates are made here.
+//! SIGHUP that swaps the certificate under open connections; and `rediss://` between nodes and
+//! a redis-server on TLS. Certificates are made here.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -325,5 +326,92 @@ fn python_websockets_over_ssl() {
         // Python's default context trusts SSL_CERT_FILE: the test's certificate, alone.
         let cert = dir.path().join("cert.pem");
         run_python_client(&python, &[url("/echo"), url("/chat")], &[("SSL_CERT_FILE", &cert)]);
+    });
+}
+
+/// A CA (`ca.pem`) and a certificate it signed for 127.0.0.1 (`cert.pem`, `key.pem`) in `dir`,
+/// as a managed Redis service presents.
+fn write_chain(dir: &Path, name: &str) {
+    let ca_key = rcgen::KeyPair::generate().expect("key generation");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} CA"));
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("self-signing the CA");
+    let key = rcgen::KeyPair::generate().expect("key generation");
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("valid names");
+    let cert = params.signed_by(&key, &rcgen::Issuer::new(ca_params, ca_key)).expect("signing");
+    for (file, text) in [("ca.pem", ca.pem()), ("cert.pem", cert.pem()), ("key.pem", key.serialize_pem())] {
+        std::fs::write(dir.join(file), text).unwrap_or_else(|e| panic!("writing {file}: {e}"));
+    }
+}
+
+/// Two nodes whose broker is a redis-server speaking TLS only to them (`rediss://`, its
+/// certificate's CA in `broker.tls_ca`): a publication crosses; a node that trusts another CA
+/// refuses the server (degraded), and `--check-config` names a `tls_ca` that is no CA.
+#[test]
+fn rediss_carries_publications_between_nodes_and_checks_the_server() {
+    use switchboard_tests::cluster::{API_KEY as CLUSTER_KEY, Redis, api_publish, free_port, healthz, wait_until};
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    write_chain(dir.path(), "redis test");
+    let other = tempfile::tempdir().expect("a temporary directory");
+    write_chain(other.path(), "someone else");
+    let path = |dir: &Path, file: &str| dir.join(file).to_string_lossy().into_owned();
+    let (cert, key, ca) = (path(dir.path(), "cert.pem"), path(dir.path(), "key.pem"), path(dir.path(), "ca.pem"));
+    let tls_port = free_port().to_string();
+    let args = [
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &cert,
+        "--tls-auth-clients",
+        "no",
+    ];
+    let Some(_redis) = Redis::start_with(&args, free_port) else { return };
+    let broker = |ca: &str| {
+        format!(
+            "kind = \"redis\"\nurl = \"rediss://127.0.0.1:{tls_port}\"\ntls_ca = {ca:?}\nlease_ttl = \"2s\"\n\
+             \n[broker.backoff]\nmin = \"50ms\"\nmax = \"300ms\"\n\n[broker.breaker]\nfailure_threshold = 2\nopen_for = \"500ms\"\n"
+        )
+    };
+    for_each_binary(|bin| {
+        let node = |n: usize, ca: &str| {
+            let settings =
+                Settings { api_key: CLUSTER_KEY, node_id: format!("t{n}"), broker: broker(ca), ..Settings::default() };
+            Server::with(bin, &settings)
+        };
+        let (one, two) = (node(1, &ca), node(2, &ca));
+        for server in [&one, &two] {
+            wait_until(Duration::from_secs(10), "the node reaches Redis over TLS", || {
+                healthz(server.addr).1["status"] == "ok"
+            });
+        }
+        let mut client = switchboard_tests::PubSub::connect(&two, "/ws");
+        client.expect_ack(r#"{"op":"subscribe","channel":"over-tls","id":1}"#, 1);
+        let got = wait_until(Duration::from_secs(10), "a publication crosses rediss://", || {
+            assert_eq!(api_publish(one.addr, "over-tls", "\"sealed\""), 202);
+            switchboard_tests::cluster::next_data(&mut client, Duration::from_millis(200))
+                == Some(serde_json::json!("sealed"))
+        });
+        eprintln!("crossed after {got:?}");
+
+        // Trusting another CA: the handshake fails, every time, and the node says so.
+        let doubter = node(3, &path(other.path(), "ca.pem"));
+        wait_until(Duration::from_secs(10), "a node that cannot verify Redis is degraded", || {
+            healthz(doubter.addr).1["status"] == "degraded"
+        });
+        assert_eq!(healthz(one.addr).1["status"], "ok", "the others carry on");
+
+        // A tls_ca that is no certificate is named by --check-config.
+        let config = dir.path().join("bad.toml");
+        std::fs::write(&config, format!("[broker]\n{}", broker(&key))).expect("writing the config");
+        let output = Command::new(bin).arg("--check-config").arg("--config").arg(&config).output();
+        let output = output.unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
+        let text = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{text}");
+        assert!(text.contains("broker.tls_ca") && text.contains("key.pem"), "{text}");
     });
 }

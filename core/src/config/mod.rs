@@ -382,6 +382,9 @@ pub struct BrokerConfig {
     pub urls: Vec<String>,
     /// Key/channel prefix, so several deployments can share one broker.
     pub prefix: String,
+    /// PEM file of the CA that signs the Redis servers' certificates (`rediss://` URLs);
+    /// empty: the bundled Mozilla roots, as managed Redis services need.
+    pub tls_ca: String,
     /// This node's id; empty means a random id chosen at start.
     pub node_id: String,
     /// Lifetime of this node's liveness lease.
@@ -413,6 +416,7 @@ impl Default for BrokerConfig {
             url: "redis://127.0.0.1:6379".to_owned(),
             urls: Vec::new(),
             prefix: "switchboard".to_owned(),
+            tls_ca: String::new(),
             node_id: String::new(),
             lease_ttl: Duration::from_secs(15),
             backoff: BackoffConfig::default(),

@@ -197,6 +197,13 @@ fn validation_errors() {
         27,
     );
     assert_err("[broker]\nkind = \"redis-cluster\"\nprefix = \"a{b}\"\n", "broker.prefix", 3, 10);
+    assert_err(
+        "[broker]\nkind = \"redis\"\nurls = [\"rediss://a:6380\", \"redis://b:6379\"]\n",
+        "broker.urls[1]",
+        3,
+        28,
+    );
+    assert_err("[broker]\nkind = \"redis\"\ntls_ca = \"ca.pem\"\n", "broker.tls_ca", 3, 10);
     assert_err("[broker.breaker]\nfailure_threshold = 0\n", "broker.breaker.failure_threshold", 2, 21);
     let e = assert_err("[heartbeat]\nping_interval = \"18446744073709551615s\"\n", "heartbeat.ping_interval", 2, 17);
     assert!(e.message.contains("too long"), "{e}");

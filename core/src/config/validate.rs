@@ -105,6 +105,15 @@ impl Config {
             }
         }
         check(!b.prefix.is_empty(), "broker.prefix", || "must not be empty".to_owned())?;
+        if b.kind != BrokerKind::Memory {
+            let urls = b.shard_urls();
+            let tls = urls.first().is_some_and(|u| crate::redis::is_tls_url(u));
+            if let Some(i) = urls.iter().position(|u| crate::redis::is_tls_url(u) != tls) {
+                let key = if b.urls.is_empty() { "broker.url".to_owned() } else { format!("broker.urls[{i}]") };
+                return Err(Invalid::new(&key, "mixes redis:// and rediss://: use one for every instance".to_owned()));
+            }
+            check(tls || b.tls_ca.is_empty(), "broker.tls_ca", || "is set, but no broker URL is rediss://".to_owned())?;
+        }
         positive(b.lease_ttl, "broker.lease_ttl")?;
         positive(b.backoff.max, "broker.backoff.max")?;
         if b.backoff.min > b.backoff.max {

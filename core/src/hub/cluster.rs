@@ -26,6 +26,16 @@ pub(super) enum PresenceWaiter {
 impl Hub {
     /// The Redis connection `which` is established.
     pub fn handle_redis_connected(&mut self, now: Instant, which: LinkConn) {
+        if let Some(tls) = &self.redis_tls {
+            // `rediss://`: the session's ClientHello goes out with the link's first commands.
+            let host: Option<String> = self.redis_addrs.get(&which).map(|addr| crate::redis::host_of(addr).to_owned());
+            match host.and_then(|host| tls.connect(&host)) {
+                Some(session) => {
+                    self.redis_sessions.insert(which, session);
+                }
+                None => return self.handle_redis_connect_failed(now, which),
+            }
+        }
         if which.is_map() {
             return self.with_map(now, |reader| reader.handle_connected(now));
         }
@@ -34,6 +44,7 @@ impl Hub {
 
     /// Connecting `which` failed (refused, unreachable, timed out).
     pub fn handle_redis_connect_failed(&mut self, now: Instant, which: LinkConn) {
+        self.redis_sessions.remove(&which);
         if which.is_map() {
             return self.with_map(now, |reader| reader.handle_lost(now));
         }
@@ -42,6 +53,18 @@ impl Hub {
 
     /// Bytes read from Redis connection `which`.
     pub fn handle_redis_bytes(&mut self, now: Instant, which: LinkConn, bytes: &[u8]) {
+        let mut opened = Vec::new();
+        let opened_ok = self.redis_sessions.get_mut(&which).map(|session| session.open(bytes, &mut opened));
+        let bytes = match opened_ok {
+            Some(true) => opened.as_slice(),
+            Some(false) => {
+                // A bad record, an alert, a certificate that does not verify: the connection
+                // is lost like any other (the link's backoff and breaker apply).
+                self.redis_tls_failures.push_back(which);
+                return self.handle_redis_eof(now, which);
+            }
+            None => bytes,
+        };
         if which.is_map() {
             return self.with_map(now, |reader| reader.handle_bytes(now, bytes));
         }
@@ -50,6 +73,7 @@ impl Hub {
 
     /// Redis connection `which` ended or failed; the shell drops the socket.
     pub fn handle_redis_eof(&mut self, now: Instant, which: LinkConn) {
+        self.redis_sessions.remove(&which);
         if which.is_map() {
             return self.with_map(now, |reader| reader.handle_lost(now));
         }
@@ -58,31 +82,68 @@ impl Hub {
 
     /// Fills `out` with what is to be written to Redis connection `which`.
     pub fn redis_transmit<'a>(&'a self, which: LinkConn, out: &mut [IoSlice<'a>]) -> usize {
-        if which.is_map() {
-            return self.map_reader.as_ref().map_or(0, |reader| reader.transmit(out));
+        if let Some(session) = self.redis_sessions.get(&which) {
+            return match out.first_mut() {
+                Some(slot) if !session.sealed.is_empty() => {
+                    *slot = IoSlice::new(&session.sealed);
+                    1
+                }
+                _ => 0,
+            };
         }
-        self.redis.get(which.shard()).map_or(0, |link| link.transmit(which.role(), out))
+        plain_transmit(&self.redis, self.map_reader.as_ref(), which, out)
     }
 
     /// `n` bytes of what `redis_transmit` offered were written.
     pub fn handle_redis_written(&mut self, now: Instant, which: LinkConn, n: usize) {
         self.touch(now);
-        if which.is_map() {
-            if let Some(reader) = &mut self.map_reader {
-                reader.consume(n);
-            }
-        } else if let Some(link) = self.redis.get_mut(which.shard()) {
-            link.consume(which.role(), n);
+        if let Some(session) = self.redis_sessions.get_mut(&which) {
+            session.sealed.drain(..n.min(session.sealed.len()));
+            return;
         }
+        plain_consume(&mut self.redis, self.map_reader.as_mut(), which, n);
     }
 
     /// True while Redis connection `which` has bytes to write (after a blocked write, the
     /// shell asks again once the socket is writable).
     pub fn redis_wants_write(&self, which: LinkConn) -> bool {
+        if let Some(session) = self.redis_sessions.get(&which) {
+            return !session.sealed.is_empty();
+        }
         if which.is_map() {
             return self.map_reader.as_ref().is_some_and(MapReader::wants_write);
         }
         self.redis.get(which.shard()).is_some_and(|link| link.wants_write(which.role()))
+    }
+
+    /// Seals what the links and the map reader queued on `rediss://` connections, so the
+    /// outputs can say which have ciphertext to write; a session that refuses is lost.
+    pub(super) fn seal_redis(&mut self, now: Instant) {
+        if self.redis_sessions.is_empty() {
+            return;
+        }
+        let conns: Vec<LinkConn> = self.redis_sessions.keys().copied().collect();
+        for which in conns {
+            let Some(session) = self.redis_sessions.get_mut(&which) else { continue };
+            let mut sealed_all = true;
+            loop {
+                let mut slices = [IoSlice::new(&[]); 4];
+                let n = plain_transmit(&self.redis, self.map_reader.as_ref(), which, &mut slices);
+                if n == 0 {
+                    break;
+                }
+                let len: usize = slices[..n].iter().map(|s| s.len()).sum();
+                sealed_all = slices[..n].iter().all(|s| session.seal(s));
+                plain_consume(&mut self.redis, self.map_reader.as_mut(), which, len);
+                if !sealed_all {
+                    break;
+                }
+            }
+            if !sealed_all || !session.seal(&[]) {
+                self.redis_tls_failures.push_back(which);
+                self.handle_redis_eof(now, which);
+            }
+        }
     }
 
     /// Runs `input` on the cluster map reader, then takes in what it and the links produced.
@@ -317,5 +378,29 @@ impl Hub {
                 }
             }
         }
+    }
+}
+
+/// What the link (or the map reader) behind `which` has to write, before any TLS.
+fn plain_transmit<'a>(
+    links: &'a [RedisLink],
+    reader: Option<&'a MapReader>,
+    which: LinkConn,
+    out: &mut [IoSlice<'a>],
+) -> usize {
+    if which.is_map() {
+        return reader.map_or(0, |reader| reader.transmit(out));
+    }
+    links.get(which.shard()).map_or(0, |link| link.transmit(which.role(), out))
+}
+
+/// `n` bytes of what `plain_transmit` offered are gone (written, or sealed).
+fn plain_consume(links: &mut [RedisLink], reader: Option<&mut MapReader>, which: LinkConn, n: usize) {
+    if which.is_map() {
+        if let Some(reader) = reader {
+            reader.consume(n);
+        }
+    } else if let Some(link) = links.get_mut(which.shard()) {
+        link.consume(which.role(), n);
     }
 }

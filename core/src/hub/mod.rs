@@ -52,7 +52,7 @@ use crate::pubsub::{self};
 use crate::pusher::directory::{Directory, Effects, Update};
 use crate::pusher::webhooks::Webhooks;
 use crate::queue::{FrameStore, OutQueue};
-use crate::redis::RedisLink;
+use crate::redis::{LinkConn, RedisLink};
 use crate::time::later;
 use crate::tls::TlsKeys;
 
@@ -162,6 +162,14 @@ pub struct Hub {
     map_reader: Option<crate::redis::MapReader>,
     /// `Output::RedisTransmit` was given for the map reader since the last input.
     map_told: bool,
+    /// With `rediss://` URLs: how Redis sessions verify their server.
+    redis_tls: Option<crate::redis::RedisTls>,
+    /// The TLS session of each Redis connection, with `rediss://`.
+    redis_sessions: std::collections::BTreeMap<LinkConn, crate::redis::RedisSession>,
+    /// The address each Redis connection was opened to (its TLS server name).
+    redis_addrs: std::collections::BTreeMap<LinkConn, String>,
+    /// Redis connections whose TLS session failed: their sockets must go.
+    redis_tls_failures: VecDeque<LinkConn>,
     presence_waiters: HashMap<u64, PresenceWaiter>,
     next_token: u64,
     /// The latest time given by any input, for work that outputs like `consume` start.
@@ -248,6 +256,10 @@ impl Hub {
             route: Route::Jump,
             map_reader: None,
             map_told: false,
+            redis_tls: None,
+            redis_sessions: std::collections::BTreeMap::new(),
+            redis_addrs: std::collections::BTreeMap::new(),
+            redis_tls_failures: VecDeque::new(),
             presence_waiters: HashMap::new(),
             next_token: 0,
             latest: None,
@@ -352,6 +364,16 @@ impl Hub {
         if let Some(keys) = &self.tls {
             keys.set_wall_clock(unix_ms);
         }
+        if let Some(tls) = &self.redis_tls {
+            tls.set_wall_clock(unix_ms);
+        }
+    }
+
+    /// Trusts the CA of `broker.tls_ca` (its file's text, which the shell reads) for
+    /// `rediss://` connections, instead of the bundled roots.
+    pub fn with_broker_ca(mut self, pem: &[u8]) -> Result<Self, ConfigError> {
+        self.redis_tls = Some(crate::redis::RedisTls::new(Some(pem))?);
+        Ok(self)
     }
 
     /// Makes this hub one of `workers` hubs of a node: with more than one, what it publishes
@@ -689,6 +711,15 @@ impl Hub {
     /// hub, so its sockets are asked for by the first `poll_output`, before any input.
     fn link_for(&mut self) {
         self.redis.clear();
+        let tls = self.config.broker.kind != BrokerKind::Memory
+            && self.config.broker.shard_urls().first().is_some_and(|u| crate::redis::is_tls_url(u));
+        // Without broker.tls_ca the bundled roots; `with_broker_ca` replaces them, and a
+        // rebuild of the links (`with_worker`) keeps what it set.
+        if !tls {
+            self.redis_tls = None;
+        } else if self.redis_tls.is_none() {
+            self.redis_tls = crate::redis::RedisTls::new(None).ok();
+        }
         self.route = Route::Jump;
         self.map_reader = None;
         if self.config.broker.kind == BrokerKind::RedisCluster {
@@ -918,6 +949,11 @@ impl Route {
             }
         }
     }
+}
+
+/// Checks `broker.tls_ca`'s text (`--check-config`): the error says why it is no CA list.
+pub fn check_broker_ca(pem: &[u8]) -> Result<(), ConfigError> {
+    crate::redis::RedisTls::new(Some(pem)).map(drop)
 }
 
 /// Checks the keys `config.auth` names, with `pems` the text of its `public_keys` files in

@@ -1,10 +1,11 @@
 //! The hub's one output queue: everything a shell must do, in order, until `Timeout`.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::{ConnId, Hub};
 use crate::broker::BrokerCommand;
-use crate::redis::LinkConn;
+use crate::redis::{LinkConn, RedisSession};
 
 /// A socket event, queued small and cheap apart from the rarer outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,35 +93,73 @@ impl Hub {
         if let Some(request) = self.webhooks_out.pop_front() {
             return Output::Webhook(request);
         }
+        if let Some(conn) = self.redis_tls_failures.pop_front() {
+            return Output::RedisClose(conn);
+        }
+        if let Some(output) = self.poll_redis() {
+            return output;
+        }
+        Output::Timeout(self.poll_timeout())
+    }
+}
+
+impl Hub {
+    /// The next Redis socket to drop, open or write to, if any.
+    fn poll_redis(&mut self) -> Option<Output> {
+        let latest = self.latest;
+        if let Some(now) = latest {
+            self.seal_redis(now);
+        }
+        // What the shell is told to open is remembered (its TLS server name); what it is told
+        // to drop loses its session.
+        let opening = |sessions: &mut BTreeMap<LinkConn, RedisSession>,
+                       addrs: &mut BTreeMap<LinkConn, String>,
+                       conn: LinkConn,
+                       addr: String| {
+            sessions.remove(&conn);
+            addrs.insert(conn, addr.clone());
+            Output::RedisOpen { conn, addr }
+        };
         if let Some(reader) = &mut self.map_reader {
             if let Some(conn) = reader.poll_close() {
-                return Output::RedisClose(conn);
+                self.redis_sessions.remove(&conn);
+                return Some(Output::RedisClose(conn));
             }
             if let Some((conn, addr)) = reader.poll_connect() {
-                return Output::RedisOpen { conn, addr };
+                return Some(opening(&mut self.redis_sessions, &mut self.redis_addrs, conn, addr));
             }
-            if !self.map_told && reader.wants_write() {
+            let wants = match self.redis_sessions.get(&LinkConn::MAP) {
+                Some(session) => !session.sealed.is_empty(),
+                None => reader.wants_write(),
+            };
+            if !self.map_told && wants {
                 self.map_told = true;
-                return Output::RedisTransmit(LinkConn::MAP);
+                return Some(Output::RedisTransmit(LinkConn::MAP));
             }
         }
         for (shard, link) in self.redis.iter_mut().enumerate() {
             // Closes first: a reconnect of the same connection may follow at once.
             if let Some(conn) = link.poll_close() {
-                return Output::RedisClose(conn.on_shard(shard));
+                self.redis_sessions.remove(&conn.on_shard(shard));
+                return Some(Output::RedisClose(conn.on_shard(shard)));
             }
             if let Some((conn, addr)) = link.poll_connect() {
-                return Output::RedisOpen { conn: conn.on_shard(shard), addr };
+                return Some(opening(&mut self.redis_sessions, &mut self.redis_addrs, conn.on_shard(shard), addr));
             }
             // Said once per input while bytes wait: the shell writes, or waits for writability.
             for conn in [LinkConn::Command, LinkConn::Subscriber] {
-                let Some(told) = self.redis_told.get_mut(conn.on_shard(shard).index()) else { continue };
-                if !*told && link.wants_write(conn) {
+                let which = conn.on_shard(shard);
+                let wants = match self.redis_sessions.get(&which) {
+                    Some(session) => !session.sealed.is_empty(),
+                    None => link.wants_write(conn),
+                };
+                let Some(told) = self.redis_told.get_mut(which.index()) else { continue };
+                if !*told && wants {
                     *told = true;
-                    return Output::RedisTransmit(conn.on_shard(shard));
+                    return Some(Output::RedisTransmit(which));
                 }
             }
         }
-        Output::Timeout(self.poll_timeout())
+        None
     }
 }

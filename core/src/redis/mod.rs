@@ -81,6 +81,7 @@ mod resp;
 mod rng;
 mod shard;
 mod slots;
+mod tls;
 mod url;
 
 pub(crate) use history::{HistoryAnswer, HistoryRead};
@@ -89,7 +90,8 @@ pub(crate) use rng::splitmix64;
 pub(crate) use shard::shard_of;
 pub use slots::redis_cluster_slot;
 pub(crate) use slots::{MapReader, SLOTS, SlotMap, channel_slot, owned_tag};
-pub(crate) use url::{UrlError, parse_url};
+pub(crate) use tls::{RedisSession, RedisTls};
+pub(crate) use url::{UrlError, host_of, is_tls_url, parse_url};
 
 use breaker::Breaker;
 use conn::{Conn, Expect, Phase};

@@ -17,6 +17,7 @@ fn config() -> BrokerConfig {
         url: "redis://10.0.0.1:6380".to_owned(),
         urls: Vec::new(),
         prefix: "sb".to_owned(),
+        tls_ca: String::new(),
         node_id: "n1".to_owned(),
         lease_ttl: Duration::from_secs(15),
         backoff: BackoffConfig { min: Duration::from_millis(100), max: Duration::from_millis(1600), jitter: 0.2 },
@@ -185,17 +186,17 @@ fn url_forms() {
     assert_eq!(parse_url("redis://h:7000/3"), Ok(("h:7000".to_owned(), 3)));
     assert_eq!(parse_url("redis://[::1]:7000/"), Ok(("[::1]:7000".to_owned(), 0)));
     assert_eq!(parse_url("redis://[::1]"), Ok(("[::1]:6379".to_owned(), 0)));
-    for bad in ["rediss://h:6379", "unix:///tmp/r.sock", "http://h", "redis://", "redis://h:0", "redis://h:x"] {
+    assert_eq!(parse_url("rediss://h:6380"), Ok(("h:6380".to_owned(), 0)));
+    assert!(is_tls_url("rediss://h:6380") && !is_tls_url("redis://h"));
+    assert_eq!((host_of("h:1"), host_of("[::1]:7000"), host_of("10.0.0.1:6379")), ("h", "::1", "10.0.0.1"));
+    for bad in ["unix:///tmp/r.sock", "http://h", "redis://", "redis://h:0", "redis://h:x"] {
         assert!(parse_url(bad).is_err(), "{bad}");
     }
     for bad in ["redis://h/x", "redis://:pw@h", "redis://h/0?timeout=1", "redis://[::1"] {
         assert!(parse_url(bad).is_err(), "{bad}");
     }
-    let Err(e) = parse_url("rediss://h") else { panic!("rediss accepted") };
-    assert!(e.to_string().contains("TLS"), "{e}");
-    let mut c = config();
-    c.url = "rediss://h:6379".to_owned();
-    assert!(RedisLink::new(&c, &c.url, origin("n1", 0)).is_err());
+    let Err(e) = parse_url("http://h") else { panic!("http accepted") };
+    assert!(e.to_string().contains("rediss://"), "{e}");
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! The broker URL: `redis://host[:port][/db]`, and why any other form is refused.
+//! The broker URL: `redis://host[:port][/db]` or `rediss://…` (TLS), and why any other form is
+//! refused.
 
 use std::fmt;
 
@@ -19,16 +20,15 @@ impl fmt::Display for UrlError {
 
 impl std::error::Error for UrlError {}
 
-/// Splits a `redis://host[:port][/db]` URL into `host:port` and the database number.
+/// Splits a `redis://host[:port][/db]` (or `rediss://`, over TLS) URL into `host:port` and
+/// the database number.
 pub(crate) fn parse_url(url: &str) -> Result<(String, u32), UrlError> {
     let error = |reason| UrlError { url: url.to_owned(), reason };
-    let Some(rest) = url.strip_prefix("redis://") else {
-        return Err(error(if url.starts_with("rediss://") {
-            "TLS (rediss://) is not supported; use redis:// (through a TLS tunnel if needed)"
-        } else if url.starts_with("unix://") || url.starts_with("redis+unix://") {
+    let Some(rest) = url.strip_prefix("redis://").or_else(|| url.strip_prefix("rediss://")) else {
+        return Err(error(if url.starts_with("unix://") || url.starts_with("redis+unix://") {
             "unix sockets are not supported; use redis://host:port"
         } else {
-            "must start with redis://"
+            "must start with redis:// (or rediss:// for TLS)"
         }));
     };
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -56,4 +56,15 @@ pub(crate) fn parse_url(url: &str) -> Result<(String, u32), UrlError> {
         return Err(error("missing host"));
     }
     Ok((format!("{host}:{port}"), db))
+}
+
+/// Whether `url` asks for TLS (`rediss://`).
+pub(crate) fn is_tls_url(url: &str) -> bool {
+    url.starts_with("rediss://")
+}
+
+/// The host of `addr` (`host:port` or `[v6]:port`), as a TLS server name.
+pub(crate) fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
 }
