@@ -91,9 +91,6 @@ struct Io<R: Reactor> {
     conns: Vec<Option<Conn<R::Stream>>>,
     /// Connections to write to in this turn.
     flush: Vec<ConnId>,
-    /// Redis connections with commands to write at the end of this turn: every input of the
-    /// turn adds its commands first, so a turn's publishes leave in one write.
-    redis_flush: Vec<LinkConn>,
     buf: Vec<u8>,
     /// The node's delivery threads (`None`: no webhook can be sent, each fails at once).
     webhooks: Option<WebhookClient>,
@@ -171,14 +168,7 @@ impl<R: Reactor> Worker<R> {
     /// through `peers`.
     pub fn new(index: u32, mut peers: Peers, hub: Hub, reactor: R) -> Self {
         let webhooks = peers.webhooks.take();
-        let io = Io {
-            reactor,
-            conns: Vec::new(),
-            flush: Vec::new(),
-            redis_flush: Vec::new(),
-            buf: vec![0; READ_BUFFER],
-            webhooks,
-        };
+        let io = Io { reactor, conns: Vec::new(), flush: Vec::new(), buf: vec![0; READ_BUFFER], webhooks };
         Self {
             index,
             peers,
@@ -341,7 +331,6 @@ impl<R: Reactor> Worker<R> {
         // Before the clients' writes, so a publish is on its way to Redis when its ack or
         // `202` leaves.
         self.drain_outputs(now);
-        self.write_redis(now);
         self.write(now);
         if let Some(batch) = crate::take_publishes(&mut self.publishes) {
             self.peers.broadcast(|| Message::Envelopes(Arc::clone(&batch)));
@@ -349,7 +338,7 @@ impl<R: Reactor> Worker<R> {
         if crate::drained(&self.hub, self.drain_deadline, now) {
             return Next::Done;
         }
-        if !self.io.flush.is_empty() || !self.io.redis_flush.is_empty() {
+        if !self.io.flush.is_empty() {
             return Next::Continue;
         }
         let metrics = (!alone).then_some(self.metrics_at);
@@ -368,14 +357,6 @@ impl<R: Reactor> Worker<R> {
     /// Everything the hub asked for since the last input, up to its next timeout.
     fn drain_outputs(&mut self, now: Instant) {
         self.timeout = crate::drain_outputs(&mut self.hub, now, &mut self.io, &mut self.publishes);
-    }
-
-    /// Writes the turn's Redis commands; a connection that failed was reported to the hub,
-    /// whose answer (a reconnect) the outputs that follow carry.
-    fn write_redis(&mut self, now: Instant) {
-        for which in std::mem::take(&mut self.io.redis_flush) {
-            self.io.reactor.redis().flush(&mut self.hub, now, which);
-        }
     }
 
     /// One `write_vectored` per scheduled connection, so a long backlog cannot hold up the
@@ -449,12 +430,8 @@ impl<R: Reactor> RedisSockets for Io<R> {
         self.reactor.redis().connect(which, addr)
     }
 
-    /// Defers the write to the end of the turn (`Worker::write_redis`).
-    fn flush(&mut self, _hub: &mut Hub, _now: Instant, which: LinkConn) -> bool {
-        if !self.redis_flush.contains(&which) {
-            self.redis_flush.push(which);
-        }
-        true
+    fn flush(&mut self, hub: &mut Hub, now: Instant, which: LinkConn) -> bool {
+        self.reactor.redis().flush(hub, now, which)
     }
 }
 
