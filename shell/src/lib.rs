@@ -148,22 +148,11 @@ pub fn main(program: &'static str, serve: impl FnOnce(Node) -> io::Result<()>) -
             return ExitCode::FAILURE;
         }
     };
-    let public_keys = match read_public_keys(&config) {
-        Ok(pems) => pems,
-        Err(e) => {
-            eprintln!("{program}: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let tls = match read_tls(&config) {
-        Ok(keys) => keys,
-        Err(e) => {
-            eprintln!("{program}: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let broker_ca = match read_broker_ca(&config) {
-        Ok(ca) => ca,
+    // Every file the configuration names, read and checked before anything starts.
+    let files = read_public_keys(&config)
+        .and_then(|public_keys| Ok((public_keys, read_tls(&config)?, read_broker_ca(&config)?)));
+    let (public_keys, tls, broker_ca) = match files {
+        Ok(files) => files,
         Err(e) => {
             eprintln!("{program}: {e}");
             return ExitCode::FAILURE;
